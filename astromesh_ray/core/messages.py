@@ -1,0 +1,202 @@
+"""Our own message, tool-call, usage and event types (no vendor SDK types).
+
+Runtime objects are dataclasses; every one converts to and from plain JSON-able
+dicts so it can cross HTTP, WebSocket and Ray boundaries unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A model's request to call one tool; ``arguments`` is always a parsed dict."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Message:
+    """One chat message.
+
+    ``tool_calls`` appear only on assistant messages, ``tool_call_id`` only on tool ones.
+    """
+
+    role: Role
+    content: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Message:
+        calls = [ToolCall(**c) for c in data.get("tool_calls") or []]
+        return Message(
+            role=data["role"],
+            content=data.get("content"),
+            tool_calls=calls,
+            tool_call_id=data.get("tool_call_id"),
+            name=data.get("name"),
+        )
+
+
+@dataclass
+class Usage:
+    """Token counts of one or more model calls."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.calls + other.calls,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "calls": self.calls,
+        }
+
+
+@dataclass(frozen=True)
+class ToolSchema:
+    """What a model is told about a tool: name, description and JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass
+class CompletionRequest:
+    """One call to a model.  ``parameters`` are sampling options (temperature, max_tokens, ...)."""
+
+    messages: list[Message]
+    tools: list[ToolSchema] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messages": [m.to_dict() for m in self.messages],
+            "tools": [asdict(t) for t in self.tools],
+            "parameters": dict(self.parameters),
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CompletionRequest:
+        return CompletionRequest(
+            messages=[Message.from_dict(m) for m in data["messages"]],
+            tools=[ToolSchema(**t) for t in data.get("tools") or []],
+            parameters=dict(data.get("parameters") or {}),
+        )
+
+
+@dataclass
+class Completion:
+    """A model's whole answer to one ``CompletionRequest``."""
+
+    message: Message
+    usage: Usage
+    model: str
+    provider: str
+    finish_reason: str = "stop"
+    # Where the call ran (replica / node); filled by the serve layer for the trace.
+    location: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message": self.message.to_dict(),
+            "usage": asdict(self.usage),
+            "model": self.model,
+            "provider": self.provider,
+            "finish_reason": self.finish_reason,
+            "location": dict(self.location),
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Completion:
+        return Completion(
+            message=Message.from_dict(data["message"]),
+            usage=Usage(**data["usage"]),
+            model=data["model"],
+            provider=data["provider"],
+            finish_reason=data.get("finish_reason", "stop"),
+            location=dict(data.get("location") or {}),
+        )
+
+
+@dataclass
+class CompletionChunk:
+    """One piece of a streamed answer.
+
+    Text arrives as ``text`` deltas; tool calls arrive whole (providers assemble
+    streamed argument fragments before emitting them); the last chunk carries
+    ``usage`` and ``finish_reason``.
+    """
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tool_calls": [asdict(c) for c in self.tool_calls],
+            "usage": asdict(self.usage) if self.usage else None,
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CompletionChunk:
+        return CompletionChunk(
+            text=data.get("text", ""),
+            tool_calls=[ToolCall(**c) for c in data.get("tool_calls") or []],
+            usage=Usage(**data["usage"]) if data.get("usage") else None,
+            finish_reason=data.get("finish_reason"),
+            model=data.get("model"),
+        )
+
+
+EventType = Literal[
+    "run_started",
+    "token",
+    "model_call",
+    "tool_call",
+    "tool_result",
+    "answer",
+    "error",
+    "run_finished",
+]
+
+
+@dataclass
+class Event:
+    """One thing that happened during a run, as streamed to clients."""
+
+    type: EventType
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "data": self.data}

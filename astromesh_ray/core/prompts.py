@@ -1,0 +1,68 @@
+"""Jinja2 prompts, rendered in a sandbox with strict undefined variables.
+
+``spec.prompts.system`` is the system prompt; ``spec.prompts.templates`` are named
+templates it (or another template) can ``{% include %}`` or ``{% import %}``.
+Everything is compiled at load time (a syntax error is a ``ConfigError`` naming the
+prompt and line); rendering with a variable the request did not provide is an
+``InvalidRequest`` naming the variable, never a silently empty string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from astromesh_ray.errors import ConfigError, InvalidRequest
+
+
+class PromptSet:
+    """The compiled prompts of one agent."""
+
+    def __init__(
+        self, system: str, templates: Mapping[str, str] | None = None, *, origin: str = "<agent>"
+    ) -> None:
+        self._origin = origin
+        self._env = ImmutableSandboxedEnvironment(
+            loader=jinja2.DictLoader(dict(templates or {})),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,  # prompts are plain text for a model, not HTML
+        )
+        for name in templates or {}:
+            self._compile(f"templates.{name}", lambda n=name: self._env.get_template(n))
+        self._system = self._compile("system", lambda: self._env.from_string(system))
+
+    def _compile(self, field: str, load: Any) -> jinja2.Template:
+        try:
+            template: jinja2.Template = load()
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigError(
+                f"{self._origin}: spec.prompts.{field} line {exc.lineno}: "
+                f"Jinja2 syntax error: {exc.message}",
+                field=f"spec.prompts.{field}",
+            ) from None
+        return template
+
+    def render_system(self, variables: Mapping[str, Any]) -> str:
+        """The system prompt; a variable missing from ``variables`` is an ``InvalidRequest``."""
+        try:
+            return self._system.render(**variables).strip()
+        except jinja2.UndefinedError as exc:
+            raise InvalidRequest(
+                f"the system prompt of {self._origin} uses an undefined variable: {exc.message}",
+                hint="pass the variable in the request's `context` object",
+                field="context",
+            ) from None
+        except jinja2.TemplateNotFound as exc:
+            raise ConfigError(
+                f"the system prompt of {self._origin} includes {exc.name!r}, "
+                "which is not in spec.prompts.templates",
+                field="spec.prompts.system",
+            ) from None
+        except jinja2.exceptions.SecurityError as exc:
+            raise InvalidRequest(
+                f"the system prompt of {self._origin} tried an unsafe operation: {exc}",
+                field="context",
+            ) from None

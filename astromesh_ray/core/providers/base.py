@@ -1,0 +1,54 @@
+"""The ``Provider`` protocol and the registry that maps YAML provider names to classes."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
+from astromesh_ray.errors import ConfigError
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A chat model behind some API.  Implementations: ``<Backend>Provider``.
+
+    ``complete`` returns one whole answer (text and/or native tool calls, with usage);
+    ``stream`` yields text deltas and whole tool calls, usage on the last chunk.
+    Failures raise ``ProviderError`` with ``provider``, ``status`` and ``retryable``.
+    """
+
+    name: str
+
+    async def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]: ...
+
+    async def health(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+# YAML name -> "module:Class", imported lazily so a backend's dependencies load only when used.
+_REGISTRY: dict[str, str] = {
+    "openai": "astromesh_ray.core.providers.openai:OpenAIProvider",
+    "openai_compat": "astromesh_ray.core.providers.openai:OpenAIProvider",
+    "ollama": "astromesh_ray.core.providers.openai:OpenAIProvider",
+    "vllm": "astromesh_ray.core.providers.openai:OpenAIProvider",
+    "llamacpp": "astromesh_ray.core.providers.openai:OpenAIProvider",
+}
+
+
+def provider_class(kind: str) -> type[Any]:
+    """The class implementing provider ``kind``; a miss lists the valid names."""
+    try:
+        target = _REGISTRY[kind]
+    except KeyError:
+        raise ConfigError(
+            f"unknown provider {kind!r}",
+            hint="valid providers: " + ", ".join(sorted(_REGISTRY)),
+        ) from None
+    module, _, attr = target.partition(":")
+    cls: type[Any] = getattr(importlib.import_module(module), attr)
+    return cls

@@ -1,0 +1,439 @@
+"""``OpenAIProvider``: any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+One class serves the YAML providers ``openai``, ``openai_compat``, ``ollama`` (its
+``/v1`` API), ``vllm`` and ``llamacpp``: they speak the same wire format and differ
+only in default endpoint and whether an API key is needed.  Talks plain ``httpx``
+(no vendor SDK) through one pooled client per event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from astromesh_ray.core.messages import (
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    Message,
+    ToolCall,
+    ToolSchema,
+    Usage,
+)
+from astromesh_ray.errors import ConfigError, ProviderError
+
+__all__ = ["DEFAULT_ENDPOINTS", "OpenAIProvider"]
+
+DEFAULT_ENDPOINTS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "openai_compat": "https://api.openai.com/v1",
+    "ollama": "http://localhost:11434/v1",
+    "vllm": "http://localhost:8000/v1",
+    "llamacpp": "http://localhost:8080/v1",
+}
+_OPENAI_HOST = "api.openai.com"
+_RETRYABLE_STATUS = {408, 409, 429}
+
+
+class OpenAIProvider:
+    """A chat model behind an OpenAI-compatible HTTP API.
+
+    ``parameters`` are default sampling options; a request's own ``parameters`` win.
+    The API key is read from the environment variable ``api_key_env`` at call time,
+    so rotating it needs no restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str = "openai",
+        model: str,
+        endpoint: str | None = None,
+        api_key_env: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        if kind not in DEFAULT_ENDPOINTS:
+            raise ConfigError(
+                f"OpenAIProvider does not serve provider kind {kind!r}",
+                hint="valid kinds: " + ", ".join(sorted(DEFAULT_ENDPOINTS)),
+            )
+        self.name = name
+        self.kind = kind
+        self.model = model
+        self.endpoint = _normalize_endpoint(kind, endpoint or DEFAULT_ENDPOINTS[kind])
+        is_openai = kind == "openai" or urlparse(self.endpoint).hostname == _OPENAI_HOST
+        self.api_key_env = api_key_env or ("OPENAI_API_KEY" if is_openai else None)
+        self._key_required = urlparse(self.endpoint).hostname == _OPENAI_HOST
+        self.parameters: dict[str, Any] = dict(parameters or {})
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(name={self.name!r}, kind={self.kind!r}, endpoint={self.endpoint!r})"
+
+    # Live clients cannot cross processes (Ray pickles providers into replicas).
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        state["_loop"] = None
+        return state
+
+    # -- Provider protocol -------------------------------------------------------------
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Send one chat-completion request and return the whole answer."""
+        body = self._body(request, stream=False)
+        url = f"{self.endpoint}/chat/completions"
+        try:
+            response = await self._http().post(url, json=body, headers=self._headers())
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, url) from exc
+        if response.status_code >= 400:
+            raise self._status_error(response.status_code, response.content, url)
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            wire = choice["message"]
+            if not isinstance(wire, dict):
+                raise TypeError(wire)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise self._bad_response(f"not a chat completion: {response.text[:200]!r}") from exc
+        calls = [self._tool_call(i, c) for i, c in enumerate(wire.get("tool_calls") or [])]
+        return Completion(
+            message=Message(role="assistant", content=wire.get("content"), tool_calls=calls),
+            usage=_usage(data.get("usage") or {}),
+            model=str(data.get("model") or self.model),
+            provider=self.name,
+            finish_reason=str(choice.get("finish_reason") or ("tool_calls" if calls else "stop")),
+        )
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        """Stream text deltas; tool calls, usage and finish reason come in the last chunk."""
+        body = self._body(request, stream=True)
+        url = f"{self.endpoint}/chat/completions"
+        # index -> {"id", "name", "arguments"}: tool calls arrive as fragments.
+        pending: dict[int, dict[str, str]] = {}
+        usage: dict[str, Any] = {}
+        finish: str | None = None
+        model = self.model
+        try:
+            async with self._http().stream(
+                "POST", url, json=body, headers=self._headers()
+            ) as response:
+                if response.status_code >= 400:
+                    raise self._status_error(response.status_code, await response.aread(), url)
+                async for line in response.aiter_lines():
+                    payload = _sse_data(line)
+                    if payload is None:
+                        continue
+                    if payload == "[DONE]":
+                        break
+                    chunk = self._decode_chunk(payload)
+                    model = str(chunk.get("model") or model)
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        finish = choice.get("finish_reason") or finish
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield CompletionChunk(text=str(delta["content"]))
+                        for position, frag in enumerate(delta.get("tool_calls") or []):
+                            _merge_fragment(pending, position, frag)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, url) from exc
+        calls = [
+            self._tool_call(i, {"id": p["id"], "function": p}) for i, p in sorted(pending.items())
+        ]
+        yield CompletionChunk(
+            tool_calls=calls,
+            usage=_usage(usage),
+            finish_reason=finish or ("tool_calls" if calls else "stop"),
+            model=model,
+        )
+
+    async def health(self) -> bool:
+        """Whether ``GET {endpoint}/models`` answers 200; never raises."""
+        try:
+            response = await self._http().get(
+                f"{self.endpoint}/models",
+                headers=self._headers(required=False),
+                timeout=min(self.timeout_s, 5.0),
+            )
+            return response.status_code == 200
+        except Exception:  # a probe: any failure just means "not healthy"
+            return False
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP client (a later call opens a new one)."""
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            # RuntimeError: its event loop is gone, and the sockets went with it.
+            with contextlib.suppress(RuntimeError):
+                await client.aclose()
+
+    # -- request side ------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        # A client is bound to the loop it first ran on; asyncio.run() per call or a
+        # replica restarting its loop needs a fresh one.
+        if self._client is None or self._loop is not loop or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            )
+            self._loop = loop
+        return self._client
+
+    def _headers(self, required: bool = True) -> dict[str, str]:
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            return {"Authorization": f"Bearer {key}"}
+        if required and self._key_required:
+            var = self.api_key_env or "OPENAI_API_KEY"
+            raise ProviderError(
+                f"{self.name}: no API key for {self.endpoint}: ${var} is not set",
+                hint=f"set {var}",
+                provider=self.name,
+                status=None,
+                retryable=False,
+            )
+        return {}
+
+    def _body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {**self.parameters, **request.parameters}
+        # Set after the merge so sampling parameters can never replace the payload.
+        body["model"] = self.model
+        body["messages"] = [_wire_message(m) for m in request.messages]
+        if request.tools:
+            body["tools"] = [_wire_tool(t) for t in request.tools]
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return body
+
+    # -- response side -----------------------------------------------------------------
+
+    def _tool_call(self, index: int, wire: dict[str, Any]) -> ToolCall:
+        function = wire.get("function") or {}
+        name = str(function.get("name") or "")
+        raw = function.get("arguments")
+        if isinstance(raw, dict):  # some servers send an object instead of a JSON string
+            arguments: Any = raw
+        elif raw is None or not str(raw).strip():
+            arguments = {}
+        else:
+            try:
+                arguments = json.loads(raw)
+            except ValueError as exc:
+                raise ProviderError(
+                    f"{self.name}: model {self.model!r} returned malformed JSON arguments "
+                    f"for tool {name!r}: {exc}; arguments were {str(raw)[:200]!r}",
+                    hint="the model may not support tool calling well; try another model "
+                    "or a lower temperature",
+                    provider=self.name,
+                    status=None,
+                    retryable=False,
+                ) from None
+        if not isinstance(arguments, dict):
+            raise ProviderError(
+                f"{self.name}: arguments for tool {name!r} are not a JSON object: {raw!r}",
+                provider=self.name,
+                status=None,
+                retryable=False,
+            )
+        if not name:
+            raise self._bad_response(f"tool call #{index} has no function name")
+        # llama.cpp and some older servers omit ids; the engine needs one to pair results.
+        return ToolCall(id=str(wire.get("id") or f"call_{index}"), name=name, arguments=arguments)
+
+    def _decode_chunk(self, payload: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise self._bad_response(f"undecodable stream chunk {payload[:200]!r}") from None
+        if not isinstance(chunk, dict):
+            raise self._bad_response(f"stream chunk is not an object: {payload[:200]!r}")
+        if isinstance(chunk.get("error"), dict):
+            # vLLM and others report failures mid-stream as a data event.
+            err = chunk["error"]
+            status = err.get("code") if isinstance(err.get("code"), int) else None
+            raise ProviderError(
+                f"{self.name}: stream failed: {err.get('message', err)}",
+                provider=self.name,
+                status=status,
+                retryable=status is None or _retryable(status),
+            )
+        return chunk
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _bad_response(self, what: str) -> ProviderError:
+        return ProviderError(
+            f"{self.name}: malformed response from {self.endpoint}: {what}",
+            hint=f"check that {self.endpoint} is an OpenAI-compatible API",
+            provider=self.name,
+            status=None,
+            retryable=False,
+        )
+
+    def _transport_error(self, exc: httpx.TransportError, url: str) -> ProviderError:
+        if isinstance(exc, httpx.TimeoutException):
+            what = f"no answer from {url} within {self.timeout_s:g}s ({type(exc).__name__})"
+        else:
+            what = f"cannot reach {url}: {exc or type(exc).__name__}"
+        return ProviderError(
+            f"{self.name}: {what}",
+            hint=self._reach_hint(),
+            provider=self.name,
+            status=None,
+            retryable=True,
+        )
+
+    def _reach_hint(self) -> str:
+        if self.kind == "ollama":
+            return (
+                f"start Ollama (`ollama serve`) at {self.endpoint} and pull the model "
+                f"(`ollama pull {self.model}`)"
+            )
+        if self.kind in ("vllm", "llamacpp"):
+            return f"start the {self.kind} server at {self.endpoint}"
+        return f"check network access to {self.endpoint} and {self.api_key_env or 'the API key'}"
+
+    def _status_error(self, status: int, content: bytes, url: str) -> ProviderError:
+        detail = _backend_message(content)
+        hint: str | None = None
+        if status in (401, 403):
+            var = self.api_key_env
+            if var is None:
+                hint = "the server wants an API key: set api_key_env to the variable holding it"
+            elif not os.environ.get(var):
+                hint = f"set {var}"
+            else:
+                hint = f"check the API key in {var}"
+        elif status == 404:
+            hint = (
+                f"pull the model (`ollama pull {self.model}`)"
+                if self.kind == "ollama"
+                else f"check the model name {self.model!r} and endpoint {self.endpoint}"
+            )
+        elif status == 429:
+            hint = "rate limited or out of quota: retry later or raise the limit"
+        return ProviderError(
+            f"{self.name}: HTTP {status} from {url}" + (f": {detail}" if detail else ""),
+            hint=hint,
+            provider=self.name,
+            status=status,
+            retryable=_retryable(status),
+        )
+
+
+def _usage(wire: dict[str, Any]) -> Usage:
+    # Servers that do not report usage still made one call.
+    return Usage(
+        input_tokens=int(wire.get("prompt_tokens") or 0),
+        output_tokens=int(wire.get("completion_tokens") or 0),
+        calls=1,
+    )
+
+
+def _retryable(status: int) -> bool:
+    return status in _RETRYABLE_STATUS or status >= 500
+
+
+def _normalize_endpoint(kind: str, endpoint: str) -> str:
+    endpoint = endpoint.rstrip("/")
+    # Ollama users often give the native root (http://localhost:11434); its OpenAI API is /v1.
+    if kind == "ollama" and not endpoint.endswith("/v1"):
+        endpoint += "/v1"
+    return endpoint
+
+
+def _backend_message(content: bytes) -> str:
+    text = content.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300]
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):  # Ollama's native shape {"error": "..."}
+            return err
+        if data.get("detail"):  # FastAPI-based servers
+            return str(data["detail"])[:300]
+    return text[:300]
+
+
+def _sse_data(line: str) -> str | None:
+    # Only "data:" fields matter; blank lines, comments (":") and event names do not.
+    if not line.startswith("data:"):
+        return None
+    return line[5:].strip()
+
+
+def _merge_fragment(pending: dict[int, dict[str, str]], position: int, frag: Any) -> None:
+    if not isinstance(frag, dict):
+        return
+    index = frag.get("index")
+    entry = pending.setdefault(
+        index if isinstance(index, int) else position, {"id": "", "name": "", "arguments": ""}
+    )
+    if frag.get("id"):
+        entry["id"] = str(frag["id"])
+    function = frag.get("function") or {}
+    if function.get("name"):
+        entry["name"] = str(function["name"])
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):
+        entry["arguments"] += json.dumps(arguments)
+    elif arguments:
+        entry["arguments"] += str(arguments)
+
+
+def _wire_message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_call_id or "",
+            "content": message.content or "",
+        }
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        wire["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for c in message.tool_calls
+        ]
+    elif message.content is None:
+        wire["content"] = ""  # only assistant tool-call turns may carry null content
+    if message.name:
+        wire["name"] = message.name
+    return wire
+
+
+def _wire_tool(tool: ToolSchema) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        },
+    }

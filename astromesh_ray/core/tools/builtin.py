@@ -1,0 +1,74 @@
+"""Built-in tools that agent YAML can name with ``type: internal`` and no ``function``."""
+
+from __future__ import annotations
+
+import ast
+import operator
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from astromesh_ray.core.tools.python import tool
+from astromesh_ray.errors import ToolError
+
+
+@tool
+def datetime_now(timezone: str = "UTC") -> str:
+    """The current date and time in a timezone, ISO 8601.
+
+    Args:
+        timezone: IANA timezone name, e.g. "Europe/Madrid" or "UTC".
+    """
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ToolError(
+            f"unknown timezone {timezone!r}", hint="use an IANA name such as 'UTC'"
+        ) from None
+    return datetime.now(zone).isoformat(timespec="seconds")
+
+
+_OPS: dict[type[Any], Any] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression (+ - * / // % ** and parentheses).
+
+    Args:
+        expression: The expression, e.g. "(2 + 3) * 4".
+    """
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        raise ToolError(f"not an arithmetic expression: {expression!r}") from None
+    return repr(_eval(tree.body))
+
+
+def _eval(node: ast.AST) -> float | int:
+    # A whitelist walk instead of eval(): a model's input is untrusted.
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > 1000:
+            raise ToolError("exponent too large")
+        try:
+            result: float | int = _OPS[type(node.op)](left, right)
+        except ZeroDivisionError:
+            raise ToolError("division by zero") from None
+        return result
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+        value: float | int = _OPS[type(node.op)](_eval(node.operand))
+        return value
+    raise ToolError("only numbers and + - * / // % ** ( ) are allowed")

@@ -1,0 +1,146 @@
+"""The error hierarchy shared by every layer (DESIGN.md §5).
+
+Every error carries a stable ``code``, a human ``message`` and an optional ``hint``
+saying what to do about it.  Errors cross process and actor boundaries as values:
+``to_dict`` / ``from_dict`` round-trip them, and ``__reduce__`` keeps pickling exact,
+so a ``ProviderError`` raised in a provider replica is re-raised as a
+``ProviderError`` in the agent replica and mapped to HTTP 502 by the gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AstromeshError(Exception):
+    """Root of every error astromesh-ray raises on purpose."""
+
+    code: ClassVar[str] = "astromesh_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details: dict[str, Any] = details
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.hint, self.details))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body the API returns: ``{code, message, hint}`` plus details."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message, "hint": self.hint}
+        body.update({k: v for k, v in self.details.items() if _jsonable(v)})
+        return body
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> AstromeshError:
+        """Rebuild an error sent as a value (the inverse of ``to_dict``)."""
+        cls = _BY_CODE.get(str(data.get("code")), AstromeshError)
+        details = {k: v for k, v in data.items() if k not in ("code", "message", "hint")}
+        return cls(str(data.get("message", "")), hint=data.get("hint"), **details)
+
+
+def _rebuild(
+    cls: type[AstromeshError], message: str, hint: str | None, details: dict[str, Any]
+) -> AstromeshError:
+    return cls(message, hint=hint, **details)
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, list, dict)) or value is None
+
+
+class ConfigError(AstromeshError):
+    """A mistake in a YAML file or a CLI argument, found at load time.
+
+    ``issues`` lists every problem found (each with file, line, column, field path);
+    the message renders them one per line.
+    """
+
+    code = "config_error"
+    http_status = 500
+
+
+class InvalidRequest(AstromeshError):
+    """An HTTP request the API cannot accept (body shape, sizes, values)."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
+class AgentNotFound(AstromeshError):
+    """The request names an agent that is not loaded."""
+
+    code = "agent_not_found"
+    http_status = 404
+
+
+class ProviderError(AstromeshError):
+    """An LLM backend failed: unreachable, refused, or answered garbage.
+
+    ``details`` carries ``provider``, ``status`` (HTTP status or None) and
+    ``retryable`` (whether the same call may succeed later or elsewhere).
+    """
+
+    code = "provider_error"
+    http_status = 502
+
+    @property
+    def retryable(self) -> bool:
+        return bool(self.details.get("retryable", False))
+
+
+class ToolError(AstromeshError):
+    """A tool could not be called: unknown name, bad arguments, or it raised."""
+
+    code = "tool_error"
+    http_status = 502
+
+
+class GuardrailViolation(AstromeshError):
+    """Input or output was blocked by a guardrail."""
+
+    code = "guardrail_violation"
+    http_status = 400
+
+
+class BudgetExceeded(AstromeshError):
+    """A cost or token budget ran out."""
+
+    code = "budget_exceeded"
+    http_status = 429
+
+
+class RunTimeout(AstromeshError):
+    """A run went past its ``timeout_seconds``."""
+
+    code = "run_timeout"
+    http_status = 504
+
+
+class RunError(AstromeshError):
+    """A run failed; ``details`` carries ``run_id``, ``step`` and the partial ``trace``."""
+
+    code = "run_error"
+    http_status = 500
+
+
+_BY_CODE: dict[str, type[AstromeshError]] = {
+    cls.code: cls
+    for cls in (
+        AstromeshError,
+        ConfigError,
+        InvalidRequest,
+        AgentNotFound,
+        ProviderError,
+        ToolError,
+        GuardrailViolation,
+        BudgetExceeded,
+        RunTimeout,
+        RunError,
+    )
+}

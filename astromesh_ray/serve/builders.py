@@ -1,0 +1,163 @@
+"""Application builders: what ``serve deploy deployments/<file>.yaml`` calls by
+``import_path``, and what ``astromesh serve`` runs locally.  Both go through ``plan``,
+so the deployed shape is the same either way:
+
+- one application per provider entry (``provider-...``), not exposed over HTTP;
+- one application per agent (``agent-<name>``), not exposed over HTTP;
+- the ``gateway`` application at ``/``, routing to agents by handle.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application, Deployment
+
+from astromesh_ray.errors import ConfigError
+from astromesh_ray.serve.agents import AgentDeployment, agent_app_name, describe_agent
+from astromesh_ray.serve.gateway import Gateway
+from astromesh_ray.serve.providers import ProviderDeployment, provider_app_name
+from astromesh_ray.spec import LoadedConfig, ModelEndpoint, load_config, resolve_models
+
+GATEWAY_APP = "gateway"
+
+
+class AppArgs(BaseModel):
+    """Builder arguments (the ``args`` block of a Serve config application)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_dir: str = Field(
+        default="config",
+        description="Directory with runtime.yaml, providers*.yaml and agents/; relative "
+        "paths resolve against $ASTROMESH_PROJECT_DIR, else the working directory.",
+    )
+    agents_dir: str | None = Field(default=None, description="Agents directory override.")
+    agent: str | None = Field(default=None, description="The agent (agent_app only).")
+    provider: str | None = Field(default=None, description="Provider app name (provider_app only).")
+
+
+@dataclass(frozen=True)
+class PlannedApp:
+    """One Serve application of the deployment: its name, route and builder call."""
+
+    name: str
+    route_prefix: str | None
+    builder: str
+    args: dict[str, Any]
+
+
+def provider_endpoints(loaded: LoadedConfig) -> dict[str, ModelEndpoint]:
+    """Every provider deployment the agents need, deduplicated by endpoint key."""
+    found: dict[str, ModelEndpoint] = {}
+    for agent in loaded.agents.values():
+        for endpoint in resolve_models(agent, loaded.providers):
+            name = provider_app_name(endpoint)
+            seen = found.get(name)
+            if seen is None or (seen.deployment is None and endpoint.deployment is not None):
+                found[name] = endpoint
+            elif endpoint.deployment is not None and endpoint.deployment != seen.deployment:
+                raise ConfigError(
+                    f"{agent.source}: provider {endpoint.provider}:{endpoint.model} at "
+                    f"{endpoint.endpoint} is declared twice with different deployment options",
+                    hint="declare it once in providers.yaml and use providerRef",
+                )
+    return found
+
+
+def plan(loaded: LoadedConfig, config_dir: str, agents_dir: str | None = None) -> list[PlannedApp]:
+    """The applications to deploy for ``loaded``, providers first, gateway last."""
+    base: dict[str, Any] = {"config_dir": config_dir}
+    if agents_dir:
+        base["agents_dir"] = agents_dir
+    apps = [
+        PlannedApp(name, None, "provider_app", {**base, "provider": name})
+        for name in sorted(provider_endpoints(loaded))
+    ]
+    apps += [
+        PlannedApp(agent_app_name(name), None, "agent_app", {**base, "agent": name})
+        for name in sorted(loaded.agents)
+    ]
+    apps.append(PlannedApp(GATEWAY_APP, "/", "gateway_app", dict(base)))
+    return apps
+
+
+def _deployment(decorated: object) -> Deployment:
+    # `@serve.deployment` returns a Deployment; its stubs still type it as the class.
+    return cast(Deployment, decorated)
+
+
+def _load(args: AppArgs) -> LoadedConfig:
+    root = Path(os.environ.get("ASTROMESH_PROJECT_DIR", "."))
+    config = Path(args.config_dir)
+    agents = Path(args.agents_dir) if args.agents_dir else None
+    return load_config(
+        config if config.is_absolute() else root / config,
+        agents_dir=agents if agents is None or agents.is_absolute() else root / agents,
+    )
+
+
+def provider_app(raw: dict[str, Any]) -> Application:
+    """A provider deployment, with ``ray_actor_options``/autoscaling from YAML."""
+    args = AppArgs.model_validate(raw)
+    endpoints = provider_endpoints(_load(args))
+    if args.provider not in endpoints:
+        raise ConfigError(
+            f"no agent uses provider {args.provider!r}",
+            hint="regenerate the Serve config: astromesh deploy-config",
+        )
+    endpoint = endpoints[args.provider]
+    options = endpoint.deployment.to_serve_options() if endpoint.deployment else {}
+    return _deployment(ProviderDeployment).options(**options).bind(endpoint)
+
+
+def agent_app(raw: dict[str, Any]) -> Application:
+    """One agent's application."""
+    args = AppArgs.model_validate(raw)
+    loaded = _load(args)
+    if args.agent not in loaded.agents:
+        raise ConfigError(
+            f"no agent named {args.agent!r} in {args.config_dir}",
+            hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
+        )
+    agent = loaded.agents[args.agent]
+    deployment = agent.spec.deployment
+    options = deployment.to_serve_options() if deployment else {}
+    return _deployment(AgentDeployment).options(**options).bind(agent, loaded.providers)
+
+
+def gateway_app(raw: dict[str, Any]) -> Application:
+    """The HTTP ingress."""
+    args = AppArgs.model_validate(raw)
+    loaded = _load(args)
+    gateway = loaded.runtime.spec.gateway
+    options = gateway.to_serve_options() if gateway else {}
+    agents = {name: describe_agent(agent) for name, agent in loaded.agents.items()}
+    apps = {name: agent_app_name(name) for name in loaded.agents}
+    return _deployment(Gateway).options(**options).bind(agents, apps)
+
+
+BUILDERS = {"provider_app": provider_app, "agent_app": agent_app, "gateway_app": gateway_app}
+
+
+def deploy_config(
+    loaded: LoadedConfig, config_dir: str, *, host: str = "127.0.0.1", port: int = 8000
+) -> dict[str, Any]:
+    """A Serve config file (``serve deploy``) for ``loaded``."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [
+            {
+                "name": app.name,
+                "route_prefix": app.route_prefix,
+                "import_path": f"astromesh_ray.serve.builders:{app.builder}",
+                "args": app.args,
+            }
+            for app in plan(loaded, config_dir)
+        ],
+    }

@@ -1,0 +1,99 @@
+"""The gateway: the one HTTP ingress, routing to agent applications by handle.
+
+POST /v1/agents/{name}/run   {query, session_id, context} -> {answer, steps, usage, trace}
+POST /v1/agents/{name}/stream  same body -> Server-Sent Events, one per run event
+GET  /v1/agents              the loaded agents
+GET  /v1/agents/{name}       one agent
+GET  /health                 liveness
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see real annotation
+# objects on the ingress methods (Serve re-wraps them, losing the module globals
+# that string annotations would be resolved against).
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from astromesh_ray import __version__
+from astromesh_ray.errors import AgentNotFound, AstromeshError
+from astromesh_ray.serve.http import BodySizeLimit, RunBody, install_error_handlers
+from astromesh_ray.serve.outcome import unwrap
+
+api = FastAPI(
+    title="astromesh-ray",
+    version=__version__,
+    description="YAML-declared AI agents served on Ray.",
+)
+api.add_middleware(BodySizeLimit)
+install_error_handlers(api)
+
+
+# Helpers the routes call are defined before the ingress class: `serve.ingress`
+# pickles the FastAPI app by value when the class is decorated, capturing only
+# the globals that exist at that moment.
+async def _sse_events(first: dict[str, Any], rest: AsyncIterator[Any]) -> AsyncIterator[str]:
+    yield _sse(first)
+    try:
+        async for outcome in rest:
+            yield _sse(unwrap(outcome))
+    except AstromeshError as exc:
+        yield _sse({"type": "error", "data": {"error": exc.to_dict()}})
+
+
+def _sse(event: dict[str, Any]) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event['data'])}\n\n"
+
+
+@serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Gateway:
+    """Knows each agent's description and the Serve application that runs it."""
+
+    def __init__(self, agents: dict[str, dict[str, Any]], apps: dict[str, str]) -> None:
+        self._agents = agents
+        self._apps = apps
+        self._handles: dict[str, DeploymentHandle[Any]] = {}
+
+    def _handle(self, name: str) -> DeploymentHandle[Any]:
+        if name not in self._apps:
+            known = ", ".join(sorted(self._apps)) or "(none)"
+            raise AgentNotFound(f"no agent named {name!r}", hint=f"loaded agents: {known}")
+        if name not in self._handles:
+            self._handles[name] = serve.get_app_handle(self._apps[name])
+        return self._handles[name]
+
+    @api.get("/health")
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "agents": len(self._agents)}
+
+    @api.get("/v1/agents")
+    async def list_agents(self) -> dict[str, Any]:
+        return {"agents": [self._agents[n] for n in sorted(self._agents)]}
+
+    @api.get("/v1/agents/{name}")
+    async def get_agent(self, name: str) -> dict[str, Any]:
+        self._handle(name)  # 404 for unknown names
+        return self._agents[name]
+
+    @api.post("/v1/agents/{name}/run")
+    async def run(self, name: str, body: RunBody) -> dict[str, Any]:
+        outcome = await self._handle(name).run.remote(body.model_dump())
+        result: dict[str, Any] = unwrap(outcome)
+        return result
+
+    @api.post("/v1/agents/{name}/stream")
+    async def stream(self, name: str, body: RunBody) -> StreamingResponse:
+        events = cast(
+            DeploymentResponseGenerator[Any],
+            self._handle(name).options(stream=True).stream.remote(body.model_dump()),
+        )
+        iterator = events.__aiter__()
+        # Errors before the first event (bad prompt context, ...) still get their
+        # HTTP status; later ones arrive as an `error` event.
+        first = unwrap(await iterator.__anext__())
+        return StreamingResponse(_sse_events(first, iterator), media_type="text/event-stream")

@@ -1,0 +1,111 @@
+"""Providers as Ray Serve deployments, and the ``Provider`` the agent uses to call them.
+
+One deployment per provider entry (deduplicated by ``ModelEndpoint.key``), with
+``ray_actor_options`` and autoscaling from YAML.  ``ServeProvider`` implements the
+core ``Provider`` protocol over a deployment handle, so the engine does not know the
+model runs in another replica, maybe on another node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from astromesh_ray.core.build import local_provider
+from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
+from astromesh_ray.errors import AstromeshError, ProviderError
+from astromesh_ray.serve.location import replica_location
+from astromesh_ray.serve.outcome import failure, ok, unwrap
+from astromesh_ray.spec import ModelEndpoint
+
+
+def provider_app_name(endpoint: ModelEndpoint) -> str:
+    """The Serve application that hosts ``endpoint``."""
+    return endpoint.key
+
+
+@serve.deployment(name="provider", max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
+class ProviderDeployment:
+    """Owns one provider client (an HTTP connection pool, or a model in memory)."""
+
+    def __init__(self, endpoint: ModelEndpoint) -> None:
+        # Sampling parameters travel with each request (agents sharing this
+        # deployment may differ), so the client itself gets none.
+        self._provider = local_provider(dataclasses.replace(endpoint, parameters={}))
+        self._where = replica_location()
+
+    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            completion = await self._provider.complete(CompletionRequest.from_dict(request))
+        except Exception as exc:
+            return failure(exc)
+        completion.location.update(self._where)
+        return ok(completion.to_dict())
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in self._provider.stream(CompletionRequest.from_dict(request)):
+                yield ok(chunk.to_dict())
+        except Exception as exc:
+            yield failure(exc)
+
+    async def health(self) -> bool:
+        return await self._provider.health()
+
+    async def __del__(self) -> None:
+        await self._provider.aclose()
+
+
+class ServeProvider:
+    """``Provider`` over a provider deployment, looked up by application name on
+    first use (``serve deploy`` starts applications in any order)."""
+
+    def __init__(self, endpoint: ModelEndpoint) -> None:
+        self.endpoint = endpoint
+        self.name = f"{endpoint.provider}:{endpoint.model}"
+        self._app = provider_app_name(endpoint)
+        self._handle: DeploymentHandle[Any] | None = None
+
+    def _get_handle(self) -> DeploymentHandle[Any]:
+        if self._handle is None:
+            try:
+                self._handle = serve.get_app_handle(self._app)
+            except Exception as exc:
+                raise ProviderError(
+                    f"provider deployment {self._app!r} is not running: {exc}",
+                    hint="check `serve status`; deploy every application of the config",
+                    provider=self.name,
+                    status=None,
+                    retryable=True,
+                ) from None
+        return self._handle
+
+    def _request(self, request: CompletionRequest) -> dict[str, Any]:
+        body = request.to_dict()
+        body["parameters"] = {**self.endpoint.parameters, **request.parameters}
+        return body
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        outcome = await self._get_handle().complete.remote(self._request(request))
+        return Completion.from_dict(unwrap(outcome))
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        handle = self._get_handle().options(stream=True)
+        outcomes = cast(
+            DeploymentResponseGenerator[Any], handle.stream.remote(self._request(request))
+        )
+        async for outcome in outcomes:
+            yield CompletionChunk.from_dict(unwrap(outcome))
+
+    async def health(self) -> bool:
+        try:
+            return bool(await self._get_handle().health.remote())
+        except (AstromeshError, Exception):
+            return False
+
+    async def aclose(self) -> None:
+        self._handle = None

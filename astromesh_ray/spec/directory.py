@@ -1,0 +1,272 @@
+"""A configuration directory: runtime.yaml, providers*.yaml and agents/*.agent.yaml.
+
+Checks that span files live here: duplicate agent or provider names, ``providerRef``
+naming a provider entry, and the runtime's orchestration defaults applied to agents.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astromesh_ray.spec.agent import AgentSpec
+from astromesh_ray.spec.base import ConfigIssue, YamlPath
+from astromesh_ray.spec.config import (
+    OrchestrationDefaultsSpec,
+    ProviderConfigSpec,
+    ProviderEntrySpec,
+    RuntimeConfigSpec,
+)
+from astromesh_ray.spec.diagnostics import did_you_mean
+from astromesh_ray.spec.loader import LoadedFile, config_error, expect_kind, read_file, sort_issues
+from astromesh_ray.spec.model import ModelBlockSpec, ModelSpec
+
+SYSTEM_CONFIG_DIR = Path("/etc/astromesh")
+
+
+@dataclass
+class LoadedConfig:
+    """Everything a configuration directory declares, validated."""
+
+    root: Path | None
+    runtime: RuntimeConfigSpec = field(default_factory=RuntimeConfigSpec)
+    providers: dict[str, ProviderEntrySpec] = field(default_factory=dict)
+    agents: dict[str, AgentSpec] = field(default_factory=dict)
+
+
+def _yaml_files(directory: Path, *patterns: str) -> list[Path]:
+    found = {p for pattern in patterns for p in directory.glob(pattern) if p.is_file()}
+    return sorted(found)
+
+
+def model_blocks(model: ModelSpec) -> list[tuple[YamlPath, ModelBlockSpec]]:
+    """Every model block of ``spec.model`` with its YAML path."""
+    base: YamlPath = ("spec", "model")
+    blocks: list[tuple[YamlPath, ModelBlockSpec]] = []
+    for key in ("primary", "fallback"):
+        block = getattr(model, key)
+        if block is not None:
+            blocks.append(((*base, key), block))
+    if model.default is not None:
+        for i, block in enumerate(model.default.candidates):
+            blocks.append(((*base, "default", "candidates", i), block))
+    for role, models in model.roles.items():
+        for i, block in enumerate(models.candidates):
+            blocks.append(((*base, "roles", role, "candidates", i), block))
+    return blocks
+
+
+def apply_defaults(agent: AgentSpec, defaults: OrchestrationDefaultsSpec) -> AgentSpec:
+    """``agent`` with the runtime's orchestration defaults for the keys it omits."""
+    orchestration = agent.spec.orchestration
+    update = {
+        name: getattr(defaults, name)
+        for name in ("pattern", "max_iterations", "timeout_s")
+        if getattr(defaults, name) is not None and name not in orchestration.model_fields_set
+    }
+    if not update:
+        return agent
+    body = agent.spec.model_copy(update={"orchestration": orchestration.model_copy(update=update)})
+    return agent.model_copy(update={"spec": body})
+
+
+class _Collector:
+    """Reads a configuration, keeping every issue instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.files: list[LoadedFile] = []
+        self.issues: list[ConfigIssue] = []
+        self.config = LoadedConfig(root=None)
+        self._provider_files: dict[str, LoadedFile] = {}
+        self._agent_files: dict[str, LoadedFile] = {}
+
+    def read(self, path: Path) -> LoadedFile:
+        loaded = read_file(path)
+        self.files.append(loaded)
+        return loaded
+
+    def missing_dir(self, path: Path, what: str, hint: str) -> None:
+        self.issues.append(ConfigIssue(str(path), None, None, "", f"{what} not found", hint))
+
+    def runtime(self, path: Path) -> None:
+        loaded = self.read(path)
+        document = expect_kind(loaded, "RuntimeConfig", "runtime.yaml holds the RuntimeConfig")
+        if isinstance(document, RuntimeConfigSpec) and not loaded.issues:
+            self.config.runtime = document
+
+    def providers(self, path: Path) -> None:
+        loaded = self.read(path)
+        document = expect_kind(loaded, "ProviderConfig", "providers*.yaml hold ProviderConfigs")
+        if not isinstance(document, ProviderConfigSpec):
+            return
+        for name, entry in document.spec.providers.items():
+            first = self._provider_files.get(name)
+            if first is not None:
+                loaded.issues.append(
+                    loaded.issue(
+                        ("spec", "providers", name),
+                        f"provider entry {name!r} is also defined in "
+                        f"{first.where(('spec', 'providers', name))}",
+                        "give each provider entry one name across providers*.yaml",
+                    )
+                )
+                continue
+            self._provider_files[name] = loaded
+            self.config.providers[name] = entry
+
+    def agent(self, path: Path) -> None:
+        self.add_agent(self.read(path))
+
+    def add_agent(self, loaded: LoadedFile) -> None:
+        document = expect_kind(loaded, "Agent", "files named *.agent.yaml hold Agents")
+        if not isinstance(document, AgentSpec):
+            return
+        first = self._agent_files.get(document.name)
+        if first is not None:
+            loaded.issues.append(
+                loaded.issue(
+                    ("metadata", "name"),
+                    f"agent {document.name!r} is also defined in "
+                    f"{first.where(('metadata', 'name'))}",
+                    "agent names must be unique",
+                )
+            )
+            return
+        self._agent_files[document.name] = loaded
+        self.config.agents[document.name] = document
+
+    def check_refs(self) -> None:
+        providers = self.config.providers
+        for name, agent in self.config.agents.items():
+            loaded = self._agent_files[name]
+            for path, block in model_blocks(agent.spec.model):
+                ref = block.provider_ref
+                if ref is None:
+                    continue
+                entry = providers.get(ref)
+                if entry is None:
+                    hint = did_you_mean(ref, list(providers)) or (
+                        "defined providers: " + ", ".join(sorted(providers))
+                        if providers
+                        else "no provider entries are defined (config/providers*.yaml)"
+                    )
+                    loaded.issues.append(
+                        loaded.issue((*path, "providerRef"), f"unknown provider {ref!r}", hint)
+                    )
+                elif block.model is None and not entry.models:
+                    loaded.issues.append(
+                        loaded.issue(
+                            (*path, "providerRef"),
+                            f"no model: provider entry {ref!r} lists no models",
+                            "give model in this block, or models in the entry",
+                        )
+                    )
+
+    def all_issues(self) -> list[ConfigIssue]:
+        return sort_issues(self.issues + [i for f in self.files for i in f.issues])
+
+
+def _collect(
+    config_dir: Path | None, agents_dir: Path | None, *, check_refs: bool = True
+) -> _Collector:
+    collector = _Collector()
+    collector.config.root = config_dir
+    if config_dir is not None:
+        if not config_dir.is_dir():
+            collector.missing_dir(
+                config_dir,
+                "configuration directory",
+                "pass --config DIR or set ASTROMESH_CONFIG_DIR",
+            )
+            return collector
+        for runtime in _yaml_files(config_dir, "runtime.yaml", "runtime.yml")[:1]:
+            collector.runtime(runtime)
+        # providers.yaml first, then the others by name: duplicates are reported
+        # in the extra files, not in the main one.
+        provider_files = _yaml_files(config_dir, "providers*.yaml", "providers*.yml")
+        for providers in sorted(provider_files, key=lambda p: (p.stem != "providers", p.name)):
+            collector.providers(providers)
+    if agents_dir is not None and not agents_dir.is_dir():
+        collector.missing_dir(
+            agents_dir, "agents directory", "pass --agents DIR or set ASTROMESH_AGENTS_DIR"
+        )
+    agents_root = agents_dir or (config_dir / "agents" if config_dir else None)
+    if agents_root is not None and agents_root.is_dir():
+        for agent in _yaml_files(agents_root, "*.agent.yaml", "*.agent.yml"):
+            collector.agent(agent)
+    if check_refs:
+        collector.check_refs()
+    defaults = collector.config.runtime.spec.defaults.orchestration
+    collector.config.agents = {
+        name: apply_defaults(agent, defaults) for name, agent in collector.config.agents.items()
+    }
+    return collector
+
+
+def load_config(config_dir: Path | None = None, *, agents_dir: Path | None = None) -> LoadedConfig:
+    """Load ``<config_dir>/runtime.yaml`` (defaults when absent), ``providers*.yaml``
+    (merged by entry name) and ``<config_dir>/agents/*.agent.yaml`` (or ``agents_dir``).
+
+    Raises ``ConfigError`` listing every issue in every file.
+    """
+    collector = _collect(
+        Path(config_dir) if config_dir is not None else None,
+        Path(agents_dir) if agents_dir is not None else None,
+    )
+    issues = collector.all_issues()
+    if issues:
+        raise config_error(issues)
+    return collector.config
+
+
+def resolve_config_dir(explicit: str | None) -> Path:
+    """The configuration directory: ``explicit``, else ``$ASTROMESH_CONFIG_DIR``, else
+    ``./config`` when it exists (dev mode), else ``/etc/astromesh`` (system mode)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("ASTROMESH_CONFIG_DIR")
+    if env:
+        return Path(env)
+    local = Path("config")
+    return local if local.is_dir() else SYSTEM_CONFIG_DIR
+
+
+def load_from_environment(config: str | None = None, agents: str | None = None) -> LoadedConfig:
+    """``load_config`` for the CLI: ``config`` as in ``resolve_config_dir``; the agents
+    directory is ``agents``, else ``$ASTROMESH_AGENTS_DIR``, else ``<config>/agents``."""
+    agents = agents or os.environ.get("ASTROMESH_AGENTS_DIR") or None
+    return load_config(resolve_config_dir(config), agents_dir=Path(agents) if agents else None)
+
+
+def _looks_like_config_dir(directory: Path) -> bool:
+    return (
+        bool(_yaml_files(directory, "runtime.yaml", "runtime.yml", "providers*.yaml"))
+        or (directory / "agents").is_dir()
+    )
+
+
+def validate_paths(paths: list[Path]) -> list[ConfigIssue]:
+    """Every issue in ``paths`` (for ``astromesh validate``).
+
+    A configuration directory (runtime.yaml, providers*.yaml or agents/) is checked as
+    ``load_config`` would; another directory has each YAML file under it checked, and
+    agent names checked for duplicates; a file is checked on its own.
+    """
+    issues: list[ConfigIssue] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and _looks_like_config_dir(path):
+            issues += _collect(path, None).all_issues()
+        elif path.is_dir():
+            collector = _Collector()
+            for file in _yaml_files(path, "**/*.yaml", "**/*.yml"):
+                loaded = collector.read(file)
+                if isinstance(loaded.document, AgentSpec):
+                    collector.add_agent(loaded)
+            issues += collector.all_issues()
+        elif path.is_file():
+            issues += read_file(path).issues
+        else:
+            issues.append(ConfigIssue(str(path), None, None, "", "no such file or directory"))
+    return issues

@@ -1,0 +1,309 @@
+"""What the YAML contract describes but the runtime does not run yet.
+
+The models parse these features, so the schema documents them; ``check_support``
+refuses them at load time with a message naming the field.  ``RULES`` is the one
+list of refusals: when a feature lands, delete its rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from astromesh_ray.spec.base import YamlPath
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Refuse the value at any of ``paths`` of a ``kind`` document when ``refuse(value)``.
+
+    Paths are dotted YAML keys; ``*`` matches any key or list index.  ``message`` may
+    use ``{value}`` (the value found) and ``{key}`` (the last key of the path).
+    """
+
+    kind: str
+    paths: tuple[str, ...]
+    refuse: Callable[[Any], bool]
+    message: str
+    hint: str
+
+
+@dataclass(frozen=True)
+class SupportIssue:
+    """A feature a document uses that the runtime refuses."""
+
+    path: YamlPath
+    message: str
+    hint: str
+
+
+def _given(value: Any) -> bool:
+    return value is not None
+
+
+def _nonempty(value: Any) -> bool:
+    return bool(value)
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
+def _one_of(*names: str) -> Callable[[Any], bool]:
+    return lambda value: value in names
+
+
+def _not_react(value: Any) -> bool:
+    return value is not None and value != "react"
+
+
+_BLOCKS = (
+    "spec.model.primary",
+    "spec.model.fallback",
+    "spec.model.default.candidates.*",
+    "spec.model.roles.*.candidates.*",
+)
+_ROUTER = "model routing strategies arrive with the model router"
+_NATIVE = ("hf_tgi", "onnx")
+_FOREIGN = ("litellm", "azure_openai", "centinela")
+_NATIVE_HINT = (
+    "it arrives with native provider support; meanwhile reach the model through an "
+    "OpenAI-compatible server: openai, vllm, llamacpp or ollama"
+)
+_FOREIGN_HINT = "use openai for any OpenAI-compatible endpoint, or ollama, vllm, llamacpp"
+_API_KEY = "inline api keys are not accepted"
+_API_KEY_HINT = "put the key in an environment variable and name it in api_key_env"
+_MESH_HINT = "astromesh-ray places services with Ray; remove spec.{key}"
+
+RULES: tuple[Rule, ...] = (
+    # --- Agent: models --------------------------------------------------------
+    Rule(
+        "Agent",
+        ("spec.model.routing.strategy", "spec.model.default.strategy"),
+        _given,
+        "model routing strategy '{value}' is not supported yet",
+        f"{_ROUTER}; remove it, the candidates are tried in order",
+    ),
+    Rule(
+        "Agent",
+        ("spec.model.routing.health_check_interval",),
+        _given,
+        "provider health checks are not supported yet",
+        f"{_ROUTER}; remove it",
+    ),
+    Rule(
+        "Agent",
+        ("spec.model.roles",),
+        _nonempty,
+        "per-role models are not supported yet",
+        f"{_ROUTER}; use default.candidates",
+    ),
+    Rule(
+        "Agent",
+        tuple(f"{b}.provider" for b in _BLOCKS),
+        _one_of(*_NATIVE),
+        "provider '{value}' is not supported yet",
+        _NATIVE_HINT,
+    ),
+    Rule(
+        "Agent",
+        tuple(f"{b}.provider" for b in _BLOCKS),
+        _one_of(*_FOREIGN),
+        "provider '{value}' is not supported by astromesh-ray",
+        _FOREIGN_HINT,
+    ),
+    Rule("Agent", tuple(f"{b}.api_key" for b in _BLOCKS), _given, _API_KEY, _API_KEY_HINT),
+    # --- Agent: orchestration -------------------------------------------------
+    Rule(
+        "Agent",
+        ("spec.orchestration.pattern",),
+        _not_react,
+        "the {value} pattern is not supported yet; use react",
+        "more patterns arrive with the orchestration patterns work",
+    ),
+    Rule(
+        "Agent",
+        ("spec.orchestration.role_map",),
+        _nonempty,
+        "role_map is not supported yet",
+        f"{_ROUTER}; remove it",
+    ),
+    Rule(
+        "Agent",
+        ("spec.orchestration.narrate", "spec.orchestration.max_repairs", "spec.program"),
+        _given,
+        "{key} is not supported yet",
+        "it belongs to the glyph pattern; remove it",
+    ),
+    # --- Agent: tools ---------------------------------------------------------
+    Rule(
+        "Agent",
+        ("spec.tools.*.type",),
+        _one_of("mcp", "webhook", "rag", "agent"),
+        "tool type '{value}' is not supported yet",
+        "it arrives with the tool plug-ins work; meanwhile use an internal Python tool",
+    ),
+    Rule(
+        "Agent",
+        ("spec.tools.*.type",),
+        _one_of("client", "integration", "api"),
+        "tool type '{value}' is not supported by astromesh-ray",
+        "use an internal Python tool, or an mcp or webhook tool once they land",
+    ),
+    Rule(
+        "Agent",
+        ("spec.tools.*.rate_limit",),
+        _given,
+        "tool rate limits are not supported yet",
+        "they arrive with tool limits; remove it",
+    ),
+    Rule(
+        "Agent",
+        ("spec.tools.*.confirm",),
+        _nonempty,
+        "tool confirmation is not supported yet",
+        "it arrives with tool limits; remove it",
+    ),
+    Rule(
+        "Agent",
+        ("spec.tools.*.config",),
+        _nonempty,
+        "builtin tool config is not supported yet",
+        "remove config",
+    ),
+    # --- Agent: other blocks --------------------------------------------------
+    Rule(
+        "Agent",
+        ("spec.memory.conversational", "spec.memory.semantic", "spec.memory.episodic"),
+        _given,
+        "{key} memory is not supported yet",
+        "memory arrives with the memory backends work; remove spec.memory",
+    ),
+    Rule(
+        "Agent",
+        ("spec.guardrails.input.*", "spec.guardrails.output.*"),
+        _always,
+        "guardrail '{value[type]}' is not supported yet",
+        "guardrails arrive with the guardrails work; remove spec.guardrails",
+    ),
+    Rule(
+        "Agent",
+        ("spec.permissions.filesystem", "spec.permissions.network", "spec.permissions.execution"),
+        _given,
+        "{key} permissions are not supported yet",
+        "they arrive with tool permissions; allowed_actions is supported",
+    ),
+    Rule(
+        "Agent",
+        ("spec.output_schema",),
+        _given,
+        "structured output is not supported yet",
+        "it arrives with structured output support; remove it",
+    ),
+    Rule(
+        "Agent",
+        ("spec.knowledge", "spec.prefetch", "spec.chain", "spec.observability"),
+        _given,
+        "{key} is not supported yet",
+        "remove spec.{key}",
+    ),
+    # --- ProviderConfig -------------------------------------------------------
+    Rule(
+        "ProviderConfig",
+        ("spec.routing",),
+        _given,
+        "provider routing is not supported yet",
+        f"{_ROUTER}; remove spec.routing",
+    ),
+    Rule(
+        "ProviderConfig",
+        ("spec.providers.*.health_check_interval",),
+        _given,
+        "provider health checks are not supported yet",
+        f"{_ROUTER}; remove it",
+    ),
+    Rule("ProviderConfig", ("spec.providers.*.api_key",), _given, _API_KEY, _API_KEY_HINT),
+    Rule(
+        "ProviderConfig",
+        ("spec.providers.*.type",),
+        _one_of(*_NATIVE),
+        "provider '{value}' is not supported yet",
+        _NATIVE_HINT,
+    ),
+    Rule(
+        "ProviderConfig",
+        ("spec.providers.*.type",),
+        _one_of(*_FOREIGN),
+        "provider '{value}' is not supported by astromesh-ray",
+        _FOREIGN_HINT,
+    ),
+    # --- RuntimeConfig --------------------------------------------------------
+    Rule(
+        "RuntimeConfig",
+        ("spec.services", "spec.peers", "spec.mesh"),
+        _given,
+        "{key} is not supported by astromesh-ray",
+        _MESH_HINT,
+    ),
+    Rule(
+        "RuntimeConfig",
+        ("spec.defaults.orchestration.pattern",),
+        _not_react,
+        "the {value} pattern is not supported yet; use react",
+        "more patterns arrive with the orchestration patterns work",
+    ),
+    # --- Kinds ----------------------------------------------------------------
+    Rule(
+        "RAGPipeline",
+        ("kind",),
+        _always,
+        "kind RAGPipeline is not supported yet",
+        "RAG pipelines arrive with RAG support; keep this file out of the configuration",
+    ),
+)
+
+
+def _expand(data: Any, parts: list[str], path: YamlPath) -> Iterator[tuple[YamlPath, Any]]:
+    if not parts:
+        yield path, data
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        if isinstance(data, Mapping):
+            for key, value in data.items():
+                yield from _expand(value, rest, (*path, key))
+        elif isinstance(data, list):
+            for index, value in enumerate(data):
+                yield from _expand(value, rest, (*path, index))
+    elif isinstance(data, Mapping) and head in data:
+        yield from _expand(data[head], rest, (*path, head))
+
+
+def check_support_data(kind: str, data: Mapping[str, Any]) -> list[SupportIssue]:
+    """The refusals for a document of ``kind`` given as plain data (YAML keys)."""
+    issues: list[SupportIssue] = []
+    for rule in RULES:
+        if rule.kind != kind:
+            continue
+        for pattern in rule.paths:
+            for path, value in _expand(data, pattern.split("."), ()):
+                if rule.refuse(value):
+                    key = next((p for p in reversed(path) if isinstance(p, str)), "")
+                    issues.append(
+                        SupportIssue(
+                            path=path,
+                            message=rule.message.format(value=value, key=key),
+                            hint=rule.hint.format(value=value, key=key),
+                        )
+                    )
+    return issues
+
+
+def check_support(document: BaseModel) -> list[SupportIssue]:
+    """What ``document`` (an AgentSpec, ProviderConfigSpec or RuntimeConfigSpec) uses
+    that the runtime refuses."""
+    data = document.model_dump(by_alias=True)
+    return check_support_data(str(data.get("kind")), data)

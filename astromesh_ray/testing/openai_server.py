@@ -1,0 +1,363 @@
+"""``ScriptedOpenAIServer``: a real loopback HTTP server speaking OpenAI chat completions.
+
+It answers ``POST /v1/chat/completions`` from a script of steps and ``GET /v1/models``,
+in the exact wire format (JSON bodies, SSE streams with tool-call arguments split
+across chunks, the ``stream_options.include_usage`` usage chunk, ``data: [DONE]``),
+so integration tests and demos exercise a provider's real HTTP path without a model.
+Validated against the official ``openai`` client in the integration tests.
+
+Imports neither Ray nor any vendor SDK; uvicorn runs it in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Self
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from astromesh_ray.testing.scripted import count_words, split_words
+
+__all__ = ["ScriptedOpenAIServer"]
+
+_STEP_KEYS = {"content", "tool_calls", "status", "error", "finish_reason", "delay_s"}
+# How many pieces a streamed tool call's argument JSON is cut into (real servers
+# send a few characters per chunk; clients must concatenate them).
+_ARG_PIECES = 3
+
+
+class ScriptedOpenAIServer:
+    """An OpenAI-compatible server on 127.0.0.1 that replies from scripted steps.
+
+    A step is a dict with one of:
+
+    - ``{"content": "text"}`` (a bare ``str`` is shorthand for this);
+    - ``{"tool_calls": [{"name": ..., "arguments": {...}}]}``: ``arguments`` may also be
+      a raw string, sent verbatim (to test malformed JSON); ``id`` is optional;
+    - ``{"status": 500, "error": "message"}``: answer that HTTP error instead.
+
+    and optionally ``finish_reason`` (override) and ``delay_s`` (sleep before answering).
+    Every chat-completion body received is appended to ``requests`` (its headers to
+    ``request_headers``), whether or not it was answered successfully.  Running out of
+    steps answers HTTP 500 saying the script is exhausted.
+    """
+
+    def __init__(
+        self,
+        steps: Iterable[str | dict[str, Any]] = (),
+        *,
+        model: str = "scripted-model",
+        require_api_key: str | None = None,
+    ) -> None:
+        self.model = model
+        self.require_api_key = require_api_key
+        self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
+        self._steps: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._served = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+        self.add_steps(*steps)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL ending in ``/v1`` (what OpenAI clients take as ``base_url``)."""
+        if self._port is None:
+            raise RuntimeError("ScriptedOpenAIServer is not started")
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    def start(self) -> Self:
+        """Bind a free loopback port and serve in a daemon thread; returns self."""
+        if self._thread is not None:
+            return self
+        # Bind the socket ourselves so the port is known before uvicorn starts.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            daemon=True,
+            name=f"scripted-openai-{self._port}",
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("ScriptedOpenAIServer failed to start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down and wait for its thread."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            # Don't wait for in-flight (e.g. deliberately delayed) requests to finish.
+            self._server.force_exit = True
+            self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- script ------------------------------------------------------------------------
+
+    def add_steps(self, *steps: str | dict[str, Any]) -> None:
+        """Append steps; a typo in a step's keys fails here, not as a confusing reply."""
+        normalized = [_normalize(s) for s in steps]
+        with self._lock:
+            self._steps.extend(normalized)
+
+    @property
+    def remaining(self) -> int:
+        """Steps not consumed yet."""
+        with self._lock:
+            return len(self._steps)
+
+    def assert_consumed(self) -> None:
+        """Fail if some scripted steps were never requested."""
+        with self._lock:
+            left = list(self._steps)
+        if left:
+            raise AssertionError(f"ScriptedOpenAIServer: {len(left)} step(s) not consumed: {left}")
+
+    def _next_step(self) -> dict[str, Any] | None:
+        with self._lock:
+            self._served += 1
+            return self._steps.pop(0) if self._steps else None
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def _app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    def _auth_error(self, request: Request) -> Response | None:
+        if self.require_api_key is None:
+            return None
+        header = request.headers.get("authorization", "")
+        if header == f"Bearer {self.require_api_key}":
+            return None
+        given = header.removeprefix("Bearer ").strip()
+        shown = f"{given[:3]}***" if given else "(none)"
+        return _error(
+            401,
+            f"Incorrect API key provided: {shown}.",
+            "invalid_request_error",
+            code="invalid_api_key",
+        )
+
+    async def _models(self, request: Request) -> Response:
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        entry = {"id": self.model, "object": "model", "created": 0, "owned_by": "astromesh"}
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    async def _chat(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(
+                400, "We could not parse the JSON body of your request.", "invalid_request_error"
+            )
+        if isinstance(body, dict):
+            with self._lock:
+                self.requests.append(body)
+                self.request_headers.append(dict(request.headers))
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict) or not body.get("model"):
+            return _error(
+                422, "you must provide a model parameter", "invalid_request_error", param="model"
+            )
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(
+                422,
+                "'messages' must be a non-empty array",
+                "invalid_request_error",
+                param="messages",
+            )
+        step = self._next_step()
+        if step is None:
+            return _error(
+                500,
+                f"ScriptedOpenAIServer: script exhausted, unexpected request #{self._served}",
+                "server_error",
+            )
+        if step.get("delay_s"):
+            await asyncio.sleep(float(step["delay_s"]))
+        if "status" in step:
+            status = int(step["status"])
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            return _error(status, str(step.get("error") or f"scripted HTTP {status}"), kind)
+        reply = _Reply(step, body, self._served)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            return StreamingResponse(
+                reply.sse(bool(options.get("include_usage"))), media_type="text/event-stream"
+            )
+        return JSONResponse(reply.whole())
+
+
+class _Reply:
+    """One scripted answer rendered as a whole completion or as SSE chunks."""
+
+    def __init__(self, step: dict[str, Any], body: dict[str, Any], serial: int) -> None:
+        self.model = str(body["model"])
+        self.id = f"chatcmpl-scripted-{serial}"
+        self.created = int(time.time())
+        self.content: str | None = step.get("content")
+        self.calls = [
+            {
+                "id": str(c.get("id") or f"call_{serial}_{i}"),
+                "name": str(c["name"]),
+                "arguments": c["arguments"]
+                if isinstance(c.get("arguments"), str)
+                else json.dumps(c.get("arguments") or {}),
+            }
+            for i, c in enumerate(step.get("tool_calls") or [])
+        ]
+        self.finish_reason = str(
+            step.get("finish_reason") or ("tool_calls" if self.calls else "stop")
+        )
+        prompt = sum(
+            _content_words(m.get("content")) for m in body["messages"] if isinstance(m, dict)
+        )
+        completion = count_words(self.content) + sum(
+            count_words(f"{c['name']} {c['arguments']}") for c in self.calls
+        )
+        self.usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def whole(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.calls:
+            message["tool_calls"] = [_wire_call(c, c["arguments"]) for c in self.calls]
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": self.usage,
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        payload = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def sse(self, include_usage: bool) -> AsyncIterator[str]:
+        yield self._chunk({"role": "assistant", "content": ""})
+        for piece in split_words(self.content or ""):
+            yield self._chunk({"content": piece})
+        for index, call in enumerate(self.calls):
+            # OpenAI sends id, type and name first with empty arguments, then fragments.
+            head = _wire_call(call, "")
+            yield self._chunk({"tool_calls": [{"index": index, **head}]})
+            for piece in _pieces(call["arguments"], _ARG_PIECES):
+                fragment = {"index": index, "function": {"arguments": piece}}
+                yield self._chunk({"tool_calls": [fragment]})
+        yield self._chunk({}, self.finish_reason)
+        if include_usage:
+            usage = {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": None,
+                "choices": [],
+                "usage": self.usage,
+            }
+            yield f"data: {json.dumps(usage)}\n\n"
+        yield "data: [DONE]\n\n"
+
+
+def _wire_call(call: dict[str, Any], arguments: str) -> dict[str, Any]:
+    return {
+        "id": call["id"],
+        "type": "function",
+        "function": {"name": call["name"], "arguments": arguments},
+    }
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    size = max(1, -(-len(text) // n))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _content_words(content: Any) -> int:
+    if isinstance(content, str):
+        return count_words(content)
+    if isinstance(content, list):  # content parts: count the text ones
+        return sum(
+            count_words(p.get("text"))
+            for p in content
+            if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return 0
+
+
+def _normalize(step: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(step, str):
+        return {"content": step}
+    unknown = set(step) - _STEP_KEYS
+    if unknown:
+        raise ValueError(f"unknown step keys {sorted(unknown)}; valid: {sorted(_STEP_KEYS)}")
+    if not ({"content", "tool_calls", "status"} & set(step)):
+        raise ValueError(f"a step needs 'content', 'tool_calls' or 'status': {step!r}")
+    for call in step.get("tool_calls") or []:
+        if "name" not in call:
+            raise ValueError(f"a scripted tool call needs a 'name': {call!r}")
+    return dict(step)
+
+
+def _error(
+    status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    # OpenAI's error body shape; clients read error.message.
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)

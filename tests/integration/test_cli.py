@@ -1,0 +1,156 @@
+"""The `astromesh` command, run as a user runs it (a subprocess), against real files
+and a real OpenAI-compatible server on loopback.  No Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from astromesh_ray.testing import ScriptedOpenAIServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def astromesh(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "astromesh_ray.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+AGENT = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata:
+  name: helper
+spec:
+  model:
+    primary:
+      providerRef: local-llm
+  prompts:
+    system: "Be brief, {{ name }}."
+  tools:
+    - name: calculator
+      type: builtin
+"""
+
+PROVIDERS = """\
+apiVersion: astromesh/v1
+kind: ProviderConfig
+metadata:
+  name: providers
+spec:
+  providers:
+    local-llm:
+      type: openai_compat
+      endpoint: "{url}"
+      models: [scripted-model]
+"""
+
+
+def test_run_executes_one_turn_in_process(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(
+        [{"tool_calls": [{"name": "calculator", "arguments": {"expression": "2**10"}}]}, "1024"]
+    ) as llm:
+        (tmp_path / "agents").mkdir()
+        (tmp_path / "agents" / "helper.agent.yaml").write_text(AGENT)
+        (tmp_path / "providers.yaml").write_text(PROVIDERS.format(url=llm.url))
+        proc = astromesh(
+            "run",
+            "helper",
+            "2 to the 10th?",
+            "--config",
+            str(tmp_path),
+            "--context",
+            '{"name": "Bo"}',
+            "--json",
+        )
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["answer"] == "1024"
+        assert result["steps"][0]["result"] == "1024"
+        assert llm.requests[0]["messages"][0]["content"] == "Be brief, Bo."
+        assert llm.requests[0]["model"] == "scripted-model"
+        llm.assert_consumed()
+
+        # Environment variables choose the config directory too.
+        llm.add_steps("plain")
+        proc = astromesh(
+            "run",
+            "helper",
+            "hi",
+            "--context",
+            '{"name": "Bo"}',
+            env={"ASTROMESH_CONFIG_DIR": str(tmp_path)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "plain"
+
+
+def test_run_reports_errors_with_hints(tmp_path: Path) -> None:
+    proc = astromesh("run", "nobody", "hi", "--config", str(ROOT / "config"))
+    assert proc.returncode == 1
+    assert "no agent named 'nobody'" in proc.stderr and "assistant" in proc.stderr
+    proc = astromesh("run", "assistant", "hi", "--config", str(ROOT / "config"), "--context", "[1]")
+    assert proc.returncode == 1 and "--context must be a JSON object" in proc.stderr
+
+
+def test_validate_ok_and_errors(tmp_path: Path) -> None:
+    proc = astromesh("validate", "config")
+    assert proc.returncode == 0, proc.stderr
+    bad = tmp_path / "bad.agent.yaml"
+    bad.write_text(
+        AGENT.replace("  tools:", "  toolz:").replace("providerRef", "provider: olama\n      model")
+    )
+    proc = astromesh("validate", str(bad))
+    assert proc.returncode == 1
+    assert f"{bad}:" in proc.stderr
+    assert "toolz" in proc.stderr and "did you mean 'tools'" in proc.stderr
+    assert "did you mean 'ollama'" in proc.stderr
+    assert "2 error(s)" in proc.stderr
+
+
+def test_schema_prints_a_json_schema_with_descriptions() -> None:
+    proc = astromesh("schema")
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    text = json.dumps(schema)
+    assert "apiVersion" in text and "max_iterations" in text and "description" in text
+    proc = astromesh("schema", "--kind", "ProviderConfig")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) != schema and "health_check_interval" in proc.stdout
+
+
+def test_deploy_config_matches_the_committed_file() -> None:
+    proc = astromesh("deploy-config", "--config", "config")
+    assert proc.returncode == 0, proc.stderr
+    committed = (ROOT / "deployments" / "local.yaml").read_text()
+    assert proc.stdout == committed, (
+        "regenerate: astromesh deploy-config --config config > deployments/local.yaml"
+    )
+
+
+def test_committed_serve_config_is_valid_for_ray_serve() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    body = yaml.safe_load((ROOT / "deployments" / "local.yaml").read_text())
+    parsed = (
+        ServeDeploySchema.model_validate(body)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(body)
+    )
+    names = [app.name for app in parsed.applications]
+    assert names[-1] == "gateway" and "agent-assistant" in names
+    assert all(
+        app.import_path.startswith("astromesh_ray.serve.builders:") for app in parsed.applications
+    )

@@ -1,0 +1,222 @@
+"""YAML agent -> ReAct with a tool call -> Ray Serve over real HTTP, against a real
+OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from ray import serve
+
+from astromesh_ray.serve.local import deploy_apps
+from astromesh_ray.spec import load_config
+from astromesh_ray.testing import ScriptedOpenAIServer
+
+from .conftest import free_port
+
+AGENT = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata:
+  name: {name}
+spec:
+  identity:
+    description: "Does arithmetic."
+  model:
+    primary:
+      provider: openai_compat
+      model: scripted-model
+      endpoint: "{endpoint}"
+      parameters:
+        temperature: 0.1
+  prompts:
+    system: "You help {{{{ customer }}}}."
+  orchestration:
+    pattern: react
+    max_iterations: 4
+    timeout_seconds: {timeout}
+  tools:
+    - name: calculator
+      type: builtin
+    - name: slow_echo
+      type: internal
+      function: "tests.integration.tools:slow_echo"
+"""
+
+
+def write_agent(root: Path, name: str, endpoint: str, timeout: float = 30) -> None:
+    agents = root / "agents"
+    agents.mkdir(parents=True, exist_ok=True)
+    text = AGENT.format(name=name, endpoint=endpoint, timeout=timeout)
+    (agents / f"{name}.agent.yaml").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[ScriptedOpenAIServer]:
+    with ScriptedOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(
+    serve_url: str, llm: ScriptedOpenAIServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("config")
+    write_agent(root, "calc", llm.url)
+    write_agent(root, "impatient", llm.url, timeout=1)
+    write_agent(root, "unplugged", f"http://127.0.0.1:{free_port()}/v1")
+    apps = deploy_apps(load_config(root), config_dir=root)
+    try:
+        yield serve_url
+    finally:
+        for name in reversed(apps):
+            serve.delete(name)
+
+
+def test_react_turn_with_a_tool_call_over_http(api: str, llm: ScriptedOpenAIServer) -> None:
+    llm.add_steps(
+        *[
+            {"tool_calls": [{"name": "calculator", "arguments": {"expression": "(2+3)*4"}}]},
+            "(2+3)*4 is 20.",
+        ]
+    )
+    reply = httpx.post(
+        f"{api}/v1/agents/calc/run",
+        json={"query": "What is (2+3)*4?", "session_id": "s-1", "context": {"customer": "Ada"}},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["answer"] == "(2+3)*4 is 20."
+    assert body["session_id"] == "s-1"
+    assert body["steps"][0]["tool"] == "calculator" and body["steps"][0]["result"] == "20"
+    assert body["usage"]["calls"] == 2 and body["usage"]["total_tokens"] > 0
+
+    # What went over the wire to the model: prompt, tools, then the tool result.
+    first, second = llm.requests[-2:]
+    assert first["messages"][0] == {"role": "system", "content": "You help Ada."}
+    assert first["temperature"] == 0.1
+    assert {t["function"]["name"] for t in first["tools"]} == {"calculator", "slow_echo"}
+    assert second["messages"][-1]["role"] == "tool" and second["messages"][-1]["content"] == "20"
+
+    # The trace shows the model ran in the provider app and the tool in the agent app.
+    model_span, tool_span = body["trace"][0], body["trace"][1]
+    assert model_span["name"] == "model_call" and model_span["where"]["app"].startswith("provider-")
+    assert tool_span["name"] == "tool_call" and tool_span["where"]["app"] == "agent-calc"
+    assert model_span["where"]["replica"] != tool_span["where"]["replica"]
+
+
+def test_agent_listing_and_health(api: str) -> None:
+    assert httpx.get(f"{api}/health").json()["status"] == "ok"
+    listed = httpx.get(f"{api}/v1/agents").json()["agents"]
+    assert [a["name"] for a in listed] == ["calc", "impatient", "unplugged"]
+    calc = httpx.get(f"{api}/v1/agents/calc").json()
+    assert calc["description"] == "Does arithmetic."
+    assert calc["tools"] == ["calculator", "slow_echo"] and calc["pattern"] == "react"
+
+
+def test_unknown_agent_is_404(api: str) -> None:
+    for reply in (
+        httpx.get(f"{api}/v1/agents/nope"),
+        httpx.post(f"{api}/v1/agents/nope/run", json={"query": "hi"}),
+    ):
+        assert reply.status_code == 404
+        error = reply.json()["error"]
+        assert error["code"] == "agent_not_found" and "calc" in error["hint"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "query"),
+        ({"query": ""}, "query"),
+        ({"query": "hi", "context": "not an object"}, "context"),
+        ({"query": "hi", "session_id": "bad id with spaces"}, "session_id"),
+        ({"query": "hi", "surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_body_is_422_naming_the_field(
+    api: str, body: dict[str, object], field: str
+) -> None:
+    reply = httpx.post(f"{api}/v1/agents/calc/run", json=body)
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert [f["field"] for f in error["fields"]] == [field]
+
+
+def test_oversized_body_is_413(api: str) -> None:
+    reply = httpx.post(f"{api}/v1/agents/calc/run", json={"query": "x" * (2 * 1024 * 1024)})
+    assert reply.status_code == 413
+    assert reply.json()["error"]["code"] == "request_too_large"
+
+
+def test_missing_prompt_variable_is_422(api: str, llm: ScriptedOpenAIServer) -> None:
+    reply = httpx.post(f"{api}/v1/agents/calc/run", json={"query": "hi"})
+    assert reply.status_code == 422
+    assert "'customer' is undefined" in reply.json()["error"]["message"]
+
+
+def test_unreachable_provider_is_502_with_a_hint(api: str) -> None:
+    reply = httpx.post(
+        f"{api}/v1/agents/unplugged/run",
+        json={"query": "hi", "context": {"customer": "x"}},
+        timeout=60,
+    )
+    assert reply.status_code == 502
+    error = reply.json()["error"]
+    assert error["code"] == "provider_error"
+    assert error["hint"] and "127.0.0.1" in error["hint"]
+
+
+def test_timeout_is_504_with_the_partial_trace(api: str, llm: ScriptedOpenAIServer) -> None:
+    llm.add_steps(
+        *[{"tool_calls": [{"name": "slow_echo", "arguments": {"text": "hi", "seconds": 20}}]}]
+    )
+    reply = httpx.post(
+        f"{api}/v1/agents/impatient/run",
+        json={"query": "hi", "context": {"customer": "x"}},
+        timeout=60,
+    )
+    assert reply.status_code == 504
+    error = reply.json()["error"]
+    assert error["code"] == "run_timeout" and "timeout_seconds=1" in error["message"]
+    assert [s["name"] for s in error["trace"]] == ["model_call", "tool_call"]
+
+
+def test_stream_sends_server_sent_events(api: str, llm: ScriptedOpenAIServer) -> None:
+    llm.add_steps(
+        *[
+            {"tool_calls": [{"name": "calculator", "arguments": {"expression": "6*7"}}]},
+            "six times seven is 42",
+        ]
+    )
+    events: list[tuple[str, dict[str, object]]] = []
+    with httpx.stream(
+        "POST",
+        f"{api}/v1/agents/calc/stream",
+        json={"query": "6*7?", "context": {"customer": "x"}},
+        timeout=60,
+    ) as reply:
+        assert reply.status_code == 200
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        kind = ""
+        for line in reply.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert "tool_result" in kinds and "answer" in kinds
+    assert "".join(str(d["text"]) for k, d in events if k == "token") == "six times seven is 42"
+    assert llm.requests[-1]["stream"] is True  # tokens really streamed from the provider
+
+
+def test_stream_errors_before_the_first_event_keep_their_status(api: str) -> None:
+    reply = httpx.post(f"{api}/v1/agents/calc/stream", json={"query": "hi"})
+    assert reply.status_code == 422
+    assert reply.json()["error"]["code"] == "invalid_request"

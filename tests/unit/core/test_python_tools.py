@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Literal
+
+import pytest
+
+from astromesh_ray.core.messages import ToolCall
+from astromesh_ray.core.tools import PythonTool, ToolRegistry, registered_tools, tool
+from astromesh_ray.core.tools.python import resolve_python_tool
+from astromesh_ray.errors import ConfigError, ToolError
+
+
+def weather(city: str, unit: Literal["C", "F"] = "C", days: int = 1) -> str:
+    """Forecast for a city.
+
+    Longer explanation that is not part of the summary.
+
+    Args:
+        city: City name, e.g. "Paris".
+        unit: Temperature unit.
+        days: How many days,
+            counted from today.
+
+    Returns:
+        A sentence.
+    """
+    return f"{city}:{unit}:{days}:{threading.current_thread().name}"
+
+
+def test_schema_comes_from_hints_and_docstring() -> None:
+    schema = PythonTool(weather).schema
+    assert schema.name == "weather"
+    assert schema.description == "Forecast for a city."
+    params = schema.parameters
+    assert params["type"] == "object"
+    assert params["required"] == ["city"]
+    assert params["properties"]["city"] == {
+        "type": "string",
+        "description": 'City name, e.g. "Paris".',
+    }
+    assert params["properties"]["unit"]["enum"] == ["C", "F"]
+    assert params["properties"]["unit"]["default"] == "C"
+    assert params["properties"]["days"]["description"] == "How many days, counted from today."
+    assert params["additionalProperties"] is False
+    assert "title" not in params
+
+
+def test_sphinx_docstring() -> None:
+    def add(a: int, b: int) -> int:
+        """Add two numbers.
+
+        :param a: first
+        :param int b: second
+        """
+        return a + b
+
+    props = PythonTool(add).schema.parameters["properties"]
+    assert props["a"]["description"] == "first"
+    assert props["b"]["description"] == "second"
+
+
+async def test_sync_tools_run_off_the_event_loop() -> None:
+    result = await PythonTool(weather).call({"city": "Oslo", "days": 3})
+    assert result.content.startswith("Oslo:C:3:")
+    assert not result.content.endswith(threading.current_thread().name)
+
+
+async def test_async_tool_and_structured_result() -> None:
+    async def lookup(key: str) -> dict[str, int]:
+        """Look a key up."""
+        await asyncio.sleep(0)
+        return {key: len(key)}
+
+    result = await PythonTool(lookup).call({"key": "abcd"})
+    assert result.content == '{"abcd": 4}'
+    assert result.data == {"abcd": 4}
+
+
+async def test_arguments_are_validated_before_the_call() -> None:
+    calls: list[str] = []
+
+    def record(n: int) -> str:
+        """Record."""
+        calls.append("called")
+        return str(n)
+
+    t = PythonTool(record)
+    with pytest.raises(ToolError, match="n: Input should be a valid integer"):
+        await t.call({"n": "many"})
+    with pytest.raises(ToolError, match="extra: Extra inputs are not permitted"):
+        await t.call({"n": 1, "extra": True})
+    assert calls == []
+
+
+async def test_registry_reports_errors_to_the_model() -> None:
+    def boom(x: int) -> str:
+        """Always fails."""
+        raise ValueError("kaput")
+
+    registry = ToolRegistry([PythonTool(weather), PythonTool(boom)])
+    result, _ = await registry.call(ToolCall("1", "nope", {}))
+    assert (
+        result.is_error and "no tool named 'nope'" in result.content and "weather" in result.content
+    )
+    result, _ = await registry.call(ToolCall("2", "weather", {"unit": "K"}))
+    assert result.is_error
+    assert "'city' is a required property" in result.content
+    result, _ = await registry.call(ToolCall("3", "boom", {"x": 1}))
+    assert result.is_error and "ValueError: kaput" in result.content
+    result, _ = await registry.call(ToolCall("4", "weather", {"city": "Rome"}))
+    assert not result.is_error and result.content.startswith("Rome:C:1")
+
+
+def test_duplicate_tool_names_are_refused() -> None:
+    with pytest.raises(ConfigError, match="two tools are named 'weather'"):
+        ToolRegistry([PythonTool(weather), PythonTool(weather)])
+
+
+def test_decorator_registers_and_returns_the_function() -> None:
+    @tool(name="shout_test_tool")
+    def shout(text: str) -> str:
+        """Upper-case text."""
+        return text.upper()
+
+    assert shout("a") == "A"
+    assert "shout_test_tool" in registered_tools()
+    assert resolve_python_tool("shout_test_tool", None).schema.description == "Upper-case text."
+
+
+def test_resolve_by_import_path_and_misses() -> None:
+    t = resolve_python_tool("forecast", "tests.unit.core.test_python_tools:weather")
+    assert t.schema.name == "forecast"
+    with pytest.raises(ConfigError, match=r"registered tools: .*calculator.*datetime_now"):
+        resolve_python_tool("web_search", None)
+    with pytest.raises(ConfigError, match="cannot import"):
+        resolve_python_tool("x", "no_such_module_xyz:fn")
+    with pytest.raises(ConfigError, match="must look like"):
+        resolve_python_tool("x", "just_a_module")
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [("(2 + 3) * 4", "20"), ("7 / 2", "3.5"), ("-2 ** 2", "-4"), ("17 % 5", "2")],
+)
+async def test_calculator(expression: str, expected: str) -> None:
+    result = await resolve_python_tool("calculator", None).call({"expression": expression})
+    assert result.content == expected
+
+
+@pytest.mark.parametrize(
+    "hostile", ["__import__('os').system('true')", "open('/etc/passwd')", "2 ** 99999", "1/0"]
+)
+async def test_calculator_refuses_hostile_input(hostile: str) -> None:
+    with pytest.raises(ToolError):
+        await resolve_python_tool("calculator", None).call({"expression": hostile})
+
+
+async def test_datetime_now() -> None:
+    t = resolve_python_tool("datetime_now", None)
+    assert (await t.call({"timezone": "UTC"})).content.endswith("+00:00")
+    with pytest.raises(ToolError, match="unknown timezone"):
+        await t.call({"timezone": "Mars/Olympus"})

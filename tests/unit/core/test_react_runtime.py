@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from astromesh_ray.core.messages import CompletionRequest, ToolCall
+from astromesh_ray.core.patterns import ReActPattern, pattern_for
+from astromesh_ray.core.prompts import PromptSet
+from astromesh_ray.core.providers.fallback import FallbackProvider
+from astromesh_ray.core.runtime import AgentRuntime, RunRequest
+from astromesh_ray.core.tools import PythonTool, ToolRegistry
+from astromesh_ray.core.tools.python import resolve_python_tool
+from astromesh_ray.errors import ConfigError, InvalidRequest, ProviderError, RunError, RunTimeout
+from astromesh_ray.testing import ScriptedProvider
+
+
+def make_runtime(
+    provider: object,
+    *,
+    tools: list[object] | None = None,
+    system: str = "You are terse.",
+    templates: dict[str, str] | None = None,
+    max_iterations: int = 5,
+    timeout_s: float = 10.0,
+) -> AgentRuntime:
+    registry = ToolRegistry(
+        tools if tools is not None else [resolve_python_tool("calculator", None)]
+    )
+    return AgentRuntime(
+        name="t",
+        provider=provider,  # type: ignore[arg-type]
+        tools=registry,
+        prompts=PromptSet(system, templates, origin="t.agent.yaml"),
+        pattern=ReActPattern(),
+        max_iterations=max_iterations,
+        timeout_s=timeout_s,
+    )
+
+
+async def test_react_calls_a_tool_then_answers() -> None:
+    def second(req: CompletionRequest) -> str:
+        tool_msg = req.messages[-1]
+        assert (
+            tool_msg.role == "tool" and tool_msg.tool_call_id == "c1" and tool_msg.content == "20"
+        )
+        assert req.messages[-2].tool_calls == [
+            ToolCall("c1", "calculator", {"expression": "(2+3)*4"})
+        ]
+        return "It is 20."
+
+    def first(req: CompletionRequest) -> ToolCall:
+        assert [m.role for m in req.messages] == ["system", "user"]
+        assert req.messages[0].content == "You are terse."
+        assert [t.name for t in req.tools] == ["calculator"]
+        return ToolCall("c1", "calculator", {"expression": "(2+3)*4"})
+
+    provider = ScriptedProvider([first, second])
+    result = await make_runtime(provider).run(RunRequest(query="what is (2+3)*4?", session_id="s1"))
+    provider.assert_consumed()
+    assert result.answer == "It is 20."
+    assert result.session_id == "s1"
+    assert [s["type"] for s in result.steps] == ["tool_call", "answer"]
+    assert result.steps[0]["result"] == "20" and result.steps[0]["is_error"] is False
+    assert (
+        result.usage.calls == 2 and result.usage.input_tokens > 0 and result.usage.output_tokens > 0
+    )
+    names = [s["name"] for s in result.trace]
+    assert names == ["model_call", "tool_call", "model_call"]
+    assert all(s["duration_ms"] is not None and "pid" in s["where"] for s in result.trace)
+    assert result.to_dict()["usage"]["total_tokens"] == result.usage.total_tokens
+
+
+async def test_parallel_tool_calls_keep_their_order() -> None:
+    calls = [
+        ToolCall("a", "calculator", {"expression": "1+1"}),
+        ToolCall("b", "calculator", {"expression": "2+2"}),
+    ]
+
+    def answer(req: CompletionRequest) -> str:
+        tool_msgs = [m for m in req.messages if m.role == "tool"]
+        assert [(m.tool_call_id, m.content) for m in tool_msgs] == [("a", "2"), ("b", "4")]
+        return "2 and 4"
+
+    provider = ScriptedProvider([calls, answer])
+    result = await make_runtime(provider).run(RunRequest(query="q"))
+    assert result.answer == "2 and 4"
+    provider.assert_consumed()
+
+
+async def test_tool_errors_are_fed_back_and_the_model_recovers() -> None:
+    def check(req: CompletionRequest) -> ToolCall:
+        assert req.messages[-1].content is not None
+        assert (
+            "invalid arguments" in req.messages[-1].content
+            and "expression" in req.messages[-1].content
+        )
+        return ToolCall("2", "calculator", {"expression": "1+2"})
+
+    provider = ScriptedProvider([ToolCall("1", "calculator", {"expr": "1+2"}), check, "3"])
+    result = await make_runtime(provider).run(RunRequest(query="1+2?"))
+    assert result.answer == "3"
+    assert [s.get("is_error") for s in result.steps] == [True, False, None]
+
+
+async def test_max_iterations_bounds_the_loop() -> None:
+    loop = [ToolCall(str(i), "calculator", {"expression": "1"}) for i in range(3)]
+    provider = ScriptedProvider(loop)
+    with pytest.raises(RunError) as info:
+        await make_runtime(provider, max_iterations=3).run(RunRequest(query="loop"))
+    provider.assert_consumed()
+    assert info.value.details["reason"] == "max_iterations"
+    assert len(info.value.details["trace"]) == 6  # 3 model calls + 3 tool calls, kept for debugging
+
+
+async def test_timeout_bounds_the_run_and_keeps_the_partial_trace() -> None:
+    async def slow(seconds: float) -> str:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return "done"
+
+    provider = ScriptedProvider([ToolCall("1", "slow", {"seconds": 30})])
+    runtime = make_runtime(provider, tools=[PythonTool(slow)], timeout_s=0.3)
+    with pytest.raises(RunTimeout, match=r"timeout_seconds=0\.3") as info:
+        await runtime.run(RunRequest(query="wait"))
+    spans = info.value.details["trace"]
+    assert [s["name"] for s in spans] == ["model_call", "tool_call"]
+    assert spans[1]["status"] == "error"
+    assert info.value.http_status == 504
+
+
+async def test_stream_yields_tokens_tools_and_the_result() -> None:
+    provider = ScriptedProvider(
+        [ToolCall("1", "calculator", {"expression": "6*7"}), "The answer is 42."]
+    )
+    events = [e async for e in make_runtime(provider).stream(RunRequest(query="6*7?"))]
+    types = [e.type for e in events]
+    assert types[0] == "run_started" and types[-1] == "run_finished"
+    assert types.index("tool_call") < types.index("tool_result") < types.index("answer")
+    tokens = "".join(e.data["text"] for e in events if e.type == "token")
+    assert tokens == "The answer is 42."
+    result = events[-1].data["result"]
+    assert result["answer"] == "The answer is 42." and result["usage"]["calls"] == 2
+
+
+async def test_prompt_variables_templates_and_undefined() -> None:
+    def check(req: CompletionRequest) -> str:
+        assert req.messages[0].content == "Hi Ada.\nRules: be brief."
+        return "ok"
+
+    runtime = make_runtime(
+        ScriptedProvider([check]),
+        system="Hi {{ user }}.\n{% include 'rules' %}",
+        templates={"rules": "Rules: be {{ context.style }}."},
+    )
+    result = await runtime.run(RunRequest(query="q", context={"user": "Ada", "style": "brief"}))
+    assert result.answer == "ok"
+    with pytest.raises(InvalidRequest, match="'user' is undefined") as info:
+        await runtime.run(RunRequest(query="q", context={"style": "x"}))
+    assert info.value.http_status == 422
+
+
+async def test_prompt_sandbox_blocks_unsafe_access() -> None:
+    runtime = make_runtime(
+        ScriptedProvider([]), system="{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    )
+    with pytest.raises(InvalidRequest, match="unsafe"):
+        await runtime.run(RunRequest(query="q"))
+
+
+def test_prompt_syntax_errors_are_config_errors() -> None:
+    with pytest.raises(
+        ConfigError, match=r"spec.prompts.templates.bad line 2: Jinja2 syntax error"
+    ):
+        PromptSet("ok", {"bad": "line one\n{% if %}"}, origin="a.agent.yaml")
+
+
+async def test_fallback_provider_moves_on_and_reports_everything() -> None:
+    down = ProviderError(
+        "connection refused", hint="start Ollama", provider="ollama:x", retryable=True
+    )
+    primary = ScriptedProvider([down], name="ollama:x")
+    backup = ScriptedProvider(["from backup"], name="openai:y")
+    result = await make_runtime(FallbackProvider([primary, backup])).run(RunRequest(query="q"))
+    assert result.answer == "from backup"
+    assert result.trace[0]["where"]["fallback_from"] == "ollama:x"
+
+    no_key = ProviderError("no key", hint="set OPENAI_API_KEY", provider="openai:y", status=401)
+    both = FallbackProvider(
+        [ScriptedProvider([down], name="ollama:x"), ScriptedProvider([no_key], name="openai:y")]
+    )
+    with pytest.raises(ProviderError) as info:
+        await make_runtime(both).run(RunRequest(query="q"))
+    assert info.value.hint == "start Ollama; or set OPENAI_API_KEY"
+    assert "connection refused; no key" in info.value.message
+    assert info.value.http_status == 502
+
+
+def test_unknown_pattern_lists_the_supported_ones() -> None:
+    with pytest.raises(ConfigError, match="supported patterns: react"):
+        pattern_for("swarm")

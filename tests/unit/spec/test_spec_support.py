@@ -1,0 +1,237 @@
+"""The support check refuses, by name, what the runtime does not run yet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from spec_helpers import AGENT, WriteYaml, issues_of
+
+from astromesh_ray.spec import RULES, AgentSpec, check_support, load_document
+
+BLOCK = {"provider": "ollama", "model": "m"}
+
+
+def agent(model: dict[str, Any] | None = None, **spec: Any) -> AgentSpec:
+    body = {"model": model or {"primary": BLOCK}, **spec}
+    return AgentSpec.model_validate(
+        {"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "ab"}, "spec": body}
+    )
+
+
+CASES: list[tuple[dict[str, Any], str, str]] = [
+    (
+        {"model": {"primary": BLOCK, "routing": {"strategy": "round_robin"}}},
+        "spec.model.routing.strategy",
+        "model router",
+    ),
+    (
+        {"model": {"primary": BLOCK, "routing": {"health_check_interval": 5}}},
+        "spec.model.routing.health_check_interval",
+        "health checks",
+    ),
+    (
+        {"model": {"default": {"candidates": [BLOCK], "strategy": "quality_first"}}},
+        "spec.model.default.strategy",
+        "model router",
+    ),
+    (
+        {
+            "model": {
+                "default": {"candidates": [BLOCK]},
+                "roles": {"planner": {"candidates": [BLOCK]}},
+            }
+        },
+        "spec.model.roles",
+        "model router",
+    ),
+    ({"orchestration": {"role_map": {"a": "b"}}}, "spec.orchestration.role_map", "model router"),
+    (
+        {"model": {"primary": {"provider": "hf_tgi", "model": "m"}}},
+        "spec.model.primary.provider",
+        "native provider support",
+    ),
+    (
+        {"model": {"primary": {"provider": "onnx", "model": "m"}}},
+        "spec.model.primary.provider",
+        "native provider support",
+    ),
+    (
+        {"model": {"primary": {"provider": "azure_openai", "model": "m"}}},
+        "spec.model.primary.provider",
+        "not supported by astromesh-ray",
+    ),
+    (
+        {"model": {"primary": BLOCK, "fallback": {"provider": "centinela", "model": "m"}}},
+        "spec.model.fallback.provider",
+        "not supported by astromesh-ray",
+    ),
+    (
+        {"model": {"primary": {**BLOCK, "api_key": "sk-123"}}},
+        "spec.model.primary.api_key",
+        "api_key_env",
+    ),
+    ({"orchestration": {"pattern": "swarm"}}, "spec.orchestration.pattern", "use react"),
+    ({"orchestration": {"pattern": "glyph"}}, "spec.orchestration.pattern", "use react"),
+    ({"orchestration": {"narrate": True}}, "spec.orchestration.narrate", "glyph"),
+    ({"orchestration": {"max_repairs": 2}}, "spec.orchestration.max_repairs", "glyph"),
+    ({"program": {"steps": []}}, "spec.program", "glyph"),
+    (
+        {"tools": [{"name": "t", "type": "mcp", "mcp": {"transport": "stdio", "command": "x"}}]},
+        "spec.tools[0].type",
+        "tool type 'mcp' is not supported yet",
+    ),
+    (
+        {"tools": [{"name": "t", "type": "webhook", "webhook": {"url": "http://x"}}]},
+        "spec.tools[0].type",
+        "tool type 'webhook' is not supported yet",
+    ),
+    (
+        {"tools": [{"name": "t", "type": "rag", "rag": {"collection": "c"}}]},
+        "spec.tools[0].type",
+        "tool type 'rag' is not supported yet",
+    ),
+    (
+        {"tools": [{"name": "t", "type": "agent", "agent": "other"}]},
+        "spec.tools[0].type",
+        "tool type 'agent' is not supported yet",
+    ),
+    (
+        {"tools": [{"name": "t", "type": "integration", "connection": "crm"}]},
+        "spec.tools[0].type",
+        "not supported by astromesh-ray",
+    ),
+    (
+        {"tools": [{"name": "t", "type": "api", "operations": []}]},
+        "spec.tools[0].type",
+        "not supported by astromesh-ray",
+    ),
+    ({"tools": [{"name": "t", "rate_limit": {}}]}, "spec.tools[0].rate_limit", "rate limits"),
+    ({"tools": [{"name": "t", "confirm": True}]}, "spec.tools[0].confirm", "confirmation"),
+    (
+        {"tools": [{"name": "t", "type": "builtin", "config": {"k": 1}}]},
+        "spec.tools[0].config",
+        "builtin tool config",
+    ),
+    (
+        {"memory": {"episodic": {"backend": "postgres"}}},
+        "spec.memory.episodic",
+        "episodic memory",
+    ),
+    (
+        {"guardrails": {"output": [{"type": "topic_filter", "blocked_topics": ["x"]}]}},
+        "spec.guardrails.output[0]",
+        "guardrail 'topic_filter'",
+    ),
+    (
+        {"permissions": {"network": {"allowed": ["x"]}}},
+        "spec.permissions.network",
+        "network permissions",
+    ),
+    (
+        {"permissions": {"filesystem": {"read": ["/tmp"]}}},
+        "spec.permissions.filesystem",
+        "filesystem permissions",
+    ),
+    (
+        {"permissions": {"execution": {"dry_run": True}}},
+        "spec.permissions.execution",
+        "execution permissions",
+    ),
+    ({"output_schema": {"a": {"type": "string"}}}, "spec.output_schema", "structured output"),
+    ({"knowledge": {"sources": []}}, "spec.knowledge", "knowledge is not supported"),
+    ({"prefetch": {"x": 1}}, "spec.prefetch", "prefetch is not supported"),
+    ({"chain": {"mode": "sequential"}}, "spec.chain", "chain is not supported"),
+    ({"observability": {"trace": True}}, "spec.observability", "observability"),
+]
+
+
+@pytest.mark.parametrize(("spec", "path", "words"), CASES)
+def test_refused_feature(spec: dict[str, Any], path: str, words: str) -> None:
+    from astromesh_ray.spec.base import render_path
+
+    issues = check_support(agent(**spec))
+    rendered = [(render_path(i.path), f"{i.message} ({i.hint})") for i in issues]
+    assert any(p == path and words in text for p, text in rendered), rendered
+
+
+def test_supported_agent_has_no_issues() -> None:
+    spec = agent(
+        tools=[
+            {"name": "t", "function": "pkg.mod:fn", "confirm": False},
+            {"name": "b", "type": "builtin"},
+        ],
+        permissions={"allowed_actions": ["t"]},
+        orchestration={"pattern": "react", "max_iterations": 3},
+        deployment={"num_replicas": 1},
+        guardrails={"input": [], "output": []},
+    )
+    assert check_support(spec) == []
+
+
+def test_inline_api_key_message(write: WriteYaml) -> None:
+    text = AGENT.format(name="ab") + "      api_key: sk-secret\n"
+    issues = issues_of(lambda: load_document(write("a.agent.yaml", text)))
+    assert [(i["path"], i["line"]) for i in issues] == [("spec.model.primary.api_key", 11)]
+    assert issues[0]["message"] == "inline api keys are not accepted"
+    assert issues[0]["hint"] == (
+        "put the key in an environment variable and name it in api_key_env"
+    )
+
+
+def test_rag_pipeline_kind_is_refused(write: WriteYaml) -> None:
+    path = write("p.yaml", "apiVersion: astromesh/v1\nkind: RAGPipeline\nmetadata: {name: p1}\n")
+    issues = issues_of(lambda: load_document(path))
+    assert [(i["path"], i["line"], i["message"]) for i in issues] == [
+        ("kind", 2, "kind RAGPipeline is not supported yet")
+    ]
+
+
+def test_runtime_mesh_keys_are_refused(write: WriteYaml) -> None:
+    path = write(
+        "runtime.yaml",
+        """
+        apiVersion: astromesh/v1
+        kind: RuntimeConfig
+        metadata: {name: default}
+        spec:
+          services: {api: true}
+          peers: [{name: b, url: http://b}]
+          mesh: {enabled: true}
+          defaults:
+            orchestration: {pattern: pipeline}
+        """,
+    )
+    issues = issues_of(lambda: load_document(path))
+    assert [(i["path"], i["line"]) for i in issues] == [
+        ("spec.services", 5),
+        ("spec.peers", 6),
+        ("spec.mesh", 7),
+        ("spec.defaults.orchestration.pattern", 9),
+    ]
+    assert issues[2]["hint"] == "astromesh-ray places services with Ray; remove spec.mesh"
+
+
+def test_provider_entry_api_key_is_refused(write: WriteYaml) -> None:
+    path = write(
+        "providers.yaml",
+        """
+        apiVersion: astromesh/v1
+        kind: ProviderConfig
+        metadata: {name: p1}
+        spec:
+          providers:
+            x: {type: litellm, api_key: sk, models: [m]}
+        """,
+    )
+    issues = issues_of(lambda: load_document(path))
+    assert sorted(i["message"] for i in issues) == [
+        "inline api keys are not accepted",
+        "provider 'litellm' is not supported by astromesh-ray",
+    ]
+
+
+def test_rules_table_is_one_flat_list() -> None:
+    kinds = {rule.kind for rule in RULES}
+    assert kinds == {"Agent", "ProviderConfig", "RuntimeConfig", "RAGPipeline"}
+    assert all(rule.paths and rule.message and rule.hint for rule in RULES)

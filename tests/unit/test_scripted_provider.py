@@ -1,0 +1,189 @@
+"""ScriptedProvider: each call consumes one step; extra calls and leftovers fail loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from astromesh_ray.core.messages import (
+    CompletionChunk,
+    CompletionRequest,
+    Message,
+    ToolCall,
+    ToolSchema,
+)
+from astromesh_ray.core.providers import Provider
+from astromesh_ray.errors import ProviderError
+from astromesh_ray.testing import ScriptedProvider
+from astromesh_ray.testing.scripted import count_words, split_words
+
+
+def _request(text: str = "what is the weather in Paris") -> CompletionRequest:
+    return CompletionRequest(
+        messages=[Message(role="system", content="be brief"), Message(role="user", content=text)]
+    )
+
+
+async def _collect(stream: AsyncIterator[CompletionChunk]) -> list[CompletionChunk]:
+    return [chunk async for chunk in stream]
+
+
+def test_implements_provider_protocol() -> None:
+    assert isinstance(ScriptedProvider([]), Provider)
+
+
+def test_text_step_gives_assistant_message_and_word_usage() -> None:
+    provider = ScriptedProvider(["It is sunny today"], name="fake", model="m1")
+    completion = asyncio.run(provider.complete(_request()))
+    assert completion.message.role == "assistant"
+    assert completion.message.content == "It is sunny today"
+    assert completion.message.tool_calls == []
+    assert completion.finish_reason == "stop"
+    assert (completion.provider, completion.model) == ("fake", "m1")
+    # prompt: "be brief" (2) + "what is the weather in Paris" (6); answer: 4 words
+    assert completion.usage.input_tokens == 8
+    assert completion.usage.output_tokens == 4
+    assert completion.usage.calls == 1
+    provider.assert_consumed()
+
+
+def test_tool_call_steps_single_and_list() -> None:
+    one = ToolCall(id="c1", name="weather", arguments={"city": "Paris"})
+    two = [one, ToolCall(id="c2", name="time", arguments={})]
+    provider = ScriptedProvider([one, two])
+    first = asyncio.run(provider.complete(_request()))
+    second = asyncio.run(provider.complete(_request()))
+    assert first.message.tool_calls == [one]
+    assert first.message.content is None
+    assert first.finish_reason == "tool_calls"
+    assert second.message.tool_calls == two
+    # 'weather {"city": "Paris"}' is 3 words
+    assert first.usage.output_tokens == 3
+
+
+def test_exception_step_is_raised() -> None:
+    error = ProviderError("backend down", provider="x", status=503, retryable=True)
+    provider = ScriptedProvider([error, "recovered"])
+    with pytest.raises(ProviderError, match="backend down") as info:
+        asyncio.run(provider.complete(_request()))
+    assert info.value.retryable
+    assert asyncio.run(provider.complete(_request())).message.content == "recovered"
+
+
+def test_callable_step_sees_the_request() -> None:
+    seen: list[CompletionRequest] = []
+
+    def check(request: CompletionRequest) -> str:
+        seen.append(request)
+        assert request.tools[0].name == "weather"
+        return f"saw {len(request.messages)} messages"
+
+    provider = ScriptedProvider([check])
+    tools = [ToolSchema(name="weather", description="d", parameters={"type": "object"})]
+    request = CompletionRequest(messages=[Message(role="user", content="hi")], tools=tools)
+    completion = asyncio.run(provider.complete(request))
+    assert completion.message.content == "saw 1 messages"
+    assert seen == [request]
+
+
+def test_callable_step_assertion_fails_the_call() -> None:
+    def reject(request: CompletionRequest) -> str:
+        raise AssertionError("wrong prompt")
+
+    provider = ScriptedProvider([reject])
+    with pytest.raises(AssertionError, match="wrong prompt"):
+        asyncio.run(provider.complete(_request()))
+
+
+def test_unexpected_call_names_call_number_and_last_message() -> None:
+    provider = ScriptedProvider(["only one"], name="planner")
+    asyncio.run(provider.complete(_request()))
+    with pytest.raises(AssertionError) as info:
+        asyncio.run(provider.complete(_request("and tomorrow?")))
+    text = str(info.value)
+    assert "ScriptedProvider 'planner': unexpected call #2" in text
+    assert "user: 'and tomorrow?'" in text
+    assert len(provider.requests) == 2  # the unexpected request is recorded too
+
+
+def test_assert_consumed_lists_leftover_steps() -> None:
+    provider = ScriptedProvider(["a", ToolCall(id="c", name="lookup", arguments={"q": 1})])
+    asyncio.run(provider.complete(_request()))
+    assert provider.remaining == 1
+    with pytest.raises(AssertionError, match=r"(?s)1 of 2 steps not consumed.*lookup"):
+        provider.assert_consumed()
+
+
+def test_requests_are_snapshots() -> None:
+    provider = ScriptedProvider(["one", "two"])
+    messages = [Message(role="user", content="first")]
+    asyncio.run(provider.complete(CompletionRequest(messages=messages)))
+    messages.append(Message(role="assistant", content="one"))
+    asyncio.run(provider.complete(CompletionRequest(messages=messages)))
+    assert [len(r.messages) for r in provider.requests] == [1, 2]
+
+
+def test_stream_text_in_word_chunks_then_final_chunk() -> None:
+    provider = ScriptedProvider(["Hello  brave\nworld "])
+    chunks = asyncio.run(_collect(provider.stream(_request())))
+    assert [c.text for c in chunks[:-1]] == ["Hello  ", "brave\n", "world "]
+    final = chunks[-1]
+    assert final.text == ""
+    assert final.finish_reason == "stop"
+    assert final.usage is not None and final.usage.output_tokens == 3
+    assert "".join(c.text for c in chunks) == "Hello  brave\nworld "
+
+
+def test_stream_tool_calls_arrive_whole_in_last_chunk() -> None:
+    call = ToolCall(id="c9", name="search", arguments={"q": "ray serve"})
+    provider = ScriptedProvider([[call]])
+    chunks = asyncio.run(_collect(provider.stream(_request())))
+    assert len(chunks) == 1
+    assert chunks[0].tool_calls == [call]
+    assert chunks[0].finish_reason == "tool_calls"
+
+
+def test_stream_consumes_step_on_call_and_raises_exception_while_iterating() -> None:
+    provider = ScriptedProvider([ProviderError("boom", retryable=False)])
+    stream = provider.stream(_request())
+    assert provider.remaining == 0
+    with pytest.raises(ProviderError, match="boom"):
+        asyncio.run(_collect(stream))
+
+
+def test_bad_step_type_is_a_clear_error() -> None:
+    provider = ScriptedProvider([42])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="step must be str, ToolCall"):
+        asyncio.run(provider.complete(_request()))
+
+
+def test_health_and_aclose() -> None:
+    provider = ScriptedProvider([])
+    assert asyncio.run(provider.health()) is True
+    asyncio.run(provider.aclose())
+    assert provider.closed
+
+
+@pytest.mark.parametrize(
+    ("text", "words"), [("", 0), ("one", 1), ("  a b\tc\n", 3), ('{"k": "v w"}', 3)]
+)
+def test_count_words(text: str, words: int) -> None:
+    assert count_words(text) == words
+    assert "".join(split_words(text)) == text
+
+
+def test_importing_testing_does_not_import_the_http_server_stack() -> None:
+    code = (
+        "import sys, astromesh_ray.testing as t; "
+        "assert t.ScriptedProvider; "
+        "print('uvicorn' in sys.modules, 'ray' in sys.modules); "
+        "t.ScriptedOpenAIServer; print('uvicorn' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "False", "True"]
