@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from astromesh_ray.spec import validate_paths
+    from astromesh_ray.core.build import check_buildable
+    from astromesh_ray.spec import load_agent, validate_paths
 
     issues = validate_paths(list(args.paths))
     for issue in issues:
@@ -92,7 +93,15 @@ def _validate(args: argparse.Namespace) -> int:
     if issues:
         print(f"{len(issues)} error(s)", file=sys.stderr)
         return 1
-    print("ok")
+    # The YAML is valid: now check what needs the code (tool imports, templates).
+    files = [
+        found
+        for path in args.paths
+        for found in (sorted(path.rglob("*.agent.y*ml")) if path.is_dir() else [path])
+        if found.name.endswith((".agent.yaml", ".agent.yml"))
+    ]
+    check_buildable(load_agent(f) for f in files)
+    print(f"ok: {len(files)} agent(s)" if files else "ok")
     return 0
 
 

@@ -7,7 +7,7 @@ function returning handles to provider deployments.  Nothing else differs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from astromesh_ray.core.messages import ToolSchema
 from astromesh_ray.core.patterns import pattern_for
@@ -103,3 +103,22 @@ def build_runtime(
         timeout_s=body.orchestration.timeout_s,
         where=where,
     )
+
+
+def check_buildable(agents: Iterable[AgentSpec]) -> None:
+    """Raise one ``ConfigError`` listing every agent whose tools, prompts or pattern
+    cannot be built (a ``function:`` that does not import, an unknown builtin, ...).
+
+    The loader checks what YAML alone can tell; this checks what needs the code,
+    before anything is deployed.
+    """
+    problems: list[str] = []
+    for agent in agents:
+        try:
+            build_tools(agent)
+            PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
+            pattern_for(agent.spec.orchestration.pattern)
+        except ConfigError as exc:
+            problems.append(f"{agent.source or agent.name}: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems), problems=problems)

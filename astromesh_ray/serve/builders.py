@@ -17,6 +17,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
+from astromesh_ray.core.build import check_buildable
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.serve.agents import AgentDeployment, agent_app_name, describe_agent
 from astromesh_ray.serve.gateway import Gateway
@@ -125,6 +126,7 @@ def agent_app(raw: dict[str, Any]) -> Application:
             hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
         )
     agent = loaded.agents[args.agent]
+    check_buildable([agent])  # a bad tool import fails the build, not the replica
     deployment = agent.spec.deployment
     options = deployment.to_serve_options() if deployment else {}
     return _deployment(AgentDeployment).options(**options).bind(agent, loaded.providers)

@@ -9,6 +9,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
+from astromesh_ray.core.build import check_buildable
 from astromesh_ray.serve.builders import BUILDERS, plan
 from astromesh_ray.spec import LoadedConfig
 
@@ -41,6 +42,7 @@ def start(
                 num_gpus=ray_spec.num_gpus if ray_spec else None,
                 include_dashboard=False,
             )
+    check_buildable(loaded.agents.values())  # fail here, not in a replica
     serve.start(http_options={"host": host, "port": port})
     return deploy_apps(loaded, config_dir=config_dir, agents_dir=agents_dir)
 

@@ -154,3 +154,17 @@ def test_committed_serve_config_is_valid_for_ray_serve() -> None:
     assert all(
         app.import_path.startswith("astromesh_ray.serve.builders:") for app in parsed.applications
     )
+
+
+def test_validate_and_run_catch_tools_that_do_not_import(tmp_path: Path) -> None:
+    agent = tmp_path / "agents" / "helper.agent.yaml"
+    agent.parent.mkdir()
+    agent.write_text(
+        AGENT.replace("type: builtin", "type: internal\n      function: no_such_pkg.mod:fn")
+    )
+    (tmp_path / "providers.yaml").write_text(PROVIDERS.format(url="http://127.0.0.1:9/v1"))
+    proc = astromesh("validate", str(tmp_path / "agents"))
+    assert proc.returncode == 2
+    assert str(agent) in proc.stderr and "cannot import 'no_such_pkg.mod:fn'" in proc.stderr
+    proc = astromesh("run", "helper", "hi", "--config", str(tmp_path))
+    assert proc.returncode == 2 and "cannot import 'no_such_pkg.mod:fn'" in proc.stderr
