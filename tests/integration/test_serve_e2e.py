@@ -16,6 +16,7 @@ from astromesh_ray.spec import load_config
 from astromesh_ray.testing import ScriptedOpenAIServer
 
 from .conftest import free_port
+from .test_docs import README, table_rows
 
 AGENT = """\
 apiVersion: astromesh/v1
@@ -220,3 +221,13 @@ def test_stream_errors_before_the_first_event_keep_their_status(api: str) -> Non
     reply = httpx.post(f"{api}/v1/agents/calc/stream", json={"query": "hi"})
     assert reply.status_code == 422
     assert reply.json()["error"]["code"] == "invalid_request"
+
+
+def test_readme_routes_are_the_served_routes(api: str) -> None:
+    documented = {
+        (method.strip("`"), path.strip("`"))
+        for method, path, _ in table_rows(README, "| Method | Path | What |")
+    }
+    paths = httpx.get(f"{api}/openapi.json").json()["paths"]
+    served = {(method.upper(), path) for path, ops in paths.items() for method in ops}
+    assert documented == served

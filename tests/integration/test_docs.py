@@ -1,0 +1,88 @@
+"""The docs match the code: README tables, CLI list and examples are checked here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from astromesh_ray.cli import _parser
+from astromesh_ray.core.patterns import _PATTERNS
+from astromesh_ray.errors import AstromeshError
+from astromesh_ray.serve.http import MAX_BODY_BYTES
+from astromesh_ray.spec import AgentSpec, check_support, load_agent, validate_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def table_rows(text: str, header: str) -> list[list[str]]:
+    block = text[text.index(header) :].split("\n\n")[0]
+    rows = [line.strip("|").split("|") for line in block.splitlines()[2:]]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def test_readme_error_table_matches_the_error_classes() -> None:
+    by_code = {cls.code: cls.http_status for cls in _all_errors()}
+    by_code["request_too_large"] = 413
+    rows = table_rows(README, "| Status | `code` | When |")
+    assert rows
+    for status, code, _ in rows:
+        assert by_code[code.strip("`")] == int(status), code
+    assert "over 1 MiB" in README and MAX_BODY_BYTES == 1024 * 1024
+
+
+def _all_errors() -> list[type[AstromeshError]]:
+    found, todo = [], [AstromeshError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_readme_lists_every_cli_command() -> None:
+    parser = _parser()
+    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    listed = set(re.findall(r"^astromesh ([a-z-]+)", README, re.MULTILINE))
+    assert listed == commands
+
+
+def test_readme_agent_example_validates(tmp_path: Path) -> None:
+    example = README.split("An agent, in full")[1].split("```yaml\n")[1].split("```")[0]
+    path = tmp_path / "example.agent.yaml"
+    path.write_text(example)
+    assert validate_paths([path]) == []
+    agent = load_agent(path)
+    assert agent.spec.deployment is not None and agent.spec.permissions is not None
+
+
+def test_readme_not_yet_supported_list_is_refused() -> None:
+    refused = {
+        "routing strategies": "spec:\n  model:\n    primary: {provider: ollama, model: m}\n"
+        "    routing: {strategy: round_robin}\n",
+        "hf_tgi": "spec:\n  model:\n    primary: {provider: hf_tgi, model: m}\n",
+        "memory": "spec:\n  model:\n    primary: {model: m}\n  memory:\n"
+        "    conversational: {backend: redis}\n",
+        "guardrails": "spec:\n  model:\n    primary: {model: m}\n  guardrails:\n"
+        "    input: [{type: pii_detection}]\n",
+        "chain": "spec:\n  model:\n    primary: {model: m}\n  chain: {mode: sequential}\n",
+    }
+    for feature, body in refused.items():
+        assert feature in README
+        doc = yaml.safe_load(
+            "apiVersion: astromesh/v1\nkind: Agent\nmetadata: {name: demo}\n" + body
+        )
+        assert check_support(AgentSpec.model_validate(doc)), feature
+
+
+def test_patterns_readme_lists_exactly_the_supported_patterns() -> None:
+    text = (ROOT / "patterns" / "README.md").read_text()
+    rows = table_rows(text, "| Pattern | Example | Status |")
+    supported = {row[0].strip("`") for row in rows if row[2] == "supported"}
+    assert supported == set(_PATTERNS)
+    for name in supported:
+        example = ROOT / "patterns" / f"{name}.agent.yaml"
+        assert validate_paths([example]) == []
+        assert load_agent(example).spec.orchestration.pattern == name
