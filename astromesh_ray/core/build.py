@@ -35,6 +35,7 @@ def local_provider(endpoint: ModelEndpoint) -> Provider:
         api_key_env=endpoint.api_key_env,
         parameters=dict(endpoint.parameters),
         timeout_s=endpoint.timeout_s or 60.0,
+        options=dict(endpoint.options),
     )
     return provider
 

@@ -31,7 +31,13 @@ from astromesh_ray.spec.directory import (
 from astromesh_ray.spec.guardrails import GuardrailsSpec
 from astromesh_ray.spec.loader import Document, load_agent, load_document
 from astromesh_ray.spec.memory import MemorySpec
-from astromesh_ray.spec.model import ModelBlockSpec, ModelSpec, RoleModelsSpec, RoutingSpec
+from astromesh_ray.spec.model import (
+    ModelBlockSpec,
+    ModelSpec,
+    PricingSpec,
+    RoleModelsSpec,
+    RoutingSpec,
+)
 from astromesh_ray.spec.resolve import ModelEndpoint, resolve_models
 from astromesh_ray.spec.schema import json_schema
 from astromesh_ray.spec.support import RULES, SupportIssue, check_support
@@ -67,6 +73,7 @@ __all__ = [
     "ModelSpec",
     "OrchestrationSpec",
     "PermissionsSpec",
+    "PricingSpec",
     "PromptsSpec",
     "ProviderConfigSpec",
     "ProviderEntrySpec",

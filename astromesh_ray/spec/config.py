@@ -9,7 +9,7 @@ from pydantic import Field
 from astromesh_ray.spec.agent import PatternName
 from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
 from astromesh_ray.spec.deployment import DeploymentSpec
-from astromesh_ray.spec.model import ProviderName, RoutingStrategy
+from astromesh_ray.spec.model import PricingSpec, ProviderName, RoutingStrategy
 
 
 class ProviderEntrySpec(StrictModel):
@@ -37,6 +37,15 @@ class ProviderEntrySpec(StrictModel):
     )
     deployment: DeploymentSpec | None = Field(
         default=None, description="Serve deployment of this provider (replicas, GPUs)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Provider-specific client options."
+    )
+    pricing: PricingSpec | None = Field(
+        default=None, description="Price of the entry's models, overriding the built-in table."
+    )
+    quality: int | None = Field(
+        default=None, ge=0, description="Declared quality rank (higher is better)."
     )
 
 

@@ -34,6 +34,13 @@ RoutingStrategy = Literal[
 """How the original router picks among candidates."""
 
 
+class PricingSpec(StrictModel):
+    """What a model costs, in USD per million tokens (overrides the built-in price table)."""
+
+    input_per_mtok: float = Field(ge=0, description="USD per million prompt tokens.")
+    output_per_mtok: float = Field(ge=0, description="USD per million completion tokens.")
+
+
 class ModelBlockSpec(StrictModel):
     """One model: a provider, a model name and how to reach it."""
 
@@ -79,6 +86,20 @@ class ModelBlockSpec(StrictModel):
     )
     timeout_s: float | None = Field(
         default=None, alias="timeout", gt=0, description="Request timeout in seconds."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Provider-specific client options (e.g. chat_template for hf_tgi, "
+        "execution_provider for onnx); each provider validates its own and names "
+        "unknown keys.",
+    )
+    pricing: PricingSpec | None = Field(
+        default=None, description="Price of this model, overriding the built-in table."
+    )
+    quality: int | None = Field(
+        default=None,
+        ge=0,
+        description="Declared quality rank for the quality_first strategy (higher is better).",
     )
 
     @model_validator(mode="before")

@@ -7,6 +7,7 @@ Serve deployment that serves it, so agents sharing a model share a deployment.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from astromesh_ray.spec.agent import AgentSpec
 from astromesh_ray.spec.config import ProviderEntrySpec
 from astromesh_ray.spec.deployment import DeploymentSpec
 from astromesh_ray.spec.diagnostics import did_you_mean
-from astromesh_ray.spec.model import ModelBlockSpec
+from astromesh_ray.spec.model import ModelBlockSpec, PricingSpec
 
 _ALIASES = {"openai_compat": "openai"}
 
@@ -39,17 +40,28 @@ class ModelEndpoint:
     timeout_s: float | None = None
     deployment: DeploymentSpec | None = field(default=None, hash=False)
     ref: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    pricing: PricingSpec | None = field(default=None, hash=False)
+    quality: int | None = None
 
     @property
     def key(self) -> str:
         """A stable deployment name, e.g. ``provider-ollama-llama3-1-8b-1a2b3c``.
 
-        Built from provider, model, endpoint, api_key_env and timeout; parameters are
-        left out because they travel with each request.
+        Built from provider, model, endpoint, api_key_env, timeout and options;
+        parameters are left out because they travel with each request.
         """
+        options = json.dumps(self.options, sort_keys=True, default=str)
         identity = "\x1f".join(
             str(part)
-            for part in (self.provider, self.model, self.endpoint, self.api_key_env, self.timeout_s)
+            for part in (
+                self.provider,
+                self.model,
+                self.endpoint,
+                self.api_key_env,
+                self.timeout_s,
+                options,
+            )
         )
         digest = hashlib.sha1(identity.encode("utf-8"), usedforsecurity=False).hexdigest()[:6]
         slug = re.sub(r"[^a-z0-9]+", "-", self.model.lower()).strip("-")[:40].strip("-")
@@ -61,7 +73,7 @@ def resolve_block(
 ) -> ModelEndpoint:
     """One model block as an endpoint; ``providerRef`` values are the base, the
     block's own keys override them (``parameters`` merge, the block's entries win)."""
-    base: dict[str, Any] = {"parameters": {}}
+    base: dict[str, Any] = {"parameters": {}, "options": {}}
     ref = block.provider_ref
     if ref is not None:
         entry = providers.get(ref)
@@ -79,12 +91,16 @@ def resolve_block(
             "timeout_s": entry.timeout_s,
             "parameters": dict(entry.parameters),
             "deployment": entry.deployment,
+            "options": dict(entry.options),
+            "pricing": entry.pricing,
+            "quality": entry.quality,
         }
-    for name in ("provider", "model", "endpoint", "api_key_env", "timeout_s"):
+    for name in ("provider", "model", "endpoint", "api_key_env", "timeout_s", "pricing", "quality"):
         value = getattr(block, name)
         if value is not None:
             base[name] = value
     base["parameters"] = {**base["parameters"], **block.parameters}
+    base["options"] = {**base["options"], **block.options}
     if base.get("model") is None:
         raise ConfigError(
             f"{where}model block has no model",
@@ -99,6 +115,9 @@ def resolve_block(
         timeout_s=base.get("timeout_s"),
         deployment=base.get("deployment"),
         ref=ref,
+        options=base["options"],
+        pricing=base.get("pricing"),
+        quality=base.get("quality"),
     )
 
 

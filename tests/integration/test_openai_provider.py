@@ -26,7 +26,7 @@ from astromesh_ray.core.messages import (
 )
 from astromesh_ray.core.providers import Provider, provider_class
 from astromesh_ray.core.providers.openai import OpenAIProvider
-from astromesh_ray.errors import ProviderError
+from astromesh_ray.errors import ConfigError, ProviderError
 from astromesh_ray.testing import ScriptedOpenAIServer
 
 pytestmark = pytest.mark.integration
@@ -489,3 +489,26 @@ def test_server_validates_requests_and_steps() -> None:
         httpx.get(f"{server.url}/models")
     with pytest.raises(ValueError, match="unknown step keys"):
         ScriptedOpenAIServer([{"contnet": "typo"}])
+
+
+async def test_options_organization_and_headers_are_sent() -> None:
+    with ScriptedOpenAIServer(["ok"]) as server:
+        provider = OpenAIProvider(
+            name="compat:m",
+            kind="openai_compat",
+            model="m",
+            endpoint=server.url,
+            options={"organization": "org-1", "headers": {"X-Team": "cx"}},
+        )
+        try:
+            await provider.complete(CompletionRequest(messages=[Message("user", "hi")]))
+        finally:
+            await provider.aclose()
+        headers = {k.lower(): v for k, v in server.request_headers[-1].items()}
+        assert headers["openai-organization"] == "org-1" and headers["x-team"] == "cx"
+
+
+def test_unknown_options_are_refused_with_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown options 'chat_template'.*") as info:
+        OpenAIProvider(name="x", kind="openai_compat", model="m", options={"chat_template": "x"})
+    assert "organization" in str(info.value.hint)

@@ -40,6 +40,11 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
 }
 _OPENAI_HOST = "api.openai.com"
 _RETRYABLE_STATUS = {408, 409, 429}
+# `options:` keys of a model block this provider understands.
+_OPTIONS = {
+    "organization": "sent as the OpenAI-Organization header",
+    "headers": "extra HTTP headers for every request",
+}
 
 
 class OpenAIProvider:
@@ -60,7 +65,19 @@ class OpenAIProvider:
         api_key_env: str | None = None,
         parameters: dict[str, Any] | None = None,
         timeout_s: float = 60.0,
+        options: dict[str, Any] | None = None,
     ) -> None:
+        unknown = sorted(set(options or {}) - set(_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"{name}: unknown options {', '.join(map(repr, unknown))} for provider {kind!r}",
+                hint="valid options: " + ", ".join(f"{k} ({v})" for k, v in _OPTIONS.items()),
+            )
+        opts = dict(options or {})
+        self.organization: str | None = opts.get("organization")
+        self.extra_headers: dict[str, str] = {
+            str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()
+        }
         if kind not in DEFAULT_ENDPOINTS:
             raise ConfigError(
                 f"OpenAIProvider does not serve provider kind {kind!r}",
@@ -195,9 +212,12 @@ class OpenAIProvider:
         return self._client
 
     def _headers(self, required: bool = True) -> dict[str, str]:
+        headers = dict(self.extra_headers)
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if key:
-            return {"Authorization": f"Bearer {key}"}
+            return {**headers, "Authorization": f"Bearer {key}"}
         if required and self._key_required:
             var = self.api_key_env or "OPENAI_API_KEY"
             raise ProviderError(
@@ -207,7 +227,7 @@ class OpenAIProvider:
                 status=None,
                 retryable=False,
             )
-        return {}
+        return headers
 
     def _body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {**self.parameters, **request.parameters}

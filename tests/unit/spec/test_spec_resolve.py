@@ -112,9 +112,13 @@ def test_keys_are_stable_distinct_and_ignore_parameters() -> None:
     assert a.key == same.key
     assert a.key.startswith("provider-ollama-llama3-1-8b-")
     assert len(a.key.rsplit("-", 1)[1]) == 6
-    assert len({a.key, other_host.key, other_key.key, other_timeout.key}) == 4
+    other_options = ModelEndpoint(
+        provider="ollama", model="llama3.1:8b", endpoint="http://h:11434", options={"x": 1}
+    )
+    keys = {a.key, other_host.key, other_key.key, other_timeout.key, other_options.key}
+    assert len(keys) == 5
     # Stable across processes: a pure function of the values (sha1, not hash()).
-    identity = "\x1f".join(["ollama", "llama3.1:8b", "http://h:11434", "None", "None"])
+    identity = "\x1f".join(["ollama", "llama3.1:8b", "http://h:11434", "None", "None", "{}"])
     assert a.key == "provider-ollama-llama3-1-8b-" + hashlib.sha1(identity.encode()).hexdigest()[:6]
 
 
