@@ -8,18 +8,27 @@ function returning handles to provider deployments.  Nothing else differs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
+from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore
 from astromesh_ray.core.messages import ToolSchema
 from astromesh_ray.core.patterns import pattern_for
+from astromesh_ray.core.pricing import Price, price_for
 from astromesh_ray.core.prompts import PromptSet
 from astromesh_ray.core.providers.base import Provider, provider_class
-from astromesh_ray.core.providers.fallback import FallbackProvider
+from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
 from astromesh_ray.core.runtime import AgentRuntime
 from astromesh_ray.core.tools.base import Tool
 from astromesh_ray.core.tools.python import resolve_python_tool
 from astromesh_ray.core.tools.registry import DeclaredTool, ToolRegistry
 from astromesh_ray.errors import ConfigError
-from astromesh_ray.spec import AgentSpec, ModelEndpoint, ProviderEntrySpec, resolve_models
+from astromesh_ray.spec import (
+    AgentSpec,
+    ModelEndpoint,
+    ProviderEntrySpec,
+    ProviderRoutingSpec,
+    resolve_route,
+)
 
 ProviderFactory = Callable[[ModelEndpoint], Provider]
 
@@ -44,10 +53,36 @@ def build_provider(
     agent: AgentSpec,
     providers: Mapping[str, ProviderEntrySpec],
     make_provider: ProviderFactory = local_provider,
-) -> Provider:
-    """The agent's model: one provider, or its candidates in fallback order."""
-    built = [make_provider(ep) for ep in resolve_models(agent, providers)]
-    return built[0] if len(built) == 1 else FallbackProvider(built)
+    *,
+    routing: ProviderRoutingSpec | None = None,
+    breakers: BreakerStore | None = None,
+    role: str = "reasoner",
+) -> ModelRouter:
+    """The model an agent's pattern uses for ``role``: a ``ModelRouter`` over the
+    role's candidates, with the strategy, breaker policy and health checks from YAML."""
+    route = resolve_route(agent, providers, routing, role=role)
+    candidates = [
+        Candidate(
+            key=ep.key,
+            provider=make_provider(ep),
+            price=price_for(ep.provider, ep.model, _price(ep)),
+            quality=ep.quality,
+        )
+        for ep in route.endpoints
+    ]
+    return ModelRouter(
+        candidates,
+        strategy=cast(Strategy | None, route.strategy),
+        breakers=breakers,
+        policy=BreakerPolicy(route.failure_threshold, route.cooldown_s),
+        fallback=route.fallback,
+        health_check_interval_s=route.health_check_interval_s,
+    )
+
+
+def _price(endpoint: ModelEndpoint) -> Price | None:
+    p = endpoint.pricing
+    return Price(p.input_per_mtok, p.output_per_mtok) if p is not None else None
 
 
 def build_tools(agent: AgentSpec) -> ToolRegistry:
@@ -88,18 +123,30 @@ def build_runtime(
     make_provider: ProviderFactory = local_provider,
     provider: Provider | None = None,
     where: Mapping[str, str] | None = None,
+    routing: ProviderRoutingSpec | None = None,
+    breakers: BreakerStore | None = None,
 ) -> AgentRuntime:
     """A runtime for ``agent``.  Pass ``provider`` to bypass the YAML model block
     (tests with ``ScriptedProvider``)."""
     body = agent.spec
+    pattern = pattern_for(body.orchestration.pattern)
+    if provider is None:
+        provider = build_provider(
+            agent,
+            providers or {},
+            make_provider,
+            routing=routing,
+            breakers=breakers,
+            role=pattern.roles[0],
+        )
     return AgentRuntime(
         name=agent.name,
-        provider=provider or build_provider(agent, providers or {}, make_provider),
+        provider=provider,
         tools=build_tools(agent),
         prompts=PromptSet(
             body.prompts.system, body.prompts.templates, origin=agent.source or agent.name
         ),
-        pattern=pattern_for(body.orchestration.pattern),
+        pattern=pattern,
         max_iterations=body.orchestration.max_iterations,
         timeout_s=body.orchestration.timeout_s,
         where=where,
@@ -118,8 +165,22 @@ def check_buildable(agents: Iterable[AgentSpec]) -> None:
         try:
             build_tools(agent)
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
-            pattern_for(agent.spec.orchestration.pattern)
+            pattern = pattern_for(agent.spec.orchestration.pattern)
+            _check_roles(agent, pattern.roles)
         except ConfigError as exc:
             problems.append(f"{agent.source or agent.name}: {exc}")
     if problems:
         raise ConfigError("\n".join(problems), problems=problems)
+
+
+def _check_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> None:
+    # A role nobody asks for would be parsed and never used: refuse it by name.
+    wanted = {agent.spec.orchestration.role_map.get(r, r) for r in pattern_roles}
+    unused = sorted(set(agent.spec.model.roles) - wanted)
+    if unused:
+        raise ConfigError(
+            f"spec.model.roles: role(s) {', '.join(map(repr, unused))} are not used by the "
+            f"{agent.spec.orchestration.pattern} pattern",
+            hint="it asks for: " + ", ".join(sorted(wanted)) + " (map names with "
+            "spec.orchestration.role_map)",
+        )

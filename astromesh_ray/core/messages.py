@@ -56,6 +56,7 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     calls: int = 0
+    cost_usd: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -66,14 +67,16 @@ class Usage:
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.calls + other.calls,
+            self.cost_usd + other.cost_usd,
         )
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | float]:
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "total_tokens": self.total_tokens,
             "calls": self.calls,
+            "cost_usd": round(self.cost_usd, 8),
         }
 
 
@@ -121,6 +124,8 @@ class Completion:
     finish_reason: str = "stop"
     # Where the call ran (replica / node); filled by the serve layer for the trace.
     location: dict[str, str] = field(default_factory=dict)
+    # How the router chose this answer's provider (candidates tried, why, breaker states).
+    route: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +135,7 @@ class Completion:
             "provider": self.provider,
             "finish_reason": self.finish_reason,
             "location": dict(self.location),
+            "route": list(self.route),
         }
 
     @staticmethod
@@ -141,6 +147,7 @@ class Completion:
             provider=data["provider"],
             finish_reason=data.get("finish_reason", "stop"),
             location=dict(data.get("location") or {}),
+            route=list(data.get("route") or []),
         )
 
 
@@ -158,9 +165,11 @@ class CompletionChunk:
     usage: Usage | None = None
     finish_reason: str | None = None
     model: str | None = None
+    route: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "route": list(self.route),
             "text": self.text,
             "tool_calls": [asdict(c) for c in self.tool_calls],
             "usage": asdict(self.usage) if self.usage else None,
@@ -176,6 +185,7 @@ class CompletionChunk:
             usage=Usage(**data["usage"]) if data.get("usage") else None,
             finish_reason=data.get("finish_reason"),
             model=data.get("model"),
+            route=list(data.get("route") or []),
         )
 
 

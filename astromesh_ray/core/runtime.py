@@ -42,6 +42,7 @@ class RunResult:
     usage: Usage
     trace: list[dict[str, Any]]
     session_id: str | None = None
+    where: dict[str, str] = field(default_factory=dict)  # where the agent itself ran
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class RunResult:
             "steps": self.steps,
             "usage": self.usage.to_dict(),
             "trace": self.trace,
+            "where": self.where,
         }
 
 
@@ -145,6 +147,7 @@ class AgentRuntime:
             usage=turn.usage,
             trace=turn.trace.to_list(),
             session_id=request.session_id,
+            where=dict(turn.trace.where),
         )
         yield Event("run_finished", {"result": result})
 

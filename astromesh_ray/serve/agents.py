@@ -10,10 +10,11 @@ from ray import serve
 
 from astromesh_ray.core.build import build_runtime
 from astromesh_ray.core.runtime import RunRequest
+from astromesh_ray.serve.breaker import ServeBreakerStore
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok
 from astromesh_ray.serve.providers import ServeProvider
-from astromesh_ray.spec import AgentSpec, ProviderEntrySpec
+from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec
 
 
 def agent_app_name(agent: str) -> str:
@@ -44,10 +45,24 @@ def describe_agent(agent: AgentSpec) -> dict[str, Any]:
 class AgentDeployment:
     """Runs turns of one agent; its model calls go to provider deployments."""
 
-    def __init__(self, agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec]) -> None:
+    def __init__(
+        self,
+        agent: AgentSpec,
+        providers: Mapping[str, ProviderEntrySpec],
+        routing: ProviderRoutingSpec | None = None,
+    ) -> None:
         self._runtime = build_runtime(
-            agent, providers, make_provider=ServeProvider, where=replica_location()
+            agent,
+            providers,
+            make_provider=ServeProvider,
+            where=replica_location(),
+            routing=routing,
+            breakers=ServeBreakerStore(),
         )
+        # Health probes start now if the replica's loop runs, else on the first call.
+        start = getattr(self._runtime.provider, "start_health_checks", None)
+        if start is not None:
+            start()
 
     async def run(self, request: dict[str, Any]) -> dict[str, Any]:
         try:

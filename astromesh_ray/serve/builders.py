@@ -129,7 +129,11 @@ def agent_app(raw: dict[str, Any]) -> Application:
     check_buildable([agent])  # a bad tool import fails the build, not the replica
     deployment = agent.spec.deployment
     options = deployment.to_serve_options() if deployment else {}
-    return _deployment(AgentDeployment).options(**options).bind(agent, loaded.providers)
+    return (
+        _deployment(AgentDeployment)
+        .options(**options)
+        .bind(agent, loaded.providers, loaded.routing)
+    )
 
 
 def gateway_app(raw: dict[str, Any]) -> Application:
@@ -140,7 +144,11 @@ def gateway_app(raw: dict[str, Any]) -> Application:
     options = gateway.to_serve_options() if gateway else {}
     agents = {name: describe_agent(agent) for name, agent in loaded.agents.items()}
     apps = {name: agent_app_name(name) for name in loaded.agents}
-    return _deployment(Gateway).options(**options).bind(agents, apps)
+    providers = {
+        name: {"provider": ep.provider, "model": ep.model, "endpoint": ep.endpoint}
+        for name, ep in provider_endpoints(loaded).items()
+    }
+    return _deployment(Gateway).options(**options).bind(agents, apps, providers)
 
 
 BUILDERS = {"provider_app": provider_app, "agent_app": agent_app, "gateway_app": gateway_app}

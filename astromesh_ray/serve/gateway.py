@@ -10,6 +10,7 @@ GET  /health                 liveness
 # No `from __future__ import annotations` here: FastAPI must see real annotation
 # objects on the ingress methods (Serve re-wraps them, losing the module globals
 # that string annotations would be resolved against).
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -21,6 +22,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from astromesh_ray import __version__
 from astromesh_ray.errors import AgentNotFound, AstromeshError
+from astromesh_ray.serve.breaker import ServeBreakerStore
 from astromesh_ray.serve.http import BodySizeLimit, RunBody, install_error_handlers
 from astromesh_ray.serve.outcome import unwrap
 
@@ -45,6 +47,14 @@ async def _sse_events(first: dict[str, Any], rest: AsyncIterator[Any]) -> AsyncI
         yield _sse({"type": "error", "data": {"error": exc.to_dict()}})
 
 
+async def _probe(app: str) -> bool:
+    try:
+        healthy = await asyncio.wait_for(serve.get_app_handle(app).health.remote(), 5)
+    except Exception:  # a probe: unreachable, missing or slow all mean "not healthy"
+        return False
+    return bool(healthy)
+
+
 def _sse(event: dict[str, Any]) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event['data'])}\n\n"
 
@@ -54,10 +64,17 @@ def _sse(event: dict[str, Any]) -> str:
 class Gateway:
     """Knows each agent's description and the Serve application that runs it."""
 
-    def __init__(self, agents: dict[str, dict[str, Any]], apps: dict[str, str]) -> None:
+    def __init__(
+        self,
+        agents: dict[str, dict[str, Any]],
+        apps: dict[str, str],
+        providers: dict[str, dict[str, Any]],
+    ) -> None:
         self._agents = agents
         self._apps = apps
+        self._providers = providers
         self._handles: dict[str, DeploymentHandle[Any]] = {}
+        self._breakers = ServeBreakerStore()
 
     def _handle(self, name: str) -> DeploymentHandle[Any]:
         if name not in self._apps:
@@ -70,6 +87,25 @@ class Gateway:
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "agents": len(self._agents)}
+
+    @api.get("/v1/providers")
+    async def list_providers(self) -> dict[str, Any]:
+        """Each provider deployment: what it serves, a live health probe, its breaker."""
+        breakers = await self._breakers.snapshot()
+        names = sorted(self._providers)
+        healthy = await asyncio.gather(*(_probe(name) for name in names))
+        closed = {"state": "closed", "consecutive_failures": 0, "trips": 0}
+        return {
+            "providers": [
+                {
+                    "name": name,
+                    **self._providers[name],
+                    "healthy": ok,
+                    "breaker": breakers.get(name, closed),
+                }
+                for name, ok in zip(names, healthy, strict=True)
+            ]
+        }
 
     @api.get("/v1/agents")
     async def list_agents(self) -> dict[str, Any]:

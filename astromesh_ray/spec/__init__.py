@@ -18,6 +18,7 @@ from astromesh_ray.spec.base import ConfigIssue, MetadataSpec, StrictModel
 from astromesh_ray.spec.config import (
     ProviderConfigSpec,
     ProviderEntrySpec,
+    ProviderRoutingSpec,
     RuntimeConfigSpec,
 )
 from astromesh_ray.spec.deployment import AutoscalingSpec, DeploymentSpec, RayActorOptionsSpec
@@ -38,7 +39,7 @@ from astromesh_ray.spec.model import (
     RoleModelsSpec,
     RoutingSpec,
 )
-from astromesh_ray.spec.resolve import ModelEndpoint, resolve_models
+from astromesh_ray.spec.resolve import ModelEndpoint, ModelRoute, resolve_models, resolve_route
 from astromesh_ray.spec.schema import json_schema
 from astromesh_ray.spec.support import RULES, SupportIssue, check_support
 from astromesh_ray.spec.tools import (
@@ -70,6 +71,7 @@ __all__ = [
     "MetadataSpec",
     "ModelBlockSpec",
     "ModelEndpoint",
+    "ModelRoute",
     "ModelSpec",
     "OrchestrationSpec",
     "PermissionsSpec",
@@ -77,6 +79,7 @@ __all__ = [
     "PromptsSpec",
     "ProviderConfigSpec",
     "ProviderEntrySpec",
+    "ProviderRoutingSpec",
     "RagToolSpec",
     "RayActorOptionsSpec",
     "RoleModelsSpec",
@@ -94,5 +97,6 @@ __all__ = [
     "load_from_environment",
     "resolve_config_dir",
     "resolve_models",
+    "resolve_route",
     "validate_paths",
 ]

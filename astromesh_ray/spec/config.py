@@ -9,7 +9,12 @@ from pydantic import Field
 from astromesh_ray.spec.agent import PatternName
 from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
 from astromesh_ray.spec.deployment import DeploymentSpec
-from astromesh_ray.spec.model import PricingSpec, ProviderName, RoutingStrategy
+from astromesh_ray.spec.model import (
+    CircuitBreakerSpec,
+    PricingSpec,
+    ProviderName,
+    RoutingStrategy,
+)
 
 
 class ProviderEntrySpec(StrictModel):
@@ -33,7 +38,9 @@ class ProviderEntrySpec(StrictModel):
         default_factory=dict, description="Default sampling parameters."
     )
     health_check_interval: int | None = Field(
-        default=None, gt=0, description="Seconds between health checks (refused for now)."
+        default=None,
+        gt=0,
+        description="Seconds between health probes of this provider (for agents using it).",
     )
     deployment: DeploymentSpec | None = Field(
         default=None, description="Serve deployment of this provider (replicas, GPUs)."
@@ -49,19 +56,19 @@ class ProviderEntrySpec(StrictModel):
     )
 
 
-class CircuitBreakerSpec(StrictModel):
-    """When to stop calling a failing provider."""
-
-    failure_threshold: int = Field(default=3, ge=1, description="Failures that open it.")
-    recovery_timeout: float = Field(default=60, gt=0, description="Seconds before a retry.")
-
-
 class ProviderRoutingSpec(StrictModel):
-    """``spec.routing`` of providers.yaml (parsed; refused for now)."""
+    """``spec.routing`` of providers.yaml: routing defaults for every agent."""
 
-    default_strategy: RoutingStrategy | None = Field(default=None, description="Strategy.")
-    fallback_enabled: bool | None = Field(default=None, description="Fall back on failure.")
-    circuit_breaker: CircuitBreakerSpec | None = Field(default=None, description="Breaker.")
+    default_strategy: RoutingStrategy | None = Field(
+        default=None, description="Strategy of agents that declare none."
+    )
+    fallback_enabled: bool = Field(
+        default=True,
+        description="Whether a failed candidate falls back to the next one in the same request.",
+    )
+    circuit_breaker: CircuitBreakerSpec | None = Field(
+        default=None, description="Circuit breaker of agents that declare none."
+    )
 
 
 class ProviderConfigBodySpec(StrictModel):
@@ -71,7 +78,7 @@ class ProviderConfigBodySpec(StrictModel):
         default_factory=dict, description="Provider entries by name."
     )
     routing: ProviderRoutingSpec | None = Field(
-        default=None, description="Global routing (refused for now)."
+        default=None, description="Routing defaults for every agent."
     )
 
 

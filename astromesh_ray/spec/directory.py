@@ -16,6 +16,7 @@ from astromesh_ray.spec.config import (
     OrchestrationDefaultsSpec,
     ProviderConfigSpec,
     ProviderEntrySpec,
+    ProviderRoutingSpec,
     RuntimeConfigSpec,
 )
 from astromesh_ray.spec.diagnostics import did_you_mean
@@ -33,6 +34,7 @@ class LoadedConfig:
     runtime: RuntimeConfigSpec = field(default_factory=RuntimeConfigSpec)
     providers: dict[str, ProviderEntrySpec] = field(default_factory=dict)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
+    routing: ProviderRoutingSpec | None = None
 
 
 def _yaml_files(directory: Path, *patterns: str) -> list[Path]:
@@ -80,6 +82,7 @@ class _Collector:
         self.config = LoadedConfig(root=None)
         self._provider_files: dict[str, LoadedFile] = {}
         self._agent_files: dict[str, LoadedFile] = {}
+        self._routing_file: LoadedFile | None = None
 
     def read(self, path: Path) -> LoadedFile:
         loaded = read_file(path)
@@ -100,6 +103,19 @@ class _Collector:
         document = expect_kind(loaded, "ProviderConfig", "providers*.yaml hold ProviderConfigs")
         if not isinstance(document, ProviderConfigSpec):
             return
+        if document.spec.routing is not None:
+            if self._routing_file is not None:
+                loaded.issues.append(
+                    loaded.issue(
+                        ("spec", "routing"),
+                        "spec.routing is also defined in "
+                        f"{self._routing_file.where(('spec', 'routing'))}",
+                        "define the routing defaults in one providers*.yaml",
+                    )
+                )
+            else:
+                self._routing_file = loaded
+                self.config.routing = document.spec.routing
         for name, entry in document.spec.providers.items():
             first = self._provider_files.get(name)
             if first is not None:

@@ -125,14 +125,36 @@ class ModelBlockSpec(StrictModel):
         return self
 
 
+class CircuitBreakerSpec(StrictModel):
+    """When to stop calling a failing provider, and for how long."""
+
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Consecutive failures that open the circuit."
+    )
+    cooldown_s: float = Field(
+        default=60,
+        gt=0,
+        validation_alias=AliasChoices("cooldown_s", "recovery_timeout"),
+        description="Seconds the circuit stays open before one probe request is let "
+        "through (also accepted as recovery_timeout).",
+    )
+
+
 class RoutingSpec(StrictModel):
     """``spec.model.routing`` (legacy shape): how to choose between primary and fallback."""
 
     strategy: RoutingStrategy | None = Field(
-        default=None, description="Routing strategy (refused until the model router lands)."
+        default=None,
+        description="Routing strategy; without one, primary is tried first, then fallback.",
     )
     health_check_interval: int | None = Field(
-        default=None, gt=0, description="Seconds between provider health checks (refused)."
+        default=None,
+        gt=0,
+        description="Seconds between health probes of each candidate; failing probes "
+        "count against its circuit breaker.",
+    )
+    circuit_breaker: CircuitBreakerSpec | None = Field(
+        default=None, description="Circuit breaker of this agent's providers."
     )
 
 
@@ -143,7 +165,7 @@ class RoleModelsSpec(StrictModel):
         min_length=1, description="Model blocks in fallback order."
     )
     strategy: RoutingStrategy | None = Field(
-        default=None, description="Routing strategy among the candidates (refused for now)."
+        default=None, description="Routing strategy among the candidates."
     )
 
 
@@ -164,7 +186,7 @@ class ModelSpec(StrictModel):
     )
     roles: dict[str, RoleModelsSpec] = Field(
         default_factory=dict,
-        description="Role shape: candidates per role (planner, worker, ...); refused for now.",
+        description="Role shape: candidates per role the pattern asks for (react: reasoner).",
     )
 
     @model_validator(mode="after")

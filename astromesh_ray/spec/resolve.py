@@ -15,7 +15,7 @@ from typing import Any
 
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec.agent import AgentSpec
-from astromesh_ray.spec.config import ProviderEntrySpec
+from astromesh_ray.spec.config import ProviderEntrySpec, ProviderRoutingSpec
 from astromesh_ray.spec.deployment import DeploymentSpec
 from astromesh_ray.spec.diagnostics import did_you_mean
 from astromesh_ray.spec.model import ModelBlockSpec, PricingSpec
@@ -124,6 +124,79 @@ def resolve_block(
 def resolve_models(
     agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec]
 ) -> list[ModelEndpoint]:
-    """The agent's models in fallback order: primary, fallback; or default.candidates."""
+    """Every model the agent may call: primary, fallback (or default.candidates), then
+    each role's candidates; each endpoint once."""
     where = f"{agent.source or agent.name}: "
-    return [resolve_block(b, providers, where=where) for b in agent.spec.model.blocks()]
+    model = agent.spec.model
+    blocks = list(model.blocks())
+    for group in model.roles.values():
+        blocks.extend(group.candidates)
+    found: dict[str, ModelEndpoint] = {}
+    for block in blocks:
+        endpoint = resolve_block(block, providers, where=where)
+        found.setdefault(endpoint.key, endpoint)
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """How one role of an agent reaches its models: candidates and routing policy."""
+
+    role: str
+    endpoints: tuple[ModelEndpoint, ...]
+    strategy: str | None
+    failure_threshold: int
+    cooldown_s: float
+    fallback: bool
+    health_check_interval_s: float | None
+
+
+def resolve_route(
+    agent: AgentSpec,
+    providers: Mapping[str, ProviderEntrySpec],
+    routing: ProviderRoutingSpec | None = None,
+    *,
+    role: str = "reasoner",
+) -> ModelRoute:
+    """The candidates and policy for ``role`` (after ``orchestration.role_map``).
+
+    Legacy shape: primary then fallback, with ``spec.model.routing``.  Role shape:
+    ``roles[role]`` if declared, else ``default``.  What the agent leaves out comes
+    from ``spec.routing`` of providers.yaml, then the built-in defaults
+    (declared order, 3 failures, 60 s cooldown).
+    """
+    where = f"{agent.source or agent.name}: "
+    model = agent.spec.model
+    mapped = agent.spec.orchestration.role_map.get(role, role)
+    breaker = None
+    health: float | None = None
+    if model.primary is not None:
+        blocks = model.blocks()
+        legacy = model.routing
+        strategy = legacy.strategy if legacy else None
+        breaker = legacy.circuit_breaker if legacy else None
+        health = legacy.health_check_interval if legacy else None
+    else:
+        group = model.roles.get(mapped) or model.default
+        assert group is not None  # ModelSpec validation guarantees a shape
+        blocks, strategy = list(group.candidates), group.strategy
+    endpoints = tuple(resolve_block(b, providers, where=where) for b in blocks)
+    if health is None:
+        intervals = [
+            entry.health_check_interval
+            for entry in (providers.get(e.ref) for e in endpoints if e.ref is not None)
+            if entry is not None and entry.health_check_interval is not None
+        ]
+        health = min(intervals, default=None)
+    if routing is not None:
+        strategy = strategy or routing.default_strategy
+        breaker = breaker or routing.circuit_breaker
+    return ModelRoute(
+        role=mapped,
+        endpoints=endpoints,
+        strategy=strategy,
+        failure_threshold=breaker.failure_threshold if breaker else 3,
+        cooldown_s=breaker.cooldown_s if breaker else 60.0,
+        fallback=routing.fallback_enabled if routing is not None else True,
+        health_check_interval_s=float(health) if health else None,
+    )

@@ -66,13 +66,8 @@ _BLOCKS = (
     "spec.model.default.candidates.*",
     "spec.model.roles.*.candidates.*",
 )
-_ROUTER = "model routing strategies arrive with the model router"
-_NATIVE = ("hf_tgi", "onnx")
+_STRATEGY_HINT = "use cost_optimized, latency_optimized, quality_first or round_robin"
 _FOREIGN = ("litellm", "azure_openai", "centinela")
-_NATIVE_HINT = (
-    "it arrives with native provider support; meanwhile reach the model through an "
-    "OpenAI-compatible server: openai, vllm, llamacpp or ollama"
-)
 _FOREIGN_HINT = "use openai for any OpenAI-compatible endpoint, or ollama, vllm, llamacpp"
 _API_KEY = "inline api keys are not accepted"
 _API_KEY_HINT = "put the key in an environment variable and name it in api_key_env"
@@ -82,31 +77,14 @@ RULES: tuple[Rule, ...] = (
     # --- Agent: models --------------------------------------------------------
     Rule(
         "Agent",
-        ("spec.model.routing.strategy", "spec.model.default.strategy"),
-        _given,
-        "model routing strategy '{value}' is not supported yet",
-        f"{_ROUTER}; remove it, the candidates are tried in order",
-    ),
-    Rule(
-        "Agent",
-        ("spec.model.routing.health_check_interval",),
-        _given,
-        "provider health checks are not supported yet",
-        f"{_ROUTER}; remove it",
-    ),
-    Rule(
-        "Agent",
-        ("spec.model.roles",),
-        _nonempty,
-        "per-role models are not supported yet",
-        f"{_ROUTER}; use default.candidates",
-    ),
-    Rule(
-        "Agent",
-        tuple(f"{b}.provider" for b in _BLOCKS),
-        _one_of(*_NATIVE),
-        "provider '{value}' is not supported yet",
-        _NATIVE_HINT,
+        (
+            "spec.model.routing.strategy",
+            "spec.model.default.strategy",
+            "spec.model.roles.*.strategy",
+        ),
+        _one_of("capability_match"),
+        "model routing strategy '{value}' is not supported",
+        _STRATEGY_HINT,
     ),
     Rule(
         "Agent",
@@ -123,13 +101,6 @@ RULES: tuple[Rule, ...] = (
         _not_react,
         "the {value} pattern is not supported yet; use react",
         "more patterns arrive with the orchestration patterns work",
-    ),
-    Rule(
-        "Agent",
-        ("spec.orchestration.role_map",),
-        _nonempty,
-        "role_map is not supported yet",
-        f"{_ROUTER}; remove it",
     ),
     Rule(
         "Agent",
@@ -213,26 +184,12 @@ RULES: tuple[Rule, ...] = (
     # --- ProviderConfig -------------------------------------------------------
     Rule(
         "ProviderConfig",
-        ("spec.routing",),
-        _given,
-        "provider routing is not supported yet",
-        f"{_ROUTER}; remove spec.routing",
-    ),
-    Rule(
-        "ProviderConfig",
-        ("spec.providers.*.health_check_interval",),
-        _given,
-        "provider health checks are not supported yet",
-        f"{_ROUTER}; remove it",
+        ("spec.routing.default_strategy",),
+        _one_of("capability_match"),
+        "model routing strategy '{value}' is not supported",
+        _STRATEGY_HINT,
     ),
     Rule("ProviderConfig", ("spec.providers.*.api_key",), _given, _API_KEY, _API_KEY_HINT),
-    Rule(
-        "ProviderConfig",
-        ("spec.providers.*.type",),
-        _one_of(*_NATIVE),
-        "provider '{value}' is not supported yet",
-        _NATIVE_HINT,
-    ),
     Rule(
         "ProviderConfig",
         ("spec.providers.*.type",),

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from astromesh_ray.testing.scripted import ScriptedProvider
 
 if TYPE_CHECKING:
+    from astromesh_ray.testing.ollama_server import ScriptedOllamaServer
     from astromesh_ray.testing.openai_server import ScriptedOpenAIServer
+    from astromesh_ray.testing.tgi_server import ScriptedTGIServer
 
-__all__ = ["ScriptedOpenAIServer", "ScriptedProvider"]
+__all__ = ["ScriptedOllamaServer", "ScriptedOpenAIServer", "ScriptedProvider", "ScriptedTGIServer"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,12 @@ def __getattr__(name: str) -> Any:
         from astromesh_ray.testing.openai_server import ScriptedOpenAIServer
 
         return ScriptedOpenAIServer
+    if name == "ScriptedOllamaServer":
+        from astromesh_ray.testing.ollama_server import ScriptedOllamaServer
+
+        return ScriptedOllamaServer
+    if name == "ScriptedTGIServer":
+        from astromesh_ray.testing.tgi_server import ScriptedTGIServer
+
+        return ScriptedTGIServer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

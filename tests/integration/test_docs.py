@@ -60,9 +60,8 @@ def test_readme_agent_example_validates(tmp_path: Path) -> None:
 
 def test_readme_not_yet_supported_list_is_refused() -> None:
     refused = {
-        "routing strategies": "spec:\n  model:\n    primary: {provider: ollama, model: m}\n"
-        "    routing: {strategy: round_robin}\n",
-        "hf_tgi": "spec:\n  model:\n    primary: {provider: hf_tgi, model: m}\n",
+        "capability_match": "spec:\n  model:\n    primary: {provider: ollama, model: m}\n"
+        "    routing: {strategy: capability_match}\n",
         "memory": "spec:\n  model:\n    primary: {model: m}\n  memory:\n"
         "    conversational: {backend: redis}\n",
         "guardrails": "spec:\n  model:\n    primary: {model: m}\n  guardrails:\n"

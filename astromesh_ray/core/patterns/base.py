@@ -57,6 +57,8 @@ class Turn:
             usage=completion.usage.to_dict(),
             finish_reason=completion.finish_reason,
         )
+        if completion.route:
+            span["route"] = list(completion.route)
         if completion.location:
             # The model call ran where the provider ran (another replica, maybe node).
             span["where"] = {**span.get("where", {}), **completion.location}
@@ -69,5 +71,6 @@ class Pattern(Protocol):
     """
 
     name: str
+    roles: tuple[str, ...]
 
     def run(self, turn: Turn) -> AsyncIterator[Event]: ...

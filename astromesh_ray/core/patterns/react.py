@@ -24,6 +24,7 @@ class ReActPattern:
     """Thought → tool calls → observations, one model call per iteration."""
 
     name = "react"
+    roles: tuple[str, ...] = ("reasoner",)  # the model roles it asks for (spec.model.roles)
 
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
         for iteration in range(1, turn.max_iterations + 1):
@@ -112,7 +113,9 @@ def _assemble(chunks: list[CompletionChunk], provider: str) -> Completion:
     usage = next((c.usage for c in reversed(chunks) if c.usage), None) or Usage(calls=1)
     finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), "stop")
     model = next((c.model for c in chunks if c.model), "")
+    route = [step for c in chunks for step in c.route]
     return Completion(
+        route=route,
         message=Message(role="assistant", content=text or None, tool_calls=calls),
         usage=usage,
         model=model,

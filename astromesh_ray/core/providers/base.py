@@ -34,9 +34,11 @@ class Provider(Protocol):
 _REGISTRY: dict[str, str] = {
     "openai": "astromesh_ray.core.providers.openai:OpenAIProvider",
     "openai_compat": "astromesh_ray.core.providers.openai:OpenAIProvider",
-    "ollama": "astromesh_ray.core.providers.openai:OpenAIProvider",
+    "ollama": "astromesh_ray.core.providers.ollama:OllamaProvider",
     "vllm": "astromesh_ray.core.providers.openai:OpenAIProvider",
     "llamacpp": "astromesh_ray.core.providers.openai:OpenAIProvider",
+    "hf_tgi": "astromesh_ray.core.providers.tgi:TGIProvider",
+    "onnx": "astromesh_ray.core.providers.onnx:OnnxProvider",
 }
 
 

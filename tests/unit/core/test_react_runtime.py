@@ -7,11 +7,10 @@ import pytest
 from astromesh_ray.core.messages import CompletionRequest, ToolCall
 from astromesh_ray.core.patterns import ReActPattern, pattern_for
 from astromesh_ray.core.prompts import PromptSet
-from astromesh_ray.core.providers.fallback import FallbackProvider
 from astromesh_ray.core.runtime import AgentRuntime, RunRequest
 from astromesh_ray.core.tools import PythonTool, ToolRegistry
 from astromesh_ray.core.tools.python import resolve_python_tool
-from astromesh_ray.errors import ConfigError, InvalidRequest, ProviderError, RunError, RunTimeout
+from astromesh_ray.errors import ConfigError, InvalidRequest, RunError, RunTimeout
 from astromesh_ray.testing import ScriptedProvider
 
 
@@ -173,27 +172,6 @@ def test_prompt_syntax_errors_are_config_errors() -> None:
         ConfigError, match=r"spec.prompts.templates.bad line 2: Jinja2 syntax error"
     ):
         PromptSet("ok", {"bad": "line one\n{% if %}"}, origin="a.agent.yaml")
-
-
-async def test_fallback_provider_moves_on_and_reports_everything() -> None:
-    down = ProviderError(
-        "connection refused", hint="start Ollama", provider="ollama:x", retryable=True
-    )
-    primary = ScriptedProvider([down], name="ollama:x")
-    backup = ScriptedProvider(["from backup"], name="openai:y")
-    result = await make_runtime(FallbackProvider([primary, backup])).run(RunRequest(query="q"))
-    assert result.answer == "from backup"
-    assert result.trace[0]["where"]["fallback_from"] == "ollama:x"
-
-    no_key = ProviderError("no key", hint="set OPENAI_API_KEY", provider="openai:y", status=401)
-    both = FallbackProvider(
-        [ScriptedProvider([down], name="ollama:x"), ScriptedProvider([no_key], name="openai:y")]
-    )
-    with pytest.raises(ProviderError) as info:
-        await make_runtime(both).run(RunRequest(query="q"))
-    assert info.value.hint == "start Ollama; or set OPENAI_API_KEY"
-    assert "connection refused; no key" in info.value.message
-    assert info.value.http_status == 502
 
 
 def test_unknown_pattern_lists_the_supported_ones() -> None:

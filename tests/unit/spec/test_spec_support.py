@@ -21,40 +21,14 @@ def agent(model: dict[str, Any] | None = None, **spec: Any) -> AgentSpec:
 
 CASES: list[tuple[dict[str, Any], str, str]] = [
     (
-        {"model": {"primary": BLOCK, "routing": {"strategy": "round_robin"}}},
+        {"model": {"primary": BLOCK, "routing": {"strategy": "capability_match"}}},
         "spec.model.routing.strategy",
-        "model router",
+        "strategy 'capability_match' is not supported",
     ),
     (
-        {"model": {"primary": BLOCK, "routing": {"health_check_interval": 5}}},
-        "spec.model.routing.health_check_interval",
-        "health checks",
-    ),
-    (
-        {"model": {"default": {"candidates": [BLOCK], "strategy": "quality_first"}}},
+        {"model": {"default": {"candidates": [BLOCK], "strategy": "capability_match"}}},
         "spec.model.default.strategy",
-        "model router",
-    ),
-    (
-        {
-            "model": {
-                "default": {"candidates": [BLOCK]},
-                "roles": {"planner": {"candidates": [BLOCK]}},
-            }
-        },
-        "spec.model.roles",
-        "model router",
-    ),
-    ({"orchestration": {"role_map": {"a": "b"}}}, "spec.orchestration.role_map", "model router"),
-    (
-        {"model": {"primary": {"provider": "hf_tgi", "model": "m"}}},
-        "spec.model.primary.provider",
-        "native provider support",
-    ),
-    (
-        {"model": {"primary": {"provider": "onnx", "model": "m"}}},
-        "spec.model.primary.provider",
-        "native provider support",
+        "strategy 'capability_match' is not supported",
     ),
     (
         {"model": {"primary": {"provider": "azure_openai", "model": "m"}}},

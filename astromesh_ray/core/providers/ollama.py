@@ -1,0 +1,440 @@
+"""``OllamaProvider``: a model served by Ollama, through its native ``/api/chat`` API.
+
+The native API (not Ollama's ``/v1`` OpenAI shim) is what Ollama documents for tool
+calling and options: tool calls arrive whole with arguments as JSON objects, streams
+are NDJSON lines rather than SSE, sampling knobs live under ``options`` with Ollama's
+own names (``num_predict``, ``num_ctx``, ...), and ``/api/tags`` tells whether the
+model is actually pulled.  Talks plain ``httpx`` through one pooled client per loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from astromesh_ray.core.messages import (
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    Message,
+    ToolCall,
+    ToolSchema,
+    Usage,
+)
+from astromesh_ray.errors import ConfigError, ProviderError
+
+__all__ = ["DEFAULT_ENDPOINT", "SAMPLING_PARAMETERS", "OllamaProvider"]
+
+DEFAULT_ENDPOINT = "http://localhost:11434"
+_RETRYABLE_STATUS = {408, 409, 429}
+# `options:` keys of a model block this provider understands.
+_OPTIONS = {
+    "keep_alive": "how long Ollama keeps the model loaded, e.g. '5m' or seconds",
+    "format": "'json' or a JSON schema the answer must follow",
+    "headers": "extra HTTP headers for every request",
+}
+# Our sampling parameter -> Ollama's `options` key.  Names are ours where the OpenAI
+# vocabulary has one (so one agent YAML works on any provider), Ollama's otherwise.
+SAMPLING_PARAMETERS: dict[str, str] = {
+    "max_tokens": "num_predict",
+    **{
+        name: name
+        for name in (
+            "num_predict", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
+            "frequency_penalty", "repeat_penalty", "num_ctx", "min_p",
+        )
+    },
+}  # fmt: skip
+
+
+class OllamaProvider:
+    """A chat model served by Ollama's native API.
+
+    ``parameters`` are default sampling options; a request's own ``parameters`` win.
+    If ``api_key_env`` names a set variable, its value goes out as a bearer token
+    (for an Ollama behind an authenticating proxy); it is read at call time.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str = "ollama",
+        model: str,
+        endpoint: str | None = None,
+        api_key_env: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        timeout_s: float = 60.0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - set(_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"{name}: unknown options {', '.join(map(repr, unknown))} for provider {kind!r}",
+                hint="valid options: " + ", ".join(f"{k} ({v})" for k, v in _OPTIONS.items()),
+            )
+        _check_options(name, opts)
+        bad = sorted(set(parameters or {}) - set(SAMPLING_PARAMETERS))
+        if bad:
+            # Caught at load time too, not only when the first request fails.
+            raise ConfigError(
+                f"{name}: unknown sampling parameters {', '.join(map(repr, bad))} for Ollama",
+                hint="valid parameters: " + ", ".join(SAMPLING_PARAMETERS),
+            )
+        self.name = name
+        self.kind = kind
+        self.model = model
+        self.endpoint = _normalize_endpoint(endpoint or DEFAULT_ENDPOINT)
+        self.api_key_env = api_key_env
+        self.parameters: dict[str, Any] = dict(parameters or {})
+        self.timeout_s = timeout_s
+        self.keep_alive: str | float | None = opts.get("keep_alive")
+        self.format: str | dict[str, Any] | None = opts.get("format")
+        self.extra_headers: dict[str, str] = {
+            str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()
+        }
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"OllamaProvider(name={self.name!r}, model={self.model!r}, endpoint={self.endpoint!r})"
+        )
+
+    # Live clients cannot cross processes (Ray pickles providers into replicas).
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_loop": None}
+
+    # -- Provider protocol -------------------------------------------------------------
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """POST ``/api/chat`` without streaming and return the whole answer."""
+        body = self._body(request, stream=False)
+        url = f"{self.endpoint}/api/chat"
+        try:
+            response = await self._http().post(url, json=body, headers=self._headers())
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, url) from exc
+        if response.status_code >= 400:
+            raise self._status_error(response.status_code, response.content, url)
+        try:
+            data = response.json()
+            if isinstance(data, dict) and data.get("error"):
+                raise self._stream_error(data["error"])
+            wire = data["message"]
+            if not isinstance(wire, dict):
+                raise TypeError(wire)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._bad_response(f"not a chat response: {response.text[:200]!r}") from exc
+        calls = [self._tool_call(i, c) for i, c in enumerate(wire.get("tool_calls") or [])]
+        return Completion(
+            message=Message(
+                role="assistant", content=wire.get("content") or None, tool_calls=calls
+            ),
+            usage=_usage(data),
+            model=str(data.get("model") or self.model),
+            provider=self.name,
+            finish_reason=_finish(data.get("done_reason"), calls),
+        )
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        """Stream text deltas; tool calls, usage and finish reason come in the last chunk."""
+        body = self._body(request, stream=True)
+        url = f"{self.endpoint}/api/chat"
+        # Ollama sends each tool call whole, but possibly on any line: hold them so
+        # the engine sees every call of the message at once, as other providers do.
+        wire_calls: list[Any] = []
+        final: dict[str, Any] = {}
+        model = self.model
+        try:
+            async with self._http().stream(
+                "POST", url, json=body, headers=self._headers()
+            ) as response:
+                if response.status_code >= 400:
+                    raise self._status_error(response.status_code, await response.aread(), url)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    part = self._decode_line(line)
+                    model = str(part.get("model") or model)
+                    message = part.get("message")
+                    message = message if isinstance(message, dict) else {}
+                    if message.get("content"):
+                        yield CompletionChunk(text=str(message["content"]))
+                    wire_calls.extend(message.get("tool_calls") or [])
+                    if part.get("done"):
+                        final = part
+                        break
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, url) from exc
+        if not final:
+            raise self._bad_response("the stream ended without a final `done: true` line")
+        calls = [self._tool_call(i, c) for i, c in enumerate(wire_calls)]
+        yield CompletionChunk(
+            tool_calls=calls,
+            usage=_usage(final),
+            finish_reason=_finish(final.get("done_reason"), calls),
+            model=model,
+        )
+
+    async def health(self) -> bool:
+        """Whether ``GET /api/tags`` answers 200 and lists the model; never raises."""
+        try:
+            response = await self._http().get(
+                f"{self.endpoint}/api/tags",
+                headers=self._headers(),
+                timeout=min(self.timeout_s, 5.0),
+            )
+            if response.status_code != 200:
+                return False
+            listed = {
+                str(entry.get(key))
+                for entry in response.json().get("models") or []
+                for key in ("name", "model")
+                if isinstance(entry, dict) and entry.get(key)
+            }
+        except Exception:  # a probe: any failure just means "not healthy"
+            return False
+        # Ollama treats a model without a tag as `:latest`, on both sides.
+        return _with_tag(self.model) in {_with_tag(m) for m in listed}
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP client (a later call opens a new one)."""
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            # RuntimeError: its event loop is gone, and the sockets went with it.
+            with contextlib.suppress(RuntimeError):
+                await client.aclose()
+
+    # -- request side ------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        # A client is bound to the loop it first ran on; asyncio.run() per call or a
+        # replica restarting its loop needs a fresh one.
+        if self._client is None or self._loop is not loop or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            )
+            self._loop = loop
+        return self._client
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.extra_headers)
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": _wire_messages(request.messages),
+            "stream": stream,
+        }
+        if request.tools:
+            body["tools"] = [_wire_tool(t) for t in request.tools]
+        options = self._sampling_options(request.parameters)
+        if options:
+            body["options"] = options
+        if self.format is not None:
+            body["format"] = self.format
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
+        return body
+
+    def _sampling_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        # Defaults first, then the request's: a request's `max_tokens` beats a default
+        # `num_predict` because both land on the same Ollama key.
+        for source in (self.parameters, overrides):
+            for key, value in source.items():
+                target = SAMPLING_PARAMETERS.get(key)
+                if target is None:
+                    # Ollama silently ignores options it does not know; we refuse, so a
+                    # typo like `temprature` cannot go unnoticed.
+                    raise self._error(
+                        f"unknown sampling parameter {key!r} for Ollama",
+                        hint="valid parameters: " + ", ".join(SAMPLING_PARAMETERS),
+                    )
+                options[target] = value
+        return options
+
+    # -- response side -----------------------------------------------------------------
+
+    def _tool_call(self, index: int, wire: Any) -> ToolCall:
+        function = wire.get("function") if isinstance(wire, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            raise self._bad_response(f"tool call #{index} has no function name: {wire!r}")
+        name = str(function["name"])
+        raw = function.get("arguments")
+        arguments: Any = raw
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            arguments = {}
+        elif isinstance(raw, str):  # Ollama sends objects; some proxies re-encode them
+            try:
+                arguments = json.loads(raw)
+            except ValueError as exc:
+                raise self._error(
+                    f"model {self.model!r} returned malformed JSON arguments for tool "
+                    f"{name!r}: {exc}; arguments were {raw[:200]!r}",
+                    hint="the model may not support tool calling well; try another model "
+                    "or a lower temperature",
+                ) from None
+        if not isinstance(arguments, dict):
+            raise self._error(f"arguments for tool {name!r} are not a JSON object: {raw!r}")
+        # Ollama gives no ids (newer versions may); the engine needs one to pair results.
+        return ToolCall(id=str(wire.get("id") or f"call_{index}"), name=name, arguments=arguments)
+
+    def _decode_line(self, line: str) -> dict[str, Any]:
+        try:
+            part = json.loads(line)
+        except ValueError:
+            raise self._bad_response(f"undecodable stream line {line[:200]!r}") from None
+        if not isinstance(part, dict):
+            raise self._bad_response(f"stream line is not an object: {line[:200]!r}")
+        if part.get("error"):
+            raise self._stream_error(part["error"])
+        return part
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _error(
+        self, what: str, *, hint: str | None = None, status: int | None = None, retry: bool = False
+    ) -> ProviderError:
+        return ProviderError(
+            f"{self.name}: {what}", hint=hint, provider=self.name, status=status, retryable=retry
+        )
+
+    def _stream_error(self, error: Any) -> ProviderError:
+        # Ollama reports failures after the 200 (a crashed runner, out of memory) as an
+        # `{"error": ...}` line: the backend's trouble, so another try may succeed.
+        return self._error(f"Ollama failed mid-answer: {error}", retry=True)
+
+    def _bad_response(self, what: str) -> ProviderError:
+        return self._error(
+            f"malformed response from {self.endpoint}: {what}",
+            hint=f"check that {self.endpoint} is an Ollama server",
+        )
+
+    def _transport_error(self, exc: httpx.TransportError, url: str) -> ProviderError:
+        if isinstance(exc, httpx.TimeoutException):
+            what = f"no answer from {url} within {self.timeout_s:g}s ({type(exc).__name__})"
+        else:
+            what = f"cannot reach {url}: {exc or type(exc).__name__}"
+        return self._error(
+            what,
+            hint=f"start Ollama (`ollama serve`) at {self.endpoint} and pull the model "
+            f"(`ollama pull {self.model}`)",
+            retry=True,
+        )
+
+    def _status_error(self, status: int, content: bytes, url: str) -> ProviderError:
+        detail = _backend_message(content)
+        hint: str | None = None
+        if status == 404 and "not found" in detail and "model" in detail:
+            hint = f"pull the model: `ollama pull {self.model}`"
+        elif status == 404:
+            hint = f"check that {self.endpoint} is an Ollama server"
+        elif status in (401, 403):
+            var = self.api_key_env
+            if var is None:
+                hint = "the server wants a token: set api_key_env to the variable holding it"
+            else:
+                hint = f"set {var}" if not os.environ.get(var) else f"check the token in {var}"
+        return self._error(
+            f"HTTP {status} from {url}" + (f": {detail}" if detail else ""),
+            hint=hint,
+            status=status,
+            retry=status in _RETRYABLE_STATUS or status >= 500,
+        )
+
+
+def _check_options(name: str, opts: dict[str, Any]) -> None:
+    alive, fmt = opts.get("keep_alive"), opts.get("format")
+    if isinstance(alive, bool) or not isinstance(alive, (str, int, float, type(None))):
+        raise ConfigError(
+            f"{name}: options.keep_alive must be a duration or seconds, not {alive!r}",
+            hint="e.g. keep_alive: 5m, or keep_alive: -1 to keep the model loaded",
+        )
+    if not (fmt is None or fmt == "json" or isinstance(fmt, dict)):
+        raise ConfigError(f"{name}: options.format must be 'json' or a JSON schema, not {fmt!r}")
+    if not isinstance(opts.get("headers") or {}, dict):
+        raise ConfigError(f"{name}: options.headers must map header names to values")
+
+
+def _usage(final: dict[str, Any]) -> Usage:
+    # Ollama omits prompt_eval_count when the whole prompt was cached; still one call.
+    return Usage(
+        input_tokens=int(final.get("prompt_eval_count") or 0),
+        output_tokens=int(final.get("eval_count") or 0),
+        calls=1,
+    )
+
+
+def _finish(done_reason: Any, calls: list[ToolCall]) -> str:
+    # Ollama says "stop" even when it stops to call tools; the engine wants to know.
+    if calls:
+        return "tool_calls"
+    return str(done_reason or "stop")
+
+
+def _with_tag(model: str) -> str:
+    # The tag follows the last ':' after the last '/' (a registry host may have a port).
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
+def _normalize_endpoint(endpoint: str) -> str:
+    # Users often paste the OpenAI-style URL (…/v1); the native API lives at the root.
+    endpoint = endpoint.rstrip("/")
+    return endpoint.removesuffix("/v1").rstrip("/")
+
+
+def _backend_message(content: bytes) -> str:
+    text = content.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300]
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])  # Ollama's shape: {"error": "..."}
+    return text[:300]
+
+
+def _wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    # Ollama pairs a tool result with its call by tool name, not id: recover the name
+    # from the assistant turn when a tool message lacks it.
+    names: dict[str, str] = {}
+    wire: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+        if message.role == "assistant" and message.tool_calls:
+            item["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": c.arguments}} for c in message.tool_calls
+            ]
+            names.update((c.id, c.name) for c in message.tool_calls)
+        elif message.role == "tool":
+            tool_name = message.name or names.get(message.tool_call_id or "")
+            if tool_name:
+                item["tool_name"] = tool_name
+        wire.append(item)
+    return wire
+
+
+def _wire_tool(tool: ToolSchema) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        },
+    }

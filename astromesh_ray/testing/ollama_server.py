@@ -1,0 +1,386 @@
+"""``ScriptedOllamaServer``: a real loopback HTTP server speaking Ollama's native API.
+
+Ollama cannot be installed on every test machine, so this speaks its exact wire format
+instead: ``POST /api/chat`` (NDJSON streaming by default, one JSON object with
+``stream: false``; tool calls whole, arguments as JSON objects; ``prompt_eval_count`` /
+``eval_count`` on the ``done`` line), ``GET /api/tags``, ``GET /api/version``, and
+Ollama's ``{"error": "..."}`` bodies (404 for a model that is not pulled).  Validated
+against the official ``ollama`` client in the integration tests.
+
+Imports neither Ray nor any vendor SDK; uvicorn runs it in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from astromesh_ray.testing.scripted import count_words, split_words
+
+__all__ = ["OLLAMA_VERSION", "ScriptedOllamaServer"]
+
+OLLAMA_VERSION = "0.12.6"
+_STEP_KEYS = {
+    "content",
+    "tool_calls",
+    "status",
+    "error",
+    "finish_reason",
+    "delay_s",
+    "stream_error",
+}
+
+
+class ScriptedOllamaServer:
+    """An Ollama-compatible server on 127.0.0.1 that replies from scripted steps.
+
+    Steps take the same form as ``ScriptedOpenAIServer``'s:
+
+    - ``{"content": "text"}`` (a bare ``str`` is shorthand for this);
+    - ``{"tool_calls": [{"name": ..., "arguments": {...}}]}``: ``arguments`` may also be
+      a raw string, sent verbatim (to test clients against a misbehaving proxy); an
+      ``id`` is sent only if given (newer Ollama versions send ids, older ones do not);
+    - ``{"status": 500, "error": "message"}``: answer that HTTP error instead;
+    - ``{"stream_error": "message"}`` (with optional ``content``): stream the content,
+      then an ``{"error": ...}`` line as Ollama does when a runner dies mid-answer
+      (a non-streaming request gets HTTP 500 with that error);
+
+    and optionally ``finish_reason`` (sent as ``done_reason``, default ``stop``, which
+    Ollama also sends for tool calls) and ``delay_s`` (sleep before answering).
+
+    ``models`` are the pulled models ``/api/tags`` lists; a chat naming another model
+    gets Ollama's 404 and consumes no step.  Every chat body received is appended to
+    ``requests`` (headers to ``request_headers``).  Running out of steps answers 500.
+    """
+
+    def __init__(
+        self,
+        steps: Iterable[str | dict[str, Any]] = (),
+        *,
+        models: Iterable[str] = ("llama3.1:8b",),
+        require_api_key: str | None = None,
+    ) -> None:
+        self.models = list(models)
+        self.require_api_key = require_api_key
+        self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
+        self._steps: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._served = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+        self.add_steps(*steps)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL without ``/v1`` (what Ollama clients take as ``host``)."""
+        if self._port is None:
+            raise RuntimeError("ScriptedOllamaServer is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> Self:
+        """Bind a free loopback port and serve in a daemon thread; returns self."""
+        if self._thread is not None:
+            return self
+        # Bind the socket ourselves so the port is known before uvicorn starts.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            daemon=True,
+            name=f"scripted-ollama-{self._port}",
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("ScriptedOllamaServer failed to start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down and wait for its thread."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            # Don't wait for in-flight (e.g. deliberately delayed) requests to finish.
+            self._server.force_exit = True
+            self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- script ------------------------------------------------------------------------
+
+    def add_steps(self, *steps: str | dict[str, Any]) -> None:
+        """Append steps; a typo in a step's keys fails here, not as a confusing reply."""
+        normalized = [_normalize(s) for s in steps]
+        with self._lock:
+            self._steps.extend(normalized)
+
+    @property
+    def remaining(self) -> int:
+        """Steps not consumed yet."""
+        with self._lock:
+            return len(self._steps)
+
+    def assert_consumed(self) -> None:
+        """Fail if some scripted steps were never requested."""
+        with self._lock:
+            left = list(self._steps)
+        if left:
+            raise AssertionError(f"ScriptedOllamaServer: {len(left)} step(s) not consumed: {left}")
+
+    def _next_step(self) -> dict[str, Any] | None:
+        with self._lock:
+            self._served += 1
+            return self._steps.pop(0) if self._steps else None
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def _app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/", self._root, methods=["GET", "HEAD"]),
+                Route("/api/chat", self._chat, methods=["POST"]),
+                Route("/api/tags", self._tags, methods=["GET"]),
+                Route("/api/version", self._version, methods=["GET"]),
+            ]
+        )
+
+    def _denied(self, request: Request) -> Response | None:
+        # Ollama has no auth of its own; this stands in for an authenticating proxy.
+        if self.require_api_key is None:
+            return None
+        if request.headers.get("authorization", "") == f"Bearer {self.require_api_key}":
+            return None
+        return _error(401, "unauthorized")
+
+    def _pulled(self, model: str) -> bool:
+        # Ollama resolves a bare name to its `:latest` tag.
+        wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+        return wanted in self.models
+
+    async def _root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def _version(self, request: Request) -> Response:
+        return JSONResponse({"version": OLLAMA_VERSION})
+
+    async def _tags(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        return JSONResponse({"models": [_tag_entry(m) for m in self.models]})
+
+    async def _chat(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return _error(400, f"invalid character in request body: {exc}")
+        if isinstance(body, dict):
+            with self._lock:
+                self.requests.append(body)
+                self.request_headers.append(dict(request.headers))
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict) or not body.get("model"):
+            return _error(400, "model is required")
+        problem = _check_messages(body.get("messages"))
+        if problem:
+            return _error(400, problem)
+        model = str(body["model"])
+        if not self._pulled(model):
+            return _error(404, f'model "{model}" not found, try pulling it first')
+        stream = body.get("stream", True) is not False  # Ollama streams unless told not to
+        if not body.get("messages"):
+            # An empty chat just loads the model: Ollama answers done_reason "load".
+            loaded = {**_head(model), "message": {"role": "assistant", "content": ""}}
+            loaded.update(done_reason="load", done=True)
+            return _ndjson([loaded]) if stream else JSONResponse(loaded)
+        step = self._next_step()
+        if step is None:
+            return _error(
+                500, f"ScriptedOllamaServer: script exhausted, unexpected request #{self._served}"
+            )
+        if step.get("delay_s"):
+            await asyncio.sleep(float(step["delay_s"]))
+        if "status" in step:
+            status = int(step["status"])
+            return _error(status, str(step.get("error") or f"scripted HTTP {status}"))
+        reply = _Reply(step, body)
+        if not stream:
+            if "stream_error" in step:
+                return _error(500, str(step["stream_error"]))
+            return JSONResponse(reply.whole())
+        return _ndjson(reply.lines())
+
+
+class _Reply:
+    """One scripted answer rendered as a whole chat response or as NDJSON lines."""
+
+    def __init__(self, step: dict[str, Any], body: dict[str, Any]) -> None:
+        self.model = str(body["model"])
+        self.content = str(step.get("content") or "")
+        self.stream_error: str | None = step.get("stream_error")
+        self.calls = [_wire_call(c) for c in step.get("tool_calls") or []]
+        self.done_reason = str(step.get("finish_reason") or "stop")
+        prompt = sum(count_words(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+        completion = count_words(self.content) + sum(
+            count_words(f"{c['function']['name']} {_args_text(c)}") for c in self.calls
+        )
+        self.counts = {"prompt_eval_count": prompt, "eval_count": completion}
+
+    def whole(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.calls:
+            message["tool_calls"] = self.calls
+        return {**_head(self.model), "message": message, **self._done()}
+
+    def _done(self) -> dict[str, Any]:
+        return {
+            "done_reason": self.done_reason,
+            "done": True,
+            "total_duration": 1_000_000,
+            "load_duration": 100_000,
+            "prompt_eval_count": self.counts["prompt_eval_count"],
+            "prompt_eval_duration": 200_000,
+            "eval_count": self.counts["eval_count"],
+            "eval_duration": 700_000,
+        }
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = [
+            {**_head(self.model), "message": {"role": "assistant", "content": p}, "done": False}
+            for p in split_words(self.content)
+        ]
+        if self.stream_error is not None:
+            return [*out, {"error": self.stream_error}]
+        if self.calls:
+            # Ollama emits parsed tool calls whole, on a line of their own, before `done`.
+            message = {"role": "assistant", "content": "", "tool_calls": self.calls}
+            out.append({**_head(self.model), "message": message, "done": False})
+        empty = {"role": "assistant", "content": ""}
+        out.append({**_head(self.model), "message": empty, **self._done()})
+        return out
+
+
+def _ndjson(lines: list[dict[str, Any]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        for line in lines:
+            yield json.dumps(line) + "\n"
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+def _head(model: str) -> dict[str, Any]:
+    created = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return {"model": model, "created_at": created}
+
+
+def _wire_call(call: dict[str, Any]) -> dict[str, Any]:
+    arguments = call.get("arguments")
+    wire: dict[str, Any] = {
+        "function": {
+            "name": str(call["name"]),
+            "arguments": arguments if isinstance(arguments, str) else dict(arguments or {}),
+        }
+    }
+    if call.get("id"):
+        wire = {"id": str(call["id"]), **wire}
+    return wire
+
+
+def _args_text(call: dict[str, Any]) -> str:
+    arguments = call["function"]["arguments"]
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def _check_messages(messages: Any) -> str | None:
+    """Ollama's (Go) decoder errors for message shapes it cannot take."""
+    if messages is None:
+        return None
+    if not isinstance(messages, list):
+        return (
+            "json: cannot unmarshal into Go struct field ChatRequest.messages of type []api.Message"
+        )
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return "json: cannot unmarshal into Go value of type api.Message"
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            # The classic OpenAI-client mistake: arguments as a JSON string.
+            if not isinstance(function, dict) or not isinstance(
+                function.get("arguments", {}), dict
+            ):
+                return (
+                    "json: cannot unmarshal string into Go struct field "
+                    "ToolCallFunction.messages.tool_calls.function.arguments of type "
+                    "api.ToolCallFunctionArguments"
+                )
+    return None
+
+
+def _tag_entry(model: str) -> dict[str, Any]:
+    return {
+        "name": model,
+        "model": model,
+        "modified_at": "2025-01-01T00:00:00.000000Z",
+        "size": 4_920_753_328,
+        "digest": hashlib.sha256(model.encode()).hexdigest(),
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "8.0B",
+            "quantization_level": "Q4_K_M",
+        },
+    }
+
+
+def _normalize(step: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(step, str):
+        return {"content": step}
+    unknown = set(step) - _STEP_KEYS
+    if unknown:
+        raise ValueError(f"unknown step keys {sorted(unknown)}; valid: {sorted(_STEP_KEYS)}")
+    if not ({"content", "tool_calls", "status", "stream_error"} & set(step)):
+        raise ValueError(
+            f"a step needs 'content', 'tool_calls', 'status' or 'stream_error': {step!r}"
+        )
+    for call in step.get("tool_calls") or []:
+        if "name" not in call:
+            raise ValueError(f"a scripted tool call needs a 'name': {call!r}")
+    return dict(step)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    # Ollama's error body shape; its client reads `error`.
+    return JSONResponse({"error": message}, status_code=status)

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from astromesh_ray.core.breaker import (
+    BreakerPolicy,
+    CircuitBreakers,
+    LocalBreakerStore,
+    ManualClock,
+)
+from astromesh_ray.core.messages import CompletionRequest, Message
+from astromesh_ray.core.pricing import Price, price_for
+from astromesh_ray.core.router import Candidate, ModelRouter
+from astromesh_ray.errors import ProviderError
+from astromesh_ray.testing import ScriptedProvider
+
+REQ = CompletionRequest(messages=[Message("user", "hello there")], parameters={"max_tokens": 100})
+
+
+def down(name: str, status: int | None = None) -> ProviderError:
+    return ProviderError(
+        f"{name}: down", hint=f"start {name}", provider=name, status=status, retryable=True
+    )
+
+
+def cand(key: str, steps: list[object], **kw: object) -> Candidate:
+    return Candidate(key=key, provider=ScriptedProvider(steps, name=key), **kw)  # type: ignore[arg-type]
+
+
+async def test_declared_order_falls_back_and_records_the_route() -> None:
+    router = ModelRouter([cand("a", [down("a")]), cand("b", ["from b"])])
+    completion = await router.complete(REQ)
+    assert completion.message.content == "from b"
+    assert [(s["candidate"], s["reason"], s["outcome"]) for s in completion.route] == [
+        ("a", "primary", "failed: a: down"),
+        ("b", "fallback", "ok"),
+    ]
+
+
+async def test_all_failing_joins_messages_and_hints() -> None:
+    router = ModelRouter([cand("a", [down("a")]), cand("b", [down("b", 401)])])
+    with pytest.raises(ProviderError) as info:
+        await router.complete(REQ)
+    assert info.value.hint == "start a; or start b"
+    assert "a: down; b: down" in info.value.message
+    assert [s["candidate"] for s in info.value.details["route"]] == ["a", "b"]
+
+
+async def test_cost_optimized_prefers_the_cheapest_and_prices_the_usage() -> None:
+    pricey = cand("pricey", [], price=Price(10, 30))
+    cheap = cand("cheap", ["cheap answer"], price=Price(0.1, 0.4))
+    unknown = cand("unknown", [])
+    router = ModelRouter([unknown, pricey, cheap], strategy="cost_optimized")
+    assert [c.key for c, _ in router.order(REQ)] == ["cheap", "pricey", "unknown"]
+    completion = await router.complete(REQ)
+    assert completion.message.content == "cheap answer"
+    usage = completion.usage
+    assert usage.cost_usd == pytest.approx((usage.input_tokens * 0.1 + usage.output_tokens * 0.4) / 1e6)
+    assert completion.route[0]["reason"].startswith("estimated cost $")
+
+
+async def test_latency_optimized_probes_untried_then_prefers_fastest() -> None:
+    class Slow(ScriptedProvider):
+        async def complete(self, request: CompletionRequest):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.05)
+            return await super().complete(request)
+
+    slow = Candidate("slow", Slow(["s1", "s2"], name="slow"))
+    fast = cand("fast", ["f1", "f2"])
+    router = ModelRouter([slow, fast], strategy="latency_optimized")
+    assert (await router.complete(REQ)).message.content == "s1"  # untried: declared order
+    assert (await router.complete(REQ)).message.content == "f1"  # fast is still untried
+    assert [c.key for c, _ in router.order(REQ)] == ["fast", "slow"]
+    assert (await router.complete(REQ)).message.content == "f2"
+
+
+async def test_quality_first_and_round_robin() -> None:
+    low, high = cand("low", ["low"], quality=1), cand("high", ["high"], quality=9)
+    assert (await ModelRouter([low, high], strategy="quality_first").complete(REQ)).message.content == "high"
+    rr = ModelRouter([cand("x", ["x1", "x2"]), cand("y", ["y1"])], strategy="round_robin")
+    answers = [(await rr.complete(REQ)).message.content for _ in range(3)]
+    assert answers == ["x1", "y1", "x2"]
+
+
+async def test_breaker_opens_after_threshold_then_half_open_probe_closes_it() -> None:
+    clock = ManualClock()
+    store = LocalBreakerStore(CircuitBreakers(clock=clock))
+    primary = ScriptedProvider([down("p"), down("p"), down("p"), "p is back"], name="p")
+    backup = ScriptedProvider(["b1", "b2", "b3", "b4"], name="b")
+    router = ModelRouter(
+        [Candidate("p", primary), Candidate("b", backup)],
+        breakers=store,
+        policy=BreakerPolicy(failure_threshold=3, cooldown_s=60),
+    )
+    for _ in range(3):
+        assert (await router.complete(REQ)).message.content.startswith("b")
+    snap = await store.snapshot()
+    assert snap["p"]["state"] == "open" and snap["p"]["trips"] == 1
+    # Open: the primary is not called at all (its script would be consumed otherwise).
+    completion = await router.complete(REQ)
+    assert completion.message.content == "b4"
+    assert completion.route[0]["outcome"] == "skipped: circuit open"
+    clock.advance(59.9)
+    assert (await store.snapshot())["p"]["cooldown_remaining_s"] == pytest.approx(0.1)
+    clock.advance(0.2)
+    completion = await router.complete(REQ)  # half-open: one probe, which succeeds
+    assert completion.message.content == "p is back"
+    assert completion.route[0]["breaker"] == "closed"
+    primary.assert_consumed()
+    backup.assert_consumed()
+
+
+def test_half_open_allows_one_probe_and_a_failed_probe_reopens() -> None:
+    clock = ManualClock()
+    breakers = CircuitBreakers(clock=clock)
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=10)
+    assert breakers.failure("k", policy) == "open"
+    assert breakers.allow("k", policy) == (False, "open")
+    clock.advance(10)
+    assert breakers.allow("k", policy) == (True, "half_open")
+    assert breakers.allow("k", policy) == (False, "half_open")  # only one probe
+    assert breakers.failure("k", policy) == "open"
+    clock.advance(5)
+    assert breakers.allow("k", policy) == (False, "open")  # the cooldown restarted
+
+
+async def test_caller_faults_do_not_trip_the_breaker() -> None:
+    store = LocalBreakerStore()
+    bad_requests = [down("p", 400), down("p", 422), down("p", 401), down("p", 400)]
+    router = ModelRouter(
+        [cand("p", bad_requests), cand("b", ["b"] * 4)],
+        breakers=store,
+        policy=BreakerPolicy(failure_threshold=1),
+    )
+    for _ in range(4):
+        completion = await router.complete(REQ)
+        assert completion.route[0]["breaker"].startswith("closed (caller's fault")
+    assert (await store.snapshot())["p"]["state"] == "closed"
+
+
+async def test_no_fallback_when_disabled() -> None:
+    router = ModelRouter([cand("a", [down("a")]), cand("b", [])], fallback=False)
+    with pytest.raises(ProviderError, match="a: down"):
+        await router.complete(REQ)
+
+
+async def test_stream_falls_back_before_the_first_chunk_only() -> None:
+    router = ModelRouter([cand("a", [down("a")]), cand("b", ["streamed words here"])])
+    chunks = [c async for c in router.stream(REQ)]
+    assert "".join(c.text for c in chunks) == "streamed words here"
+    assert [s["outcome"] for s in chunks[-1].route] == ["failed: a: down", "ok"]
+
+
+async def test_health_checks_feed_the_breaker() -> None:
+    class Dead(ScriptedProvider):
+        async def health(self) -> bool:
+            return False
+
+    store = LocalBreakerStore()
+    router = ModelRouter(
+        [Candidate("dead", Dead([], name="dead")), cand("ok", ["fine"])],
+        breakers=store,
+        policy=BreakerPolicy(failure_threshold=2),
+        health_check_interval_s=0.01,
+    )
+    assert await router.check_health() == {"dead": False, "ok": True}
+    assert router.start_health_checks()
+    for _ in range(100):
+        if (await store.snapshot())["dead"]["state"] == "open":
+            break
+        await asyncio.sleep(0.01)
+    completion = await router.complete(REQ)  # the dead one is skipped, never called
+    assert completion.route[0]["outcome"] == "skipped: circuit open"
+    assert completion.message.content == "fine"
+    await router.aclose()
+
+
+def test_price_table_and_overrides() -> None:
+    assert price_for("openai", "gpt-4o-mini") == Price(0.15, 0.60)
+    assert price_for("ollama", "llama3.1:8b") == Price(0.0, 0.0)
+    assert price_for("openai", "some-new-model") is None
+    assert price_for("openai", "gpt-4o-mini", Price(1, 2)) == Price(1, 2)
