@@ -16,6 +16,7 @@ from astromesh_ray.core.patterns import pattern_for
 from astromesh_ray.core.pricing import Price, price_for
 from astromesh_ray.core.prompts import PromptSet
 from astromesh_ray.core.providers.base import Provider, provider_class
+from astromesh_ray.core.providers.retry import RetryingProvider
 from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
 from astromesh_ray.core.runtime import AgentRuntime
 from astromesh_ray.core.tools.base import Tool
@@ -64,7 +65,7 @@ def build_provider(
     candidates = [
         Candidate(
             key=ep.key,
-            provider=make_provider(ep),
+            provider=_with_retries(make_provider(ep), ep),
             price=price_for(ep.provider, ep.model, _price(ep)),
             quality=ep.quality,
         )
@@ -78,6 +79,14 @@ def build_provider(
         fallback=route.fallback,
         health_check_interval_s=route.health_check_interval_s,
     )
+
+
+def _with_retries(provider: Provider, endpoint: ModelEndpoint) -> Provider:
+    # Retries are the caller's policy (per agent), so they wrap the client side and
+    # provider deployments stay shared between agents.
+    if endpoint.max_retries:
+        return RetryingProvider(provider, max_retries=endpoint.max_retries)
+    return provider
 
 
 def _price(endpoint: ModelEndpoint) -> Price | None:

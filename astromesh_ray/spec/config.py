@@ -54,6 +54,9 @@ class ProviderEntrySpec(StrictModel):
     quality: int | None = Field(
         default=None, ge=0, description="Declared quality rank (higher is better)."
     )
+    max_retries: int | None = Field(
+        default=None, ge=0, le=10, description="Retries on 429/5xx (default 2)."
+    )
 
 
 class ProviderRoutingSpec(StrictModel):

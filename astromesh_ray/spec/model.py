@@ -101,6 +101,13 @@ class ModelBlockSpec(StrictModel):
         ge=0,
         description="Declared quality rank for the quality_first strategy (higher is better).",
     )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Retries of a call answered 429 or 5xx, with exponential backoff "
+        "honouring Retry-After (default 2).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -43,6 +43,7 @@ class ModelEndpoint:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     pricing: PricingSpec | None = field(default=None, hash=False)
     quality: int | None = None
+    max_retries: int = field(default=2, hash=False)  # applied by the caller, per agent
 
     @property
     def key(self) -> str:
@@ -94,8 +95,18 @@ def resolve_block(
             "options": dict(entry.options),
             "pricing": entry.pricing,
             "quality": entry.quality,
+            "max_retries": entry.max_retries,
         }
-    for name in ("provider", "model", "endpoint", "api_key_env", "timeout_s", "pricing", "quality"):
+    for name in (
+        "provider",
+        "model",
+        "endpoint",
+        "api_key_env",
+        "timeout_s",
+        "pricing",
+        "quality",
+        "max_retries",
+    ):
         value = getattr(block, name)
         if value is not None:
             base[name] = value
@@ -118,6 +129,7 @@ def resolve_block(
         options=base["options"],
         pricing=base.get("pricing"),
         quality=base.get("quality"),
+        max_retries=2 if base.get("max_retries") is None else int(base["max_retries"]),
     )
 
 

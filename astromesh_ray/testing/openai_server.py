@@ -29,7 +29,7 @@ from astromesh_ray.testing.scripted import count_words, split_words
 
 __all__ = ["ScriptedOpenAIServer"]
 
-_STEP_KEYS = {"content", "tool_calls", "status", "error", "finish_reason", "delay_s"}
+_STEP_KEYS = {"content", "tool_calls", "status", "error", "finish_reason", "delay_s", "retry_after"}
 # How many pieces a streamed tool call's argument JSON is cut into (real servers
 # send a few characters per chunk; clients must concatenate them).
 _ARG_PIECES = 3
@@ -43,7 +43,8 @@ class ScriptedOpenAIServer:
     - ``{"content": "text"}`` (a bare ``str`` is shorthand for this);
     - ``{"tool_calls": [{"name": ..., "arguments": {...}}]}``: ``arguments`` may also be
       a raw string, sent verbatim (to test malformed JSON); ``id`` is optional;
-    - ``{"status": 500, "error": "message"}``: answer that HTTP error instead.
+    - ``{"status": 500, "error": "message"}``: answer that HTTP error instead
+      (``"retry_after": 2`` adds a ``Retry-After`` header).
 
     and optionally ``finish_reason`` (override) and ``delay_s`` (sleep before answering).
     Every chat-completion body received is appended to ``requests`` (its headers to
@@ -215,7 +216,10 @@ class ScriptedOpenAIServer:
         if "status" in step:
             status = int(step["status"])
             kind = "server_error" if status >= 500 else "invalid_request_error"
-            return _error(status, str(step.get("error") or f"scripted HTTP {status}"), kind)
+            response = _error(status, str(step.get("error") or f"scripted HTTP {status}"), kind)
+            if "retry_after" in step:
+                response.headers["Retry-After"] = str(step["retry_after"])
+            return response
         reply = _Reply(step, body, self._served)
         if body.get("stream"):
             options = body.get("stream_options") or {}

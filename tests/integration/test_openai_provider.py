@@ -513,3 +513,29 @@ def test_unknown_options_are_refused_with_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown options 'chat_template'.*") as info:
         OpenAIProvider(name="x", kind="openai_compat", model="m", options={"chat_template": "x"})
     assert "organization" in str(info.value.hint)
+
+
+async def test_retry_after_header_is_parsed_and_retries_succeed() -> None:
+    from astromesh_ray.core.providers.retry import RetryingProvider
+
+    with ScriptedOpenAIServer(
+        [{"status": 429, "error": "slow down", "retry_after": 0.01}]
+    ) as server:
+        provider = OpenAIProvider(
+            name="compat:m", kind="openai_compat", model="m", endpoint=server.url
+        )
+        try:
+            with pytest.raises(ProviderError) as info:
+                await provider.complete(CompletionRequest(messages=[Message("user", "hi")]))
+            assert info.value.details["retry_after_s"] == pytest.approx(0.01)
+            server.add_steps(
+                {"status": 503, "error": "busy", "retry_after": 0.01}, "after the wait"
+            )
+            retrying = RetryingProvider(provider, max_retries=1)
+            completion = await retrying.complete(
+                CompletionRequest(messages=[Message("user", "hi")])
+            )
+        finally:
+            await provider.aclose()
+        assert completion.message.content == "after the wait"
+        assert len(server.requests) == 3

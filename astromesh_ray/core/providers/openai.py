@@ -27,6 +27,7 @@ from astromesh_ray.core.messages import (
     ToolSchema,
     Usage,
 )
+from astromesh_ray.core.providers.retry import parse_retry_after
 from astromesh_ray.errors import ConfigError, ProviderError
 
 __all__ = ["DEFAULT_ENDPOINTS", "OpenAIProvider"]
@@ -116,7 +117,9 @@ class OpenAIProvider:
         except httpx.TransportError as exc:
             raise self._transport_error(exc, url) from exc
         if response.status_code >= 400:
-            raise self._status_error(response.status_code, response.content, url)
+            raise self._status_error(
+                response.status_code, response.content, url, response.headers.get("retry-after")
+            )
         try:
             data = response.json()
             choice = data["choices"][0]
@@ -148,7 +151,12 @@ class OpenAIProvider:
                 "POST", url, json=body, headers=self._headers()
             ) as response:
                 if response.status_code >= 400:
-                    raise self._status_error(response.status_code, await response.aread(), url)
+                    raise self._status_error(
+                        response.status_code,
+                        await response.aread(),
+                        url,
+                        response.headers.get("retry-after"),
+                    )
                 async for line in response.aiter_lines():
                     payload = _sse_data(line)
                     if payload is None:
@@ -332,7 +340,9 @@ class OpenAIProvider:
             return f"start the {self.kind} server at {self.endpoint}"
         return f"check network access to {self.endpoint} and {self.api_key_env or 'the API key'}"
 
-    def _status_error(self, status: int, content: bytes, url: str) -> ProviderError:
+    def _status_error(
+        self, status: int, content: bytes, url: str, retry_after: str | None = None
+    ) -> ProviderError:
         detail = _backend_message(content)
         hint: str | None = None
         if status in (401, 403):
@@ -357,6 +367,7 @@ class OpenAIProvider:
             provider=self.name,
             status=status,
             retryable=_retryable(status),
+            retry_after_s=parse_retry_after(retry_after),
         )
 
 
