@@ -67,7 +67,7 @@ class RetryingProvider:
         if isinstance(hinted, (int, float)):
             wait = float(hinted)
             return wait if wait <= self.max_delay_s else None
-        return min(self.max_delay_s, self.base_delay_s * 2**attempt)
+        return min(self.max_delay_s, self.base_delay_s * 2.0**attempt)
 
     async def complete(self, request: CompletionRequest) -> Completion:
         attempt = 0
