@@ -4,45 +4,59 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+# Empty: the host and port of config/runtime.yaml (spec.api), else 127.0.0.1:8000.
+HOST   ?=
+PORT   ?=
 
 export RAY_USAGE_STATS_ENABLED := 0
 # Ray binds every listener to loopback instead of the machine's address.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install serve test unit integration lint typecheck bench clean
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: install install-dev serve test unit integration lint typecheck bench clean
 
 install: $(STAMP)
+install-dev: $(DEV_STAMP)
 
-# Re-install only when the project metadata changes; the stamp makes it idempotent.
+# Re-install only when the project metadata changes; the stamps make it idempotent.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[onnx]'
 	touch $(STAMP)
 
-serve: install
-	$(BIN)/astromesh serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+# llama.cpp's server builds from source (minutes, once: pip caches the wheel);
+# GGML_NATIVE=OFF keeps that wheel portable across CPUs.  text-generation (TGI's
+# official client, used to validate our TGI test server) pins huggingface-hub<1,
+# which transformers 5 cannot use: it goes in without its dependencies, all of
+# which are already installed.
+$(DEV_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -e '.[onnx,llm,bench,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'text-generation==0.7.0'
+	touch $(DEV_STAMP)
 
-lint: install
+serve: install
+	$(BIN)/astromesh serve --config $(CONFIG) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+lint: install-dev
 	$(BIN)/ruff check astromesh_ray tests
 	$(BIN)/ruff format --check astromesh_ray tests
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy
 
-unit: install
+unit: install-dev
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: install
+integration: install-dev
 	$(BIN)/python -m pytest tests/integration -q
 
 # pytest exits 5 when it collects nothing: that fails the build like any error.
-test: install lint typecheck
+test: install-dev lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: install
+bench: install-dev
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -7,6 +7,7 @@ function returning handles to provider deployments.  Nothing else differs.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
@@ -112,6 +113,8 @@ def build_tools(agent: AgentSpec) -> ToolRegistry:
         function = getattr(spec, "function", None)
         tool: Tool = resolve_python_tool(spec.name, function)
         declared_parameters = spec.json_schema() if hasattr(spec, "json_schema") else None
+        if declared_parameters is not None:
+            _check_declared_parameters(spec.name, declared_parameters, tool.schema.parameters)
         if declared_parameters is not None or spec.description:
             tool = DeclaredTool(
                 inner=tool,
@@ -172,7 +175,8 @@ def check_buildable(agents: Iterable[AgentSpec]) -> None:
     problems: list[str] = []
     for agent in agents:
         try:
-            build_tools(agent)
+            tools = build_tools(agent)
+            _check_permissions(agent, tools)
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
             pattern = pattern_for(agent.spec.orchestration.pattern)
             _check_roles(agent, pattern.roles)
@@ -180,6 +184,52 @@ def check_buildable(agents: Iterable[AgentSpec]) -> None:
             problems.append(f"{agent.source or agent.name}: {exc}")
     if problems:
         raise ConfigError("\n".join(problems), problems=problems)
+
+
+def _check_declared_parameters(
+    name: str, declared: dict[str, object], actual: dict[str, object]
+) -> None:
+    # The YAML schema is what the model sees: it must describe the function's real
+    # arguments, or every call would fail validation inside the tool.
+    def props(schema: dict[str, object]) -> set[str]:
+        value = schema.get("properties")
+        return set(value) if isinstance(value, dict) else set()
+
+    def required(schema: dict[str, object]) -> set[str]:
+        value = schema.get("required")
+        return set(value) if isinstance(value, list) else set()
+
+    extra = sorted(props(declared) - props(actual))
+    missing = sorted(required(actual) - props(declared))
+    if extra or missing:
+        problems = []
+        if extra:
+            problems.append("the function has no argument " + ", ".join(map(repr, extra)))
+        if missing:
+            problems.append("it requires " + ", ".join(map(repr, missing)))
+        raise ConfigError(
+            f"tool {name!r}: its YAML parameters do not match the function: " + "; ".join(problems),
+            hint="function arguments: " + (", ".join(sorted(props(actual))) or "(none)"),
+        )
+
+
+def _check_permissions(agent: AgentSpec, tools: ToolRegistry) -> None:
+    permissions = agent.spec.permissions
+    if permissions is None or permissions.allowed_actions is None:
+        return
+    declared = {t.name for t in agent.spec.tools}
+    unknown = [a for a in permissions.allowed_actions if a not in declared]
+    if unknown:
+        close = {a: difflib.get_close_matches(a, sorted(declared), n=1) for a in unknown}
+        hints = [f"{a!r}: did you mean {c[0]!r}?" for a, c in close.items() if c]
+        raise ConfigError(
+            "spec.permissions.allowed_actions names "
+            + ", ".join(map(repr, unknown))
+            + ", which "
+            + ("is not a tool" if len(unknown) == 1 else "are not tools")
+            + " of this agent",
+            hint="; ".join(hints) or "tools: " + (", ".join(sorted(declared)) or "(none)"),
+        )
 
 
 def _check_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> None:

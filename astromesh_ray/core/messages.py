@@ -14,11 +14,17 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A model's request to call one tool; ``arguments`` is always a parsed dict."""
+    """A model's request to call one tool; ``arguments`` is always a parsed dict.
+
+    When the model wrote arguments that are not a JSON object, ``arguments`` is empty
+    and ``invalid_arguments`` holds what it wrote: the call is not run, and the model
+    is told so it can try again.
+    """
 
     id: str
     name: str
     arguments: dict[str, Any]
+    invalid_arguments: str | None = None
 
 
 @dataclass
@@ -166,10 +172,13 @@ class CompletionChunk:
     finish_reason: str | None = None
     model: str | None = None
     route: list[dict[str, Any]] = field(default_factory=list)
+    # Where the model ran (replica / node): set on the final chunk by the serve layer.
+    location: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "route": list(self.route),
+            "location": dict(self.location),
             "text": self.text,
             "tool_calls": [asdict(c) for c in self.tool_calls],
             "usage": asdict(self.usage) if self.usage else None,
@@ -186,6 +195,7 @@ class CompletionChunk:
             finish_reason=data.get("finish_reason"),
             model=data.get("model"),
             route=list(data.get("route") or []),
+            location=dict(data.get("location") or {}),
         )
 
 

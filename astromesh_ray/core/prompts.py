@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from astromesh_ray.errors import ConfigError, InvalidRequest
@@ -33,6 +34,16 @@ class PromptSet:
         for name in templates or {}:
             self._compile(f"templates.{name}", lambda n=name: self._env.get_template(n))
         self._system = self._compile("system", lambda: self._env.from_string(system))
+        sources = {"system": system, **{f"templates.{n}": t for n, t in (templates or {}).items()}}
+        for field, source in sources.items():
+            for ref in jinja2.meta.find_referenced_templates(self._env.parse(source)):
+                if ref is not None and ref not in (templates or {}):
+                    raise ConfigError(
+                        f"{self._origin}: spec.prompts.{field} includes {ref!r}, which is not "
+                        "in spec.prompts.templates",
+                        hint="templates: " + (", ".join(sorted(templates or {})) or "(none)"),
+                        field=f"spec.prompts.{field}",
+                    )
 
     def _compile(self, field: str, load: Any) -> jinja2.Template:
         try:
@@ -48,7 +59,8 @@ class PromptSet:
     def render_system(self, variables: Mapping[str, Any]) -> str:
         """The system prompt; a variable missing from ``variables`` is an ``InvalidRequest``."""
         try:
-            return self._system.render(**variables).strip()
+            # The mapping goes in positionally: a context key named `self` must not clash.
+            return self._system.render(dict(variables)).strip()
         except jinja2.UndefinedError as exc:
             raise InvalidRequest(
                 f"the system prompt of {self._origin} uses an undefined variable: {exc.message}",
@@ -64,5 +76,13 @@ class PromptSet:
         except jinja2.exceptions.SecurityError as exc:
             raise InvalidRequest(
                 f"the system prompt of {self._origin} tried an unsafe operation: {exc}",
+                field="context",
+            ) from None
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+            # A context value of the wrong type for what the template does with it.
+            raise InvalidRequest(
+                f"the system prompt of {self._origin} failed to render: "
+                f"{type(exc).__name__}: {exc}",
+                hint="check the types of the values in the request's `context`",
                 field="context",
             ) from None

@@ -118,10 +118,18 @@ class AgentRuntime:
             "run_started", {"run_id": run_id, "agent": self.name, "session_id": request.session_id}
         )
         events = self.pattern.run(turn)
+        # The deadline bounds the pattern's own work: each step is awaited under it,
+        # never the consumer's time between events (a slow client is not the agent's
+        # fault, and a timeout raised at a `yield` would reach it as a bare cancel).
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            async with asyncio.timeout(self.timeout_s):
-                async for event in events:
-                    yield event
+            while True:
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                yield event
         except TimeoutError:
             raise RunTimeout(
                 f"agent {self.name!r} did not answer within timeout_seconds={self.timeout_s:g}",

@@ -87,7 +87,9 @@ def test_registry_resolves_every_openai_kind_to_a_provider() -> None:
     for kind in ("openai", "openai_compat", "vllm", "llamacpp"):
         cls = provider_class(kind)
         assert cls is OpenAIProvider
-        assert isinstance(cls(name=kind, kind=kind, model="m"), Provider)
+        assert isinstance(cls(name=kind, kind=kind, model="m", endpoint="http://h/v1"), Provider)
+    with pytest.raises(ConfigError, match="'vllm' needs an endpoint"):
+        OpenAIProvider(name="v", kind="vllm", model="m")
 
 
 def test_text_completion_and_parameter_merge(servers: list[ScriptedOpenAIServer]) -> None:
@@ -163,7 +165,7 @@ def test_tool_call_round_trip_on_the_wire(servers: list[ScriptedOpenAIServer]) -
     sent = server.requests[1]["messages"]
     assert sent[2] == {
         "role": "assistant",
-        "content": None,
+        "content": "",
         "tool_calls": [
             {
                 "id": "call_w1",
@@ -314,14 +316,15 @@ def test_malformed_tool_arguments(servers: list[ScriptedOpenAIServer], streamed:
     )
     provider = _provider(server.url)
     request = _ask("hi", tools=[WEATHER])
-    with pytest.raises(
-        ProviderError, match="malformed JSON arguments for tool 'get_weather'"
-    ) as info:
-        if streamed:
-            asyncio.run(_collect(provider.stream(request)))
-        else:
-            asyncio.run(provider.complete(request))
-    assert not info.value.retryable
+    if streamed:
+        chunks = asyncio.run(_collect(provider.stream(request)))
+        calls = [c for chunk in chunks for c in chunk.tool_calls]
+    else:
+        calls = asyncio.run(provider.complete(request)).message.tool_calls
+    # Not a provider failure: the call comes back marked, and the engine tells the model.
+    assert [(c.name, c.arguments, c.invalid_arguments) for c in calls] == [
+        ("get_weather", {}, '{"city": "Par')
+    ]
 
 
 def test_missing_openai_key_fails_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -539,3 +542,17 @@ async def test_retry_after_header_is_parsed_and_retries_succeed() -> None:
             await provider.aclose()
         assert completion.message.content == "after the wait"
         assert len(server.requests) == 3
+
+
+async def test_openai_key_is_never_sent_to_other_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    with ScriptedOpenAIServer(["a", "b"]) as server:
+        for kind in ("openai", "openai_compat"):
+            provider = OpenAIProvider(name="x", kind=kind, model="m", endpoint=server.url)
+            try:
+                await provider.complete(CompletionRequest(messages=[Message("user", "hi")]))
+            finally:
+                await provider.aclose()
+        sent = [{k.lower(): v for k, v in h.items()} for h in server.request_headers]
+        assert all("authorization" not in h for h in sent)
+    assert OpenAIProvider(name="o", kind="openai", model="m").api_key_env == "OPENAI_API_KEY"

@@ -109,5 +109,8 @@ def test_breaker_is_shared_by_replicas_and_probes_after_cooldown(
     assert body["answer"] == "primary is back"
     route = body["trace"][0]["route"]  # type: ignore[index]
     assert route[0]["breaker"] == "closed" and route[0]["outcome"] == "ok"
-    states = {p["model"]: p["breaker"]["state"] for p in httpx.get(f"{api}/v1/providers").json()["providers"]}
+    states = {
+        p["model"]: p["breaker"]["state"]
+        for p in httpx.get(f"{api}/v1/providers").json()["providers"]
+    }
     assert states["primary-model"] == "closed"

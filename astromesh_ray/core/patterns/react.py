@@ -51,6 +51,8 @@ class ReActPattern:
                 yield Event("answer", {"text": turn.answer})
                 return
 
+            if iteration == turn.max_iterations:
+                break  # no model call is left to read the results: don't run the tools
             turn.messages.append(message)
             if message.content:
                 turn.steps.append(
@@ -58,11 +60,23 @@ class ReActPattern:
                 )
             for call in message.tool_calls:
                 yield Event("tool_call", {"iteration": iteration, **asdict(call)})
-            # Tool calls of one message are independent: run them concurrently.
+            # Tool calls of one message are independent: run them concurrently, and
+            # report them in call order whatever order they finish in.
             results = await asyncio.gather(
                 *(self._call(turn, call, iteration) for call in message.tool_calls)
             )
             for call, result in zip(message.tool_calls, results, strict=True):
+                turn.steps.append(
+                    {
+                        "type": "tool_call",
+                        "iteration": iteration,
+                        "id": call.id,
+                        "tool": call.name,
+                        "arguments": call.arguments,
+                        "result": result.content,
+                        "is_error": result.is_error,
+                    }
+                )
                 turn.messages.append(
                     Message(
                         role="tool", content=result.content, tool_call_id=call.id, name=call.name
@@ -93,16 +107,6 @@ class ReActPattern:
             span["is_error"] = result.is_error
             if result.is_error:
                 span["status"] = "error"
-        turn.steps.append(
-            {
-                "type": "tool_call",
-                "iteration": iteration,
-                "tool": call.name,
-                "arguments": call.arguments,
-                "result": result.content,
-                "is_error": result.is_error,
-            }
-        )
         return result
 
 
@@ -114,8 +118,10 @@ def _assemble(chunks: list[CompletionChunk], provider: str) -> Completion:
     finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), "stop")
     model = next((c.model for c in chunks if c.model), "")
     route = [step for c in chunks for step in c.route]
+    location = next((c.location for c in reversed(chunks) if c.location), {})
     return Completion(
         route=route,
+        location=dict(location),
         message=Message(role="assistant", content=text or None, tool_calls=calls),
         usage=usage,
         model=model,

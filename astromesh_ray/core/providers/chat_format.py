@@ -29,7 +29,9 @@ CHATML_TOOLS_TEMPLATE = """\
 <|im_start|>system
 {{ system }}
 {%- if tools %}
+{%- if system %}
 
+{% endif -%}
 You can call functions. Their signatures, as JSON Schema, are within <tools></tools>:
 <tools>
 {%- for tool in tools %}
@@ -48,7 +50,8 @@ To call one, answer with a JSON object inside <tool_call></tool_call> tags:
 <|im_start|>assistant
 {{ m.content or '' }}
 {%- for call in m.tool_calls %}
-<tool_call>{{ {'name': call.name, 'arguments': call.arguments} | tojson }}</tool_call>
+{%- set args = call.arguments | tojson %}
+<tool_call>{"name": {{ call.name | tojson }}, "arguments": {{ args }}}</tool_call>
 {%- endfor %}<|im_end|>
 {% elif m.role == 'tool' -%}
 <|im_start|>user
@@ -67,6 +70,10 @@ DEFAULT_STOP = ("<|im_end|>", "<|endoftext|>")
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
+def _tojson(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
 def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
@@ -77,6 +84,9 @@ class ChatFormat:
     def __init__(self, template: str | None = None, *, stop: tuple[str, ...] = DEFAULT_STOP):
         env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False)
         env.globals["raise_exception"] = _raise
+        # Jinja's own tojson HTML-escapes quotes and brackets and sorts keys: a model
+        # should read the JSON exactly as it is asked to write it.
+        env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(template or CHATML_TOOLS_TEMPLATE)
         except jinja2.TemplateSyntaxError as exc:

@@ -282,17 +282,19 @@ class OllamaProvider:
         elif isinstance(raw, str):  # Ollama sends objects; some proxies re-encode them
             try:
                 arguments = json.loads(raw)
-            except ValueError as exc:
-                raise self._error(
-                    f"model {self.model!r} returned malformed JSON arguments for tool "
-                    f"{name!r}: {exc}; arguments were {raw[:200]!r}",
-                    hint="the model may not support tool calling well; try another model "
-                    "or a lower temperature",
-                ) from None
+            except ValueError:
+                arguments = None
+        invalid: str | None = None
         if not isinstance(arguments, dict):
-            raise self._error(f"arguments for tool {name!r} are not a JSON object: {raw!r}")
+            # The model's mistake, not the server's: the engine tells the model.
+            invalid, arguments = str(raw)[:2000], {}
         # Ollama gives no ids (newer versions may); the engine needs one to pair results.
-        return ToolCall(id=str(wire.get("id") or f"call_{index}"), name=name, arguments=arguments)
+        return ToolCall(
+            id=str(wire.get("id") or f"call_{index}"),
+            name=name,
+            arguments=arguments,
+            invalid_arguments=invalid,
+        )
 
     def _decode_line(self, line: str) -> dict[str, Any]:
         try:
@@ -329,7 +331,7 @@ class OllamaProvider:
         if isinstance(exc, httpx.TimeoutException):
             what = f"no answer from {url} within {self.timeout_s:g}s ({type(exc).__name__})"
         else:
-            what = f"cannot reach {url}: {exc or type(exc).__name__}"
+            what = f"cannot reach {url}: {str(exc) or type(exc).__name__}"
         return self._error(
             what,
             hint=f"start Ollama (`ollama serve`) at {self.endpoint} and pull the model "

@@ -36,9 +36,9 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
     "openai_compat": "https://api.openai.com/v1",
     "ollama": "http://localhost:11434/v1",
-    "vllm": "http://localhost:8000/v1",
     "llamacpp": "http://localhost:8080/v1",
 }
+_KINDS = (*DEFAULT_ENDPOINTS, "vllm")
 _OPENAI_HOST = "api.openai.com"
 _RETRYABLE_STATUS = {408, 409, 429}
 # `options:` keys of a model block this provider understands.
@@ -79,18 +79,27 @@ class OpenAIProvider:
         self.extra_headers: dict[str, str] = {
             str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()
         }
-        if kind not in DEFAULT_ENDPOINTS:
+        if kind not in _KINDS:
             raise ConfigError(
                 f"OpenAIProvider does not serve provider kind {kind!r}",
-                hint="valid kinds: " + ", ".join(sorted(DEFAULT_ENDPOINTS)),
+                hint="valid kinds: " + ", ".join(sorted(_KINDS)),
+            )
+        if endpoint is None and kind not in DEFAULT_ENDPOINTS:
+            # vLLM's own default port (8000) is also the gateway's: guessing it would
+            # make the agent call astromesh itself.
+            raise ConfigError(
+                f"{name}: provider {kind!r} needs an endpoint",
+                hint="set endpoint to the server's /v1 URL, e.g. http://localhost:8001/v1",
             )
         self.name = name
         self.kind = kind
         self.model = model
         self.endpoint = _normalize_endpoint(kind, endpoint or DEFAULT_ENDPOINTS[kind])
-        is_openai = kind == "openai" or urlparse(self.endpoint).hostname == _OPENAI_HOST
+        # OPENAI_API_KEY is only ever sent to OpenAI itself: any other endpoint gets a
+        # key only when the YAML names the variable explicitly.
+        is_openai = urlparse(self.endpoint).hostname == _OPENAI_HOST
         self.api_key_env = api_key_env or ("OPENAI_API_KEY" if is_openai else None)
-        self._key_required = urlparse(self.endpoint).hostname == _OPENAI_HOST
+        self._key_required = is_openai
         self.parameters: dict[str, Any] = dict(parameters or {})
         self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
@@ -258,6 +267,7 @@ class OpenAIProvider:
         function = wire.get("function") or {}
         name = str(function.get("name") or "")
         raw = function.get("arguments")
+        invalid: str | None = None
         if isinstance(raw, dict):  # some servers send an object instead of a JSON string
             arguments: Any = raw
         elif raw is None or not str(raw).strip():
@@ -265,27 +275,20 @@ class OpenAIProvider:
         else:
             try:
                 arguments = json.loads(raw)
-            except ValueError as exc:
-                raise ProviderError(
-                    f"{self.name}: model {self.model!r} returned malformed JSON arguments "
-                    f"for tool {name!r}: {exc}; arguments were {str(raw)[:200]!r}",
-                    hint="the model may not support tool calling well; try another model "
-                    "or a lower temperature",
-                    provider=self.name,
-                    status=None,
-                    retryable=False,
-                ) from None
+            except ValueError:
+                arguments = None
         if not isinstance(arguments, dict):
-            raise ProviderError(
-                f"{self.name}: arguments for tool {name!r} are not a JSON object: {raw!r}",
-                provider=self.name,
-                status=None,
-                retryable=False,
-            )
+            # The model's mistake, not the server's: the engine tells the model.
+            invalid, arguments = str(raw)[:2000], {}
         if not name:
             raise self._bad_response(f"tool call #{index} has no function name")
         # llama.cpp and some older servers omit ids; the engine needs one to pair results.
-        return ToolCall(id=str(wire.get("id") or f"call_{index}"), name=name, arguments=arguments)
+        return ToolCall(
+            id=str(wire.get("id") or f"call_{index}"),
+            name=name,
+            arguments=arguments,
+            invalid_arguments=invalid,
+        )
 
     def _decode_chunk(self, payload: str) -> dict[str, Any]:
         try:
@@ -321,7 +324,7 @@ class OpenAIProvider:
         if isinstance(exc, httpx.TimeoutException):
             what = f"no answer from {url} within {self.timeout_s:g}s ({type(exc).__name__})"
         else:
-            what = f"cannot reach {url}: {exc or type(exc).__name__}"
+            what = f"cannot reach {url}: {str(exc) or type(exc).__name__}"
         return ProviderError(
             f"{self.name}: {what}",
             hint=self._reach_hint(),
@@ -442,7 +445,9 @@ def _wire_message(message: Message) -> dict[str, Any]:
             "tool_call_id": message.tool_call_id or "",
             "content": message.content or "",
         }
-    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    # Always a string: llama.cpp's server rejects null content on tool-call turns,
+    # and OpenAI-compatible servers all accept "".
+    wire: dict[str, Any] = {"role": message.role, "content": message.content or ""}
     if message.role == "assistant" and message.tool_calls:
         wire["tool_calls"] = [
             {
@@ -452,8 +457,6 @@ def _wire_message(message: Message) -> dict[str, Any]:
             }
             for c in message.tool_calls
         ]
-    elif message.content is None:
-        wire["content"] = ""  # only assistant tool-call turns may carry null content
     if message.name:
         wire["name"] = message.name
     return wire

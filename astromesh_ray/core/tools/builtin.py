@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from datetime import datetime
 from typing import Any
@@ -55,19 +56,38 @@ def calculator(expression: str) -> str:
     return repr(_eval(tree.body))
 
 
+# Big integers are computed holding the GIL: a nested power would freeze the whole
+# replica, so every intermediate result is bounded (before computing, for powers).
+_MAX_BITS = 4096
+
+
+def _pow_bits(base: float | int, exponent: float | int) -> float:
+    if abs(base) <= 1 or exponent <= 0:
+        return 0.0
+    return float(exponent) * math.log2(abs(base))
+
+
+def _bounded(value: float | int) -> float | int:
+    if isinstance(value, int) and value.bit_length() > _MAX_BITS:
+        raise ToolError("result too large")
+    return value
+
+
 def _eval(node: ast.AST) -> float | int:
     # A whitelist walk instead of eval(): a model's input is untrusted.
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
         return node.value
     if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 1000:
-            raise ToolError("exponent too large")
+        if isinstance(node.op, ast.Pow) and _pow_bits(left, right) > _MAX_BITS:
+            raise ToolError("result too large")
         try:
             result: float | int = _OPS[type(node.op)](left, right)
         except ZeroDivisionError:
             raise ToolError("division by zero") from None
-        return result
+        except OverflowError:
+            raise ToolError("result too large") from None
+        return _bounded(result)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
         value: float | int = _OPS[type(node.op)](_eval(node.operand))
         return value

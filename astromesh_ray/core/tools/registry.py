@@ -71,6 +71,14 @@ class ToolRegistry:
                 is_error=True,
             )
             return result, time.perf_counter() - started
+        if call.invalid_arguments is not None:
+            result = ToolResult(
+                content=f"error: the arguments of this call to {call.name!r} were not a JSON "
+                f"object: {call.invalid_arguments[:200]!r}; call it again with a JSON object "
+                "matching its parameters",
+                is_error=True,
+            )
+            return result, time.perf_counter() - started
         try:
             validate_arguments(call.name, tool.schema.parameters, call.arguments)
             result = await tool.call(call.arguments)

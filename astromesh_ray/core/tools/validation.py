@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
 from jsonschema.validators import validator_for
 
-from astromesh_ray.errors import ConfigError, ToolError
-
-
-def check_schema(schema: dict[str, Any], *, where: str) -> None:
-    """Raise ``ConfigError`` if ``schema`` is not a valid JSON Schema object schema."""
-    try:
-        validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ConfigError(f"{where}: invalid JSON Schema: {exc.message}") from None
-    if schema.get("type", "object") != "object":
-        raise ConfigError(f"{where}: tool parameters must be a JSON Schema of type 'object'")
+from astromesh_ray.errors import ToolError
 
 
 def validate_arguments(tool: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:

@@ -102,6 +102,17 @@ async def test_tool_errors_are_fed_back_and_the_model_recovers() -> None:
     assert [s.get("is_error") for s in result.steps] == [True, False, None]
 
 
+async def test_malformed_tool_arguments_are_reported_to_the_model() -> None:
+    def check(req: CompletionRequest) -> str:
+        assert req.messages[-1].content is not None
+        assert "were not a JSON object: '{\"expression\": 1+'" in req.messages[-1].content
+        return "sorry"
+
+    bad = ToolCall("1", "calculator", {}, invalid_arguments='{"expression": 1+')
+    result = await make_runtime(ScriptedProvider([bad, check])).run(RunRequest(query="q"))
+    assert result.answer == "sorry" and result.steps[0]["is_error"] is True
+
+
 async def test_max_iterations_bounds_the_loop() -> None:
     loop = [ToolCall(str(i), "calculator", {"expression": "1"}) for i in range(3)]
     provider = ScriptedProvider(loop)
@@ -109,7 +120,11 @@ async def test_max_iterations_bounds_the_loop() -> None:
         await make_runtime(provider, max_iterations=3).run(RunRequest(query="loop"))
     provider.assert_consumed()
     assert info.value.details["reason"] == "max_iterations"
-    assert len(info.value.details["trace"]) == 6  # 3 model calls + 3 tool calls, kept for debugging
+    # 3 model calls + the 2 tool rounds whose results a model call read; the last
+    # round's tools are not run: nothing would read their results.
+    assert [s["name"] for s in info.value.details["trace"]] == ["model_call", "tool_call"] * 2 + [
+        "model_call"
+    ]
 
 
 async def test_timeout_bounds_the_run_and_keeps_the_partial_trace() -> None:
@@ -177,3 +192,48 @@ def test_prompt_syntax_errors_are_config_errors() -> None:
 def test_unknown_pattern_lists_the_supported_ones() -> None:
     with pytest.raises(ConfigError, match="supported patterns: react"):
         pattern_for("swarm")
+
+
+async def test_parallel_steps_are_reported_in_call_order() -> None:
+    async def nap(seconds: float) -> str:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return f"slept {seconds}"
+
+    calls = [ToolCall("slow", "nap", {"seconds": 0.2}), ToolCall("fast", "nap", {"seconds": 0.0})]
+    provider = ScriptedProvider([calls, "done"])
+    result = await make_runtime(provider, tools=[PythonTool(nap)]).run(RunRequest(query="q"))
+    assert [(s["id"], s["result"]) for s in result.steps[:2]] == [
+        ("slow", "slept 0.2"),
+        ("fast", "slept 0.0"),
+    ]
+
+
+async def test_context_values_cannot_break_rendering() -> None:
+    runtime = make_runtime(ScriptedProvider(["ok"]), system="Hi {{ name }}, {{ n + 1 }}")
+    with pytest.raises(InvalidRequest, match="failed to render: TypeError") as info:
+        await runtime.run(RunRequest(query="q", context={"name": "x", "n": "a"}))
+    assert info.value.http_status == 422
+    result = await runtime.run(RunRequest(query="q", context={"self": 1, "name": "x", "n": 1}))
+    assert result.answer == "ok"
+
+
+async def test_stream_timeout_ignores_a_slow_consumer_and_raises_run_timeout() -> None:
+    async def slow(seconds: float) -> str:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return "done"
+
+    # A consumer slower than the whole budget does not cause a timeout by itself...
+    runtime = make_runtime(ScriptedProvider(["fine"]), timeout_s=0.2)
+    seen = []
+    async for event in runtime.stream(RunRequest(query="q")):
+        seen.append(event.type)
+        await asyncio.sleep(0.1)
+    assert seen[-1] == "run_finished"
+    # ...while the agent's own slowness raises RunTimeout, not a bare cancellation.
+    provider = ScriptedProvider([ToolCall("1", "slow", {"seconds": 5})])
+    runtime = make_runtime(provider, tools=[PythonTool(slow)], timeout_s=0.3)
+    with pytest.raises(RunTimeout):
+        async for _ in runtime.stream(RunRequest(query="q")):
+            await asyncio.sleep(0.05)

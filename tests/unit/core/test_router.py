@@ -57,7 +57,9 @@ async def test_cost_optimized_prefers_the_cheapest_and_prices_the_usage() -> Non
     completion = await router.complete(REQ)
     assert completion.message.content == "cheap answer"
     usage = completion.usage
-    assert usage.cost_usd == pytest.approx((usage.input_tokens * 0.1 + usage.output_tokens * 0.4) / 1e6)
+    assert usage.cost_usd == pytest.approx(
+        (usage.input_tokens * 0.1 + usage.output_tokens * 0.4) / 1e6
+    )
     assert completion.route[0]["reason"].startswith("estimated cost $")
 
 
@@ -78,7 +80,9 @@ async def test_latency_optimized_probes_untried_then_prefers_fastest() -> None:
 
 async def test_quality_first_and_round_robin() -> None:
     low, high = cand("low", ["low"], quality=1), cand("high", ["high"], quality=9)
-    assert (await ModelRouter([low, high], strategy="quality_first").complete(REQ)).message.content == "high"
+    assert (
+        await ModelRouter([low, high], strategy="quality_first").complete(REQ)
+    ).message.content == "high"
     rr = ModelRouter([cand("x", ["x1", "x2"]), cand("y", ["y1"])], strategy="round_robin")
     answers = [(await rr.complete(REQ)).message.content for _ in range(3)]
     assert answers == ["x1", "y1", "x2"]
