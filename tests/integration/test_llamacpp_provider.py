@@ -111,6 +111,9 @@ async def test_stream_reassembles_to_the_whole_completion(server: LlamaCppServer
     assert last.finish_reason == "length"
     assert last.tool_calls == []
     assert last.usage is not None and last.usage.calls == 1
+    # The server reports no usage when streaming: counted with its tokenizer instead.
+    assert last.usage.output_tokens == whole.usage.output_tokens  # max_tokens, greedy
+    assert last.usage.input_tokens > 0
 
 
 async def test_forced_tool_call_is_normalised(server: LlamaCppServer) -> None:

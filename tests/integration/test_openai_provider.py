@@ -556,3 +556,37 @@ async def test_openai_key_is_never_sent_to_other_hosts(monkeypatch: pytest.Monke
         sent = [{k.lower(): v for k, v in h.items()} for h in server.request_headers]
         assert all("authorization" not in h for h in sent)
     assert OpenAIProvider(name="o", kind="openai", model="m").api_key_env == "OPENAI_API_KEY"
+
+
+async def test_react_turn_through_an_external_vllm_server(tmp_path: Any) -> None:
+    """`provider: vllm` (external mode) is vLLM's OpenAI-compatible server: a full
+    ReAct turn with a tool call through the YAML path, against that wire format."""
+    from astromesh_ray.core.build import build_runtime
+    from astromesh_ray.core.runtime import RunRequest
+    from astromesh_ray.spec import load_agent
+
+    steps = [
+        {"tool_calls": [{"name": "calculator", "arguments": {"expression": "6*7"}}]},
+        "It is 42.",
+    ]
+    with ScriptedOpenAIServer(steps, model="mistral-7b") as server:
+        path = tmp_path / "v.agent.yaml"
+        path.write_text(
+            "apiVersion: astromesh/v1\nkind: Agent\nmetadata: {name: on-vllm}\nspec:\n"
+            "  model:\n    primary: {provider: vllm, model: mistral-7b, "
+            f"endpoint: '{server.url}'}}\n"
+            "  tools: [{name: calculator, type: builtin}]\n"
+        )
+        runtime = build_runtime(load_agent(path))
+        try:
+            result = await runtime.run(RunRequest(query="6*7?"))
+        finally:
+            await runtime.provider.aclose()
+        assert result.answer == "It is 42."
+        assert result.steps[0]["result"] == "42"
+        assert server.requests[-1]["messages"][-1] == {
+            "role": "tool",
+            "tool_call_id": server.requests[-1]["messages"][-2]["tool_calls"][0]["id"],
+            "content": "42",
+        }
+        server.assert_consumed()

@@ -155,6 +155,7 @@ class OpenAIProvider:
         usage: dict[str, Any] = {}
         finish: str | None = None
         model = self.model
+        text: list[str] = []
         try:
             async with self._http().stream(
                 "POST", url, json=body, headers=self._headers()
@@ -179,7 +180,8 @@ class OpenAIProvider:
                         finish = choice.get("finish_reason") or finish
                         delta = choice.get("delta") or {}
                         if delta.get("content"):
-                            yield CompletionChunk(text=str(delta["content"]))
+                            text.append(str(delta["content"]))
+                            yield CompletionChunk(text=text[-1])
                         for position, frag in enumerate(delta.get("tool_calls") or []):
                             _merge_fragment(pending, position, frag)
         except httpx.TransportError as exc:
@@ -187,12 +189,35 @@ class OpenAIProvider:
         calls = [
             self._tool_call(i, {"id": p["id"], "function": p}) for i, p in sorted(pending.items())
         ]
+        if not usage and self.kind == "llamacpp":
+            # llama-cpp-python ignores stream_options.include_usage: count with the
+            # server's own tokenizer instead.
+            usage = await self._count_with_server(request, "".join(text), calls)
         yield CompletionChunk(
             tool_calls=calls,
             usage=_usage(usage),
             finish_reason=finish or ("tool_calls" if calls else "stop"),
             model=model,
         )
+
+    async def _count_with_server(
+        self, request: CompletionRequest, answer: str, calls: list[ToolCall]
+    ) -> dict[str, int]:
+        """Token counts from llama-cpp-python's ``/extras/tokenize/count``: the prompt
+        side counts the messages' text (not the chat template's markup)."""
+        root = self.endpoint.removesuffix("/v1")
+        prompt = "\n".join(m.content or "" for m in request.messages)
+        generated = answer + "".join(f"{c.name}{json.dumps(c.arguments)}" for c in calls)
+        counts: list[int] = []
+        for piece in (prompt, generated):
+            try:
+                response = await self._http().post(
+                    f"{root}/extras/tokenize/count", json={"input": piece}
+                )
+                counts.append(int(response.json()["count"]) if response.status_code == 200 else 0)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                counts.append(0)  # counting is best effort: the answer itself is fine
+        return {"prompt_tokens": counts[0], "completion_tokens": counts[1]}
 
     async def health(self) -> bool:
         """Whether ``GET {endpoint}/models`` answers 200; never raises."""
