@@ -40,11 +40,12 @@ serve: install
 	$(BIN)/astromesh serve --config $(CONFIG) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 lint: install-dev
-	$(BIN)/ruff check astromesh_ray tests
-	$(BIN)/ruff format --check astromesh_ray tests
+	$(BIN)/ruff check astromesh_ray tests benchmarks
+	$(BIN)/ruff format --check astromesh_ray tests benchmarks
 
 typecheck: install-dev
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 unit: install-dev
 	$(BIN)/python -m pytest tests/unit -q

@@ -144,3 +144,13 @@ _BY_CODE: dict[str, type[AstromeshError]] = {
         RunError,
     )
 }
+
+
+class AgentUnavailable(AstromeshError):
+    """The agent is loaded but its Serve application is missing, failed or unreachable."""
+
+    code = "agent_unavailable"
+    http_status = 503
+
+
+_BY_CODE[AgentUnavailable.code] = AgentUnavailable

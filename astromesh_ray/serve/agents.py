@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from pathlib import PurePath
 from typing import Any
 
 from ray import serve
@@ -26,6 +27,7 @@ def describe_agent(agent: AgentSpec) -> dict[str, Any]:
     """What ``GET /v1/agents/{name}`` shows about an agent."""
     body = agent.spec
     identity = body.identity
+    allowed = body.permissions.allowed_actions if body.permissions else None
     return {
         "name": agent.name,
         "version": agent.metadata.version,
@@ -36,8 +38,10 @@ def describe_agent(agent: AgentSpec) -> dict[str, Any]:
         "pattern": body.orchestration.pattern,
         "max_iterations": body.orchestration.max_iterations,
         "timeout_seconds": body.orchestration.timeout_s,
-        "tools": [t.name for t in body.tools],
-        "source": agent.source,
+        # Only the tools the agent can call (the model is never offered the others).
+        "tools": [t.name for t in body.tools if allowed is None or t.name in allowed],
+        # The file name only: the server's directory layout is not the client's business.
+        "source": PurePath(agent.source).name if agent.source else None,
     }
 
 

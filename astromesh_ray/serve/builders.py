@@ -22,7 +22,14 @@ from astromesh_ray.errors import ConfigError
 from astromesh_ray.serve.agents import AgentDeployment, agent_app_name, describe_agent
 from astromesh_ray.serve.gateway import Gateway
 from astromesh_ray.serve.providers import ProviderDeployment, provider_app_name
-from astromesh_ray.spec import LoadedConfig, ModelEndpoint, load_config, resolve_models
+from astromesh_ray.serve.vllm import in_cluster, llm_config_fields, vllm_app
+from astromesh_ray.spec import (
+    DeploymentSpec,
+    LoadedConfig,
+    ModelEndpoint,
+    load_from_environment,
+    resolve_models,
+)
 
 GATEWAY_APP = "gateway"
 
@@ -32,12 +39,18 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    config_dir: str = Field(
+    config_dir: str | None = Field(
         default="config",
         description="Directory with runtime.yaml, providers*.yaml and agents/; relative "
-        "paths resolve against $ASTROMESH_PROJECT_DIR, else the working directory.",
+        "paths resolve against $ASTROMESH_PROJECT_DIR, else the working directory; null: "
+        "found as the CLI finds it ($ASTROMESH_CONFIG_DIR, ./config, /etc/astromesh, or "
+        "none when agents_dir is given).",
     )
-    agents_dir: str | None = Field(default=None, description="Agents directory override.")
+    agents_dir: str | None = Field(
+        default=None,
+        description="Agents directory override (default: $ASTROMESH_AGENTS_DIR, else "
+        "<config_dir>/agents).",
+    )
     agent: str | None = Field(default=None, description="The agent (agent_app only).")
     provider: str | None = Field(default=None, description="Provider app name (provider_app only).")
 
@@ -70,14 +83,20 @@ def provider_endpoints(loaded: LoadedConfig) -> dict[str, ModelEndpoint]:
     return found
 
 
-def plan(loaded: LoadedConfig, config_dir: str, agents_dir: str | None = None) -> list[PlannedApp]:
+def plan(
+    loaded: LoadedConfig, config_dir: str | None, agents_dir: str | None = None
+) -> list[PlannedApp]:
     """The applications to deploy for ``loaded``, providers first, gateway last."""
     base: dict[str, Any] = {"config_dir": config_dir}
     if agents_dir:
         base["agents_dir"] = agents_dir
+    endpoints = provider_endpoints(loaded)
+    for endpoint in endpoints.values():
+        if in_cluster(endpoint):
+            llm_config_fields(endpoint)  # option mistakes fail here, not in the cluster
     apps = [
         PlannedApp(name, None, "provider_app", {**base, "provider": name})
-        for name in sorted(provider_endpoints(loaded))
+        for name in sorted(endpoints)
     ]
     apps += [
         PlannedApp(agent_app_name(name), None, "agent_app", {**base, "agent": name})
@@ -92,18 +111,26 @@ def _deployment(decorated: object) -> Deployment:
     return cast(Deployment, decorated)
 
 
+def serve_options(deployment: object, spec: DeploymentSpec | None) -> dict[str, Any]:
+    """``Deployment.options()`` for a YAML ``deployment`` block: its
+    ``ray_actor_options`` merged over the deployment's own defaults, so
+    ``{num_gpus: 1}`` keeps the decorator's ``num_cpus: 0``."""
+    options = spec.to_serve_options() if spec else {}
+    if "ray_actor_options" in options:
+        defaults = _deployment(deployment).ray_actor_options or {}
+        options["ray_actor_options"] = {**defaults, **options["ray_actor_options"]}
+    return options
+
+
 def _load(args: AppArgs) -> LoadedConfig:
-    root = Path(os.environ.get("ASTROMESH_PROJECT_DIR", "."))
-    config = Path(args.config_dir)
-    agents = Path(args.agents_dir) if args.agents_dir else None
-    return load_config(
-        config if config.is_absolute() else root / config,
-        agents_dir=agents if agents is None or agents.is_absolute() else root / agents,
-    )
+    # Found as the CLI finds them, relative paths against the project directory.
+    base = Path(os.environ.get("ASTROMESH_PROJECT_DIR", "."))
+    return load_from_environment(args.config_dir, args.agents_dir, base=base)
 
 
 def provider_app(raw: dict[str, Any]) -> Application:
-    """A provider deployment, with ``ray_actor_options``/autoscaling from YAML."""
+    """A provider deployment, with ``ray_actor_options``/autoscaling from YAML; an
+    in-cluster vLLM endpoint gets Ray's ``LLMServer`` instead (``serve/vllm.py``)."""
     args = AppArgs.model_validate(raw)
     endpoints = provider_endpoints(_load(args))
     if args.provider not in endpoints:
@@ -112,7 +139,11 @@ def provider_app(raw: dict[str, Any]) -> Application:
             hint="regenerate the Serve config: astromesh deploy-config",
         )
     endpoint = endpoints[args.provider]
-    options = endpoint.deployment.to_serve_options() if endpoint.deployment else {}
+    if in_cluster(endpoint):
+        # vLLM inside the cluster: Ray's own LLMServer on GPU nodes (serve/vllm.py),
+        # answering the same complete/stream/health calls as ProviderDeployment.
+        return vllm_app(endpoint)
+    options = serve_options(ProviderDeployment, endpoint.deployment)
     return _deployment(ProviderDeployment).options(**options).bind(endpoint)
 
 
@@ -122,13 +153,12 @@ def agent_app(raw: dict[str, Any]) -> Application:
     loaded = _load(args)
     if args.agent not in loaded.agents:
         raise ConfigError(
-            f"no agent named {args.agent!r} in {args.config_dir}",
+            f"no agent named {args.agent!r} in {loaded.agents_dir or loaded.root}",
             hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
         )
     agent = loaded.agents[args.agent]
     check_buildable([agent])  # a bad tool import fails the build, not the replica
-    deployment = agent.spec.deployment
-    options = deployment.to_serve_options() if deployment else {}
+    options = serve_options(AgentDeployment, agent.spec.deployment)
     return (
         _deployment(AgentDeployment)
         .options(**options)
@@ -140,8 +170,7 @@ def gateway_app(raw: dict[str, Any]) -> Application:
     """The HTTP ingress."""
     args = AppArgs.model_validate(raw)
     loaded = _load(args)
-    gateway = loaded.runtime.spec.gateway
-    options = gateway.to_serve_options() if gateway else {}
+    options = serve_options(Gateway, loaded.runtime.spec.gateway)
     agents = {name: describe_agent(agent) for name, agent in loaded.agents.items()}
     apps = {name: agent_app_name(name) for name in loaded.agents}
     providers = {
@@ -154,10 +183,29 @@ def gateway_app(raw: dict[str, Any]) -> Application:
 BUILDERS = {"provider_app": provider_app, "agent_app": agent_app, "gateway_app": gateway_app}
 
 
+def portable_path(path: Path | None) -> str | None:
+    """``path`` for a Serve config file: relative to the working directory when it is
+    under it (the builders resolve it against ``$ASTROMESH_PROJECT_DIR`` or theirs),
+    else absolute."""
+    if path is None:
+        return None
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def deploy_config(
-    loaded: LoadedConfig, config_dir: str, *, host: str = "127.0.0.1", port: int = 8000
+    loaded: LoadedConfig,
+    config_dir: str | None,
+    *,
+    agents_dir: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
 ) -> dict[str, Any]:
-    """A Serve config file (``serve deploy``) for ``loaded``."""
+    """A Serve config file (``serve deploy``) for ``loaded``, whose builders load
+    ``config_dir`` (and ``agents_dir``; see ``portable_path``)."""
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": port},
@@ -168,6 +216,6 @@ def deploy_config(
                 "import_path": f"astromesh_ray.serve.builders:{app.builder}",
                 "args": app.args,
             }
-            for app in plan(loaded, config_dir)
+            for app in plan(loaded, config_dir, agents_dir)
         ],
     }

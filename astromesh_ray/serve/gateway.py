@@ -19,9 +19,10 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.schema import ApplicationStatus
 
 from astromesh_ray import __version__
-from astromesh_ray.errors import AgentNotFound, AstromeshError
+from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError
 from astromesh_ray.serve.breaker import ServeBreakerStore
 from astromesh_ray.serve.http import BodySizeLimit, RunBody, install_error_handlers
 from astromesh_ray.serve.outcome import unwrap
@@ -45,6 +46,45 @@ async def _sse_events(first: dict[str, Any], rest: AsyncIterator[Any]) -> AsyncI
             yield _sse(unwrap(outcome))
     except AstromeshError as exc:
         yield _sse({"type": "error", "data": {"error": exc.to_dict()}})
+
+
+async def _guarded(name: str, app: str, outcomes: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``outcomes`` with Ray/Serve failures turned into ``AgentUnavailable``."""
+    while True:
+        try:
+            outcome = await outcomes.__anext__()
+        except StopAsyncIteration:
+            return
+        except AstromeshError:
+            raise
+        except Exception as exc:
+            raise _unavailable(name, app, f"failed: {_describe(exc)}") from None
+        yield outcome
+
+
+def _unavailable(name: str, app: str, reason: str) -> AgentUnavailable:
+    return AgentUnavailable(
+        f"agent {name!r} is unavailable: its application {app!r} {reason}",
+        hint="check `serve status`; redeploy the agent's application",
+        agent=name,
+        app=app,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    # Ray's messages can carry whole remote tracebacks: keep the first line.
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+# An application in these states has no replica to answer: a call would queue
+# until the client gives up.  (UNHEALTHY may still have serving replicas; if it
+# has none, the call runs into the patience deadline below.)
+_DOWN = frozenset({ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.DELETING})
+# How long past the agent's own timeout_seconds the gateway waits for an answer
+# before calling the agent unavailable (a request queued for a replica that
+# never comes up, e.g. after the application failed).
+GRACE_S = 30.0
 
 
 async def _probe(app: str) -> bool:
@@ -76,13 +116,36 @@ class Gateway:
         self._handles: dict[str, DeploymentHandle[Any]] = {}
         self._breakers = ServeBreakerStore()
 
-    def _handle(self, name: str) -> DeploymentHandle[Any]:
+    def _app(self, name: str) -> str:
+        """The application of agent ``name``; 404 for unknown names."""
         if name not in self._apps:
             known = ", ".join(sorted(self._apps)) or "(none)"
             raise AgentNotFound(f"no agent named {name!r}", hint=f"loaded agents: {known}")
+        return self._apps[name]
+
+    def _handle(self, name: str) -> DeploymentHandle[Any]:
+        app = self._app(name)
         if name not in self._handles:
-            self._handles[name] = serve.get_app_handle(self._apps[name])
+            try:
+                status = serve.status().applications.get(app)
+                handle = serve.get_app_handle(app)  # raises when the app does not exist
+            except Exception as exc:
+                raise _unavailable(name, app, f"cannot be reached: {_describe(exc)}") from None
+            if status is not None and status.status in _DOWN:
+                raise _unavailable(name, app, f"is {status.status.value}")
+            self._handles[name] = handle
         return self._handles[name]
+
+    def _failed(self, name: str, exc: Exception, patience_s: float) -> AgentUnavailable:
+        self._handles.pop(name, None)  # look the application up again next time
+        if isinstance(exc, TimeoutError):
+            reason = f"did not answer within {patience_s:g} s"
+        else:
+            reason = f"failed: {_describe(exc)}"
+        return _unavailable(name, self._apps[name], reason)
+
+    def _patience_s(self, name: str) -> float:
+        return float(self._agents[name].get("timeout_seconds") or 0) + GRACE_S
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
@@ -113,23 +176,35 @@ class Gateway:
 
     @api.get("/v1/agents/{name}")
     async def get_agent(self, name: str) -> dict[str, Any]:
-        self._handle(name)  # 404 for unknown names
+        self._app(name)  # 404 for unknown names
         return self._agents[name]
 
     @api.post("/v1/agents/{name}/run")
     async def run(self, name: str, body: RunBody) -> dict[str, Any]:
-        outcome = await self._handle(name).run.remote(body.model_dump())
+        handle = self._handle(name)
+        patience_s = self._patience_s(name)
+        try:
+            outcome = await asyncio.wait_for(handle.run.remote(body.model_dump()), patience_s)
+        except Exception as exc:  # DeploymentUnavailableError, RayActorError, timeout, ...
+            raise self._failed(name, exc, patience_s) from None
         result: dict[str, Any] = unwrap(outcome)
         return result
 
     @api.post("/v1/agents/{name}/stream")
     async def stream(self, name: str, body: RunBody) -> StreamingResponse:
-        events = cast(
-            DeploymentResponseGenerator[Any],
-            self._handle(name).options(stream=True).stream.remote(body.model_dump()),
-        )
-        iterator = events.__aiter__()
-        # Errors before the first event (bad prompt context, ...) still get their
-        # HTTP status; later ones arrive as an `error` event.
-        first = unwrap(await iterator.__anext__())
-        return StreamingResponse(_sse_events(first, iterator), media_type="text/event-stream")
+        handle = self._handle(name)
+        patience_s = self._patience_s(name)
+        try:
+            events = cast(
+                DeploymentResponseGenerator[Any],
+                handle.options(stream=True).stream.remote(body.model_dump()),
+            )
+            iterator = events.__aiter__()
+            # Errors before the first event (bad prompt context, ...) still get their
+            # HTTP status; later ones arrive as an `error` event.
+            outcome = await asyncio.wait_for(iterator.__anext__(), patience_s)
+        except Exception as exc:
+            raise self._failed(name, exc, patience_s) from None
+        first = unwrap(outcome)
+        rest = _guarded(name, self._apps[name], iterator)
+        return StreamingResponse(_sse_events(first, rest), media_type="text/event-stream")

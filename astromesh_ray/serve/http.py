@@ -2,8 +2,8 @@
 
 Every ``AstromeshError`` becomes ``{"error": {code, message, hint, ...}}`` with the
 status its class declares (``AgentNotFound`` 404, ``InvalidRequest`` 422,
-``ProviderError`` 502, ``RunTimeout`` 504, ...).  Invalid bodies and oversized
-requests get the same envelope.
+``ProviderError`` 502, ``RunTimeout`` 504, ...).  Invalid bodies, oversized
+requests, unknown routes and wrong methods get the same envelope.
 """
 
 from __future__ import annotations
@@ -14,12 +14,25 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from astromesh_ray.errors import AstromeshError
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_QUERY_CHARS = 100_000
+
+# Codes for the errors Starlette raises itself (no route, wrong method, ...).
+HTTP_ERROR_CODES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
+_HTTP_ERROR_HINTS: dict[int, str] = {
+    404: "GET /openapi.json lists the routes",
+    405: "the Allow header lists the methods this path accepts",
+}
 
 
 class RunBody(BaseModel):
@@ -52,6 +65,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _astromesh(_: Request, exc: AstromeshError) -> JSONResponse:
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status)
 
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        # Unknown routes and wrong methods: same status, our envelope, not {"detail"}.
+        return JSONResponse(
+            error_body(
+                HTTP_ERROR_CODES.get(exc.status_code, "http_error"),
+                str(exc.detail),
+                _HTTP_ERROR_HINTS.get(exc.status_code),
+            ),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
@@ -73,7 +99,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """Refuse bodies over ``limit`` bytes with 413 before reading them whole."""
+    """Refuse bodies over ``limit`` bytes with 413, reading at most ``limit`` bytes.
+
+    The body is read (up to the limit) before the app runs: a chunked body, which
+    declares no Content-Length, is only known to be too large while it is read, and
+    an error raised inside the app's body parsing would reach the client as a 400.
+    """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -88,21 +119,30 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._reject(send)
             return
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
+        chunks: list[bytes] = []
+        size = 0
+        ended: Message | None = None  # a disconnect while reading: the app sees it
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                ended = message
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+        if ended is not None:
+            pending.append(ended)
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
+        async def replay() -> Message:
+            return pending.pop(0) if pending else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
         response = JSONResponse(
@@ -114,10 +154,6 @@ class BodySizeLimit:
             status_code=413,
         )
         await response({"type": "http"}, _no_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _no_receive() -> Any:

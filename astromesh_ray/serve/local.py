@@ -14,10 +14,17 @@ from astromesh_ray.serve.builders import BUILDERS, plan
 from astromesh_ray.spec import LoadedConfig
 
 
+def cluster_address(loaded: LoadedConfig, address: str | None = None) -> str | None:
+    """The cluster to join: ``address``, else ``spec.ray.address`` of runtime.yaml;
+    None (or ``local``) starts a local one."""
+    ray_spec = loaded.runtime.spec.ray
+    return address or (ray_spec.address if ray_spec else None)
+
+
 def start(
     loaded: LoadedConfig,
     *,
-    config_dir: Path,
+    config_dir: Path | None,
     agents_dir: Path | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -29,7 +36,7 @@ def start(
     else starts a local one.
     """
     ray_spec = loaded.runtime.spec.ray
-    address = address or (ray_spec.address if ray_spec else None)
+    address = cluster_address(loaded, address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         if address:
@@ -48,12 +55,13 @@ def start(
 
 
 def deploy_apps(
-    loaded: LoadedConfig, *, config_dir: Path, agents_dir: Path | None = None
+    loaded: LoadedConfig, *, config_dir: Path | None, agents_dir: Path | None = None
 ) -> list[str]:
     """Run every application of ``plan`` on the running Serve instance, in order."""
     names = []
+    resolved_config = str(config_dir.resolve()) if config_dir else None
     resolved_agents = str(agents_dir.resolve()) if agents_dir else None
-    for app in plan(loaded, str(config_dir.resolve()), resolved_agents):
+    for app in plan(loaded, resolved_config, resolved_agents):
         serve.run(
             BUILDERS[app.builder](app.args),
             name=app.name,
@@ -67,13 +75,20 @@ def deploy_apps(
 def serve_forever(
     loaded: LoadedConfig,
     *,
-    config_dir: Path,
+    config_dir: Path | None,
     agents_dir: Path | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     address: str | None = None,
 ) -> None:
-    """Run until interrupted, then shut Serve and the local cluster down."""
+    """Run until interrupted.  Then, on the local cluster it started, shut Serve and
+    the cluster down; on a cluster it joined, delete only its own applications."""
+    # Only a cluster this process starts is its own: on a joined one, Serve and
+    # Ray keep running other people's applications.
+    owns_cluster = not ray.is_initialized() and cluster_address(loaded, address) in (
+        None,
+        "local",
+    )
     apps = start(
         loaded, config_dir=config_dir, agents_dir=agents_dir, host=host, port=port, address=address
     )
@@ -90,5 +105,10 @@ def serve_forever(
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        ray.shutdown()
+        if owns_cluster:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+            ray.shutdown()
+        else:
+            for name in reversed(apps):  # the gateway first: no new requests
+                serve.delete(name)
+            print(f"astromesh: deleted {', '.join(apps)}", flush=True)

@@ -7,10 +7,13 @@ its hint and details intact (Ray's own exception wrapping would lose them).
 
 from __future__ import annotations
 
+import logging
 import traceback
 from typing import Any
 
 from astromesh_ray.errors import AstromeshError, RunError
+
+log = logging.getLogger("astromesh")
 
 
 def ok(value: Any) -> dict[str, Any]:
@@ -20,10 +23,13 @@ def ok(value: Any) -> dict[str, Any]:
 def failure(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, AstromeshError):
         return {"error": exc.to_dict()}
-    # An unexpected exception is a bug: keep its type and last frame for the report.
+    # An unexpected exception is a bug: the client gets its type and message; where
+    # it happened (server file paths) goes to the server log only.
+    message = f"internal error: {type(exc).__name__}: {exc}"
     frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
-    return {"error": RunError(f"internal error: {type(exc).__name__}: {exc}{where}").to_dict()}
+    log.error("%s%s", message, where, exc_info=exc)
+    return {"error": RunError(message).to_dict()}
 
 
 def unwrap(outcome: dict[str, Any]) -> Any:

@@ -47,11 +47,19 @@ class ProviderDeployment:
         return ok(completion.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        located = False
         try:
             async for chunk in self._provider.stream(CompletionRequest.from_dict(request)):
+                if chunk.usage is not None or chunk.finish_reason is not None:
+                    # The final chunk says where the model ran, for the trace.
+                    chunk.location.update(self._where)
+                    located = True
                 yield ok(chunk.to_dict())
         except Exception as exc:
             yield failure(exc)
+            return
+        if not located:  # a backend that sent no final chunk: add one
+            yield ok(CompletionChunk(location=dict(self._where)).to_dict())
 
     async def health(self) -> bool:
         return await self._provider.health()
@@ -75,14 +83,22 @@ class ServeProvider:
             try:
                 self._handle = serve.get_app_handle(self._app)
             except Exception as exc:
-                raise ProviderError(
-                    f"provider deployment {self._app!r} is not running: {exc}",
-                    hint="check `serve status`; deploy every application of the config",
-                    provider=self.name,
-                    status=None,
-                    retryable=True,
-                ) from None
+                raise self._unavailable(exc) from None
         return self._handle
+
+    def _unavailable(self, exc: Exception) -> ProviderError:
+        """A Ray/Serve failure reaching the deployment, as the ``ProviderError`` the
+        router falls back on and counts against the breaker."""
+        # Look the application up again next time: it may have been redeployed.
+        self._handle = None
+        return ProviderError(
+            f"{self.name}: provider deployment {self._app!r} unavailable: "
+            f"{type(exc).__name__}: {exc}",
+            hint="check `serve status`",
+            provider=self.name,
+            status=None,
+            retryable=True,
+        )
 
     def _request(self, request: CompletionRequest) -> dict[str, Any]:
         body = request.to_dict()
@@ -90,15 +106,34 @@ class ServeProvider:
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        outcome = await self._get_handle().complete.remote(self._request(request))
+        handle = self._get_handle()
+        try:
+            outcome = await handle.complete.remote(self._request(request))
+        except AstromeshError:
+            raise
+        except Exception as exc:  # DeploymentUnavailableError, RayActorError, ...
+            raise self._unavailable(exc) from None
         return Completion.from_dict(unwrap(outcome))
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         handle = self._get_handle().options(stream=True)
-        outcomes = cast(
-            DeploymentResponseGenerator[Any], handle.stream.remote(self._request(request))
-        )
-        async for outcome in outcomes:
+        try:
+            outcomes = cast(
+                DeploymentResponseGenerator[Any], handle.stream.remote(self._request(request))
+            ).__aiter__()
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        while True:
+            # Only the handle's own calls are guarded: what the consumer throws in at
+            # `yield` is not a provider failure.
+            try:
+                outcome = await outcomes.__anext__()
+            except StopAsyncIteration:
+                return
+            except AstromeshError:
+                raise
+            except Exception as exc:
+                raise self._unavailable(exc) from None
             yield CompletionChunk.from_dict(unwrap(outcome))
 
     async def health(self) -> bool:

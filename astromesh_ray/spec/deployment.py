@@ -95,7 +95,11 @@ class DeploymentSpec(StrictModel):
         return self
 
     def to_serve_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``Deployment.options()``: only the fields that are set."""
+        """Keyword arguments for ``Deployment.options()``: only the fields that are set.
+
+        ``ray_actor_options`` here are only what the YAML says; the builders merge them
+        over each deployment's own defaults (``astromesh_ray.serve.builders.serve_options``).
+        """
         options: dict[str, Any] = {}
         if self.num_replicas is not None:
             options["num_replicas"] = self.num_replicas

@@ -35,6 +35,9 @@ class LoadedConfig:
     providers: dict[str, ProviderEntrySpec] = field(default_factory=dict)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
     routing: ProviderRoutingSpec | None = None
+    # The agents directory when one was given (flag or environment); None when the
+    # agents came from <root>/agents.
+    agents_dir: Path | None = None
 
 
 def _yaml_files(directory: Path, *patterns: str) -> list[Path]:
@@ -188,6 +191,7 @@ def _collect(
 ) -> _Collector:
     collector = _Collector()
     collector.config.root = config_dir
+    collector.config.agents_dir = agents_dir
     if config_dir is not None:
         if not config_dir.is_dir():
             collector.missing_dir(
@@ -236,23 +240,52 @@ def load_config(config_dir: Path | None = None, *, agents_dir: Path | None = Non
     return collector.config
 
 
-def resolve_config_dir(explicit: str | None) -> Path:
+def _under(base: Path | None, path: Path) -> Path:
+    return path if base is None or path.is_absolute() else base / path
+
+
+def resolve_config_dir(explicit: str | None, *, base: Path | None = None) -> Path:
     """The configuration directory: ``explicit``, else ``$ASTROMESH_CONFIG_DIR``, else
-    ``./config`` when it exists (dev mode), else ``/etc/astromesh`` (system mode)."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("ASTROMESH_CONFIG_DIR")
-    if env:
-        return Path(env)
-    local = Path("config")
+    ``./config`` when it exists (dev mode), else ``/etc/astromesh`` (system mode).
+
+    Relative paths are taken against ``base`` (default: the working directory).
+    """
+    chosen = explicit or os.environ.get("ASTROMESH_CONFIG_DIR")
+    if chosen:
+        return _under(base, Path(chosen))
+    local = _under(base, Path("config"))
     return local if local.is_dir() else SYSTEM_CONFIG_DIR
 
 
-def load_from_environment(config: str | None = None, agents: str | None = None) -> LoadedConfig:
-    """``load_config`` for the CLI: ``config`` as in ``resolve_config_dir``; the agents
-    directory is ``agents``, else ``$ASTROMESH_AGENTS_DIR``, else ``<config>/agents``."""
+def resolve_dirs(
+    config: str | None = None, agents: str | None = None, *, base: Path | None = None
+) -> tuple[Path | None, Path | None]:
+    """The configuration and agents directories to load, as the CLI and the Serve
+    builders find them: ``(config_dir, agents_dir)``.
+
+    The agents directory is ``agents``, else ``$ASTROMESH_AGENTS_DIR``, else None
+    (``<config>/agents``).  The configuration directory is as in
+    ``resolve_config_dir``; but when an agents directory is given and only the
+    ``/etc/astromesh`` fallback is left, which does not exist, there is none: the
+    runtime and providers take their defaults.  Relative paths are taken against
+    ``base`` (default: the working directory).
+    """
     agents = agents or os.environ.get("ASTROMESH_AGENTS_DIR") or None
-    return load_config(resolve_config_dir(config), agents_dir=Path(agents) if agents else None)
+    agents_dir = _under(base, Path(agents)) if agents else None
+    config_dir: Path | None = resolve_config_dir(config, base=base)
+    named = config or os.environ.get("ASTROMESH_CONFIG_DIR")
+    if agents_dir is not None and not named and config_dir == SYSTEM_CONFIG_DIR:
+        config_dir = config_dir if config_dir.is_dir() else None
+    return config_dir, agents_dir
+
+
+def load_from_environment(
+    config: str | None = None, agents: str | None = None, *, base: Path | None = None
+) -> LoadedConfig:
+    """``load_config`` of the directories ``resolve_dirs`` finds (the CLI's
+    ``--config``/``--agents``, the builders' ``config_dir``/``agents_dir``)."""
+    config_dir, agents_dir = resolve_dirs(config, agents, base=base)
+    return load_config(config_dir, agents_dir=agents_dir)
 
 
 def _looks_like_config_dir(directory: Path) -> bool:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from astromesh_ray.testing import ScriptedOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +139,71 @@ def test_deploy_config_matches_the_committed_file() -> None:
     assert proc.stdout == committed, (
         "regenerate: astromesh deploy-config --config config > deployments/local.yaml"
     )
+
+
+def _app_args(stdout: str) -> list[dict[str, str]]:
+    import yaml
+
+    return [app["args"] for app in yaml.safe_load(stdout)["applications"]]
+
+
+def test_deploy_config_names_the_directories_actually_loaded(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    (conf / "agents").mkdir(parents=True)
+    (conf / "agents" / "helper.agent.yaml").write_text(AGENT)
+    (conf / "providers.yaml").write_text(PROVIDERS.format(url="http://127.0.0.1:9/v1"))
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "other.agent.yaml").write_text(AGENT.replace("name: helper", "name: other"))
+
+    # $ASTROMESH_CONFIG_DIR outside the working directory: an absolute path.
+    proc = astromesh("deploy-config", env={"ASTROMESH_CONFIG_DIR": str(conf)})
+    assert proc.returncode == 0, proc.stderr
+    args = _app_args(proc.stdout)
+    assert {a["config_dir"] for a in args} == {str(conf.resolve())}
+    assert not any("agents_dir" in a for a in args)
+    assert "agent-helper" in proc.stdout
+
+    # Under the working directory: relative; --agents travels too.
+    proc = astromesh(
+        "deploy-config",
+        "--agents",
+        "more",
+        cwd=tmp_path,
+        env={"ASTROMESH_CONFIG_DIR": "conf"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    args = _app_args(proc.stdout)
+    assert {(a["config_dir"], a["agents_dir"]) for a in args} == {("conf", "more")}
+    assert "agent-other" in proc.stdout and "agent-helper" not in proc.stdout
+
+
+def test_run_with_only_an_agents_directory(tmp_path: Path) -> None:
+    if Path("/etc/astromesh").exists():
+        pytest.skip("/etc/astromesh exists here: it would be the config directory")
+    with ScriptedOpenAIServer(["hello"]) as llm:
+        agents = tmp_path / "agents"
+        agents.mkdir()
+        inline = AGENT.replace(
+            "providerRef: local-llm",
+            f'provider: openai_compat\n      model: scripted-model\n      endpoint: "{llm.url}"',
+        )
+        (agents / "helper.agent.yaml").write_text(inline)
+        # No ./config in the working directory and no $ASTROMESH_CONFIG_DIR.
+        env = {"ASTROMESH_CONFIG_DIR": "", "ASTROMESH_AGENTS_DIR": ""}
+        proc = astromesh(
+            "run", "helper", "hi", "--agents", str(agents), "--context", '{"name": "Bo"}',
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "hello"
+        llm.add_steps("again")  # the agents directory from the environment, too
+        proc = astromesh(
+            "run", "helper", "hi", "--context", '{"name": "Bo"}',
+            cwd=tmp_path, env={**env, "ASTROMESH_AGENTS_DIR": str(agents)},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "again"
 
 
 def test_committed_serve_config_is_valid_for_ray_serve() -> None:

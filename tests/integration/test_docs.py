@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from astromesh_ray.cli import _parser
+from astromesh_ray.core.build import check_buildable
 from astromesh_ray.core.patterns import _PATTERNS
 from astromesh_ray.errors import AstromeshError
-from astromesh_ray.serve.http import MAX_BODY_BYTES
+from astromesh_ray.serve.http import HTTP_ERROR_CODES, MAX_BODY_BYTES
 from astromesh_ray.spec import AgentSpec, check_support, load_agent, validate_paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +27,9 @@ def table_rows(text: str, header: str) -> list[list[str]]:
 
 def test_readme_error_table_matches_the_error_classes() -> None:
     by_code = {cls.code: cls.http_status for cls in _all_errors()}
-    by_code["request_too_large"] = 413
+    # Errors Starlette raises itself (no route, wrong method, body too large).
+    by_code.update({code: status for status, code in HTTP_ERROR_CODES.items()})
+    assert by_code["request_too_large"] == 413
     rows = table_rows(README, "| Status | `code` | When |")
     assert rows
     for status, code, _ in rows:
@@ -49,13 +53,24 @@ def test_readme_lists_every_cli_command() -> None:
     assert listed == commands
 
 
-def test_readme_agent_example_validates(tmp_path: Path) -> None:
+def test_readme_agent_example_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     example = README.split("An agent, in full")[1].split("```yaml\n")[1].split("```")[0]
     path = tmp_path / "example.agent.yaml"
     path.write_text(example)
     assert validate_paths([path]) == []
     agent = load_agent(path)
     assert agent.spec.deployment is not None and agent.spec.permissions is not None
+    # The example's own tool module, as a user would write it: the agent must build.
+    package = tmp_path / "my_tools"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "orders.py").write_text(
+        "def lookup_order(order_id: str) -> str:\n"
+        '    """Status of an order.\n\n    Args:\n        order_id: The order number.\n    """\n'
+        "    return 'shipped'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_buildable([agent])
 
 
 def test_readme_not_yet_supported_list_is_refused() -> None:

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,12 +27,13 @@ import yaml
 from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin"
+# The `ray` and `serve` commands of the interpreter running the tests (make test
+# calls .venv/bin/python without activating the venv).
+BIN = Path(sys.executable).parent
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name, path=str(BIN)) if BIN.exists() else None
-    return found or shutil.which(name) or name
+    return shutil.which(name, path=str(BIN)) or shutil.which(name) or name
 
 
 _TOKEN = secrets.token_hex(32)

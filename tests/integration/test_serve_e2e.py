@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,6 +118,7 @@ def test_agent_listing_and_health(api: str) -> None:
     calc = httpx.get(f"{api}/v1/agents/calc").json()
     assert calc["description"] == "Does arithmetic."
     assert calc["tools"] == ["calculator", "slow_echo"] and calc["pattern"] == "react"
+    assert calc["source"] == "calc.agent.yaml"  # the file name, not the server's path
 
 
 def test_unknown_agent_is_404(api: str) -> None:
@@ -153,6 +155,46 @@ def test_oversized_body_is_413(api: str) -> None:
     reply = httpx.post(f"{api}/v1/agents/calc/run", json={"query": "x" * (2 * 1024 * 1024)})
     assert reply.status_code == 413
     assert reply.json()["error"]["code"] == "request_too_large"
+
+
+def test_oversized_chunked_body_is_413(api: str) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        yield b'{"query": "'
+        for _ in range(40):
+            yield b"x" * 64 * 1024
+        yield b'"}'
+
+    reply = httpx.post(
+        f"{api}/v1/agents/calc/run",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert reply.request.headers.get("transfer-encoding") == "chunked"
+    assert reply.status_code == 413, reply.text
+    assert reply.json()["error"]["code"] == "request_too_large"
+
+
+def test_unknown_route_and_wrong_method_use_the_error_envelope(api: str) -> None:
+    reply = httpx.get(f"{api}/v1/nope")
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == "not_found"
+    assert reply.json()["error"]["hint"]
+    reply = httpx.get(f"{api}/v1/agents/calc/run")
+    assert reply.status_code == 405
+    assert reply.json()["error"]["code"] == "method_not_allowed"
+    assert reply.headers["allow"] == "POST"
+
+
+def test_chunked_body_under_the_limit_still_reaches_the_agent(api: str) -> None:
+    reply = httpx.post(
+        f"{api}/v1/agents/calc/run",
+        content=iter([b'{"query": ', b'"hi"}']),
+        headers={"content-type": "application/json"},
+    )
+    # The body was read whole: the run fails only on the missing prompt variable.
+    assert reply.status_code == 422
+    assert "'customer' is undefined" in reply.json()["error"]["message"]
 
 
 def test_missing_prompt_variable_is_422(api: str, llm: ScriptedOpenAIServer) -> None:
@@ -215,6 +257,17 @@ def test_stream_sends_server_sent_events(api: str, llm: ScriptedOpenAIServer) ->
     assert "tool_result" in kinds and "answer" in kinds
     assert "".join(str(d["text"]) for k, d in events if k == "token") == "six times seven is 42"
     assert llm.requests[-1]["stream"] is True  # tokens really streamed from the provider
+
+    # Streamed model calls, too, are traced where the provider replica ran them.
+    result: Any = events[-1][1]["result"]
+    model_spans = [s for s in result["trace"] if s["name"] == "model_call"]
+    tool_span = next(s for s in result["trace"] if s["name"] == "tool_call")
+    assert len(model_spans) == 2
+    for span in model_spans:
+        assert span["where"]["app"].startswith("provider-"), span["where"]
+        assert span["where"]["replica"] != tool_span["where"]["replica"]
+    model_events: list[Any] = [d for k, d in events if k == "model_call"]
+    assert [d["where"]["app"][:9] for d in model_events] == ["provider-", "provider-"]
 
 
 def test_stream_errors_before_the_first_event_keep_their_status(api: str) -> None:

@@ -69,6 +69,12 @@ class OpenAIProvider:
         options: dict[str, Any] | None = None,
     ) -> None:
         unknown = sorted(set(options or {}) - set(_OPTIONS))
+        if kind == "vllm" and (options or {}).get("mode") == "in_cluster":
+            raise ConfigError(
+                f"{name}: in-cluster vLLM (options.mode: in_cluster) runs only on Ray Serve",
+                hint="use `astromesh serve` or `serve deploy`; `astromesh run` runs without "
+                "Ray, so point it at a vLLM server's endpoint instead",
+            )
         if unknown:
             raise ConfigError(
                 f"{name}: unknown options {', '.join(map(repr, unknown))} for provider {kind!r}",

@@ -9,11 +9,13 @@ from spec_helpers import AGENT, ORIGINAL, WriteYaml, issues_of
 
 from astromesh_ray.spec import (
     LoadedConfig,
+    directory,
     load_config,
     load_from_environment,
     resolve_config_dir,
     validate_paths,
 )
+from astromesh_ray.spec.directory import resolve_dirs
 
 RUNTIME = """
 apiVersion: astromesh/v1
@@ -188,6 +190,46 @@ def test_load_from_environment(
     monkeypatch.setenv("ASTROMESH_AGENTS_DIR", str(tmp_path / "more"))
     assert set(load_from_environment().agents) == {"b1"}
     assert set(load_from_environment(agents=str(tmp_path / "conf" / "agents")).agents) == {"a1"}
+
+
+def test_agents_dir_without_a_config_dir_loads_with_defaults(
+    write: WriteYaml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write("only/a.agent.yaml", AGENT.format(name="a1"))
+    monkeypatch.chdir(tmp_path)  # no ./config here
+    monkeypatch.delenv("ASTROMESH_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("ASTROMESH_AGENTS_DIR", raising=False)
+    system = tmp_path / "etc-astromesh"  # stands in for /etc/astromesh, absent
+    monkeypatch.setattr(directory, "SYSTEM_CONFIG_DIR", system)
+
+    loaded = load_from_environment(agents=str(tmp_path / "only"))
+    assert set(loaded.agents) == {"a1"}
+    assert loaded.root is None and loaded.agents_dir == tmp_path / "only"
+    assert loaded.providers == {} and loaded.runtime == LoadedConfig(root=None).runtime
+    monkeypatch.setenv("ASTROMESH_AGENTS_DIR", "only")
+    loaded = load_from_environment()
+    assert set(loaded.agents) == {"a1"} and loaded.agents_dir == Path("only")
+
+    # Still errors: a named config directory that is missing, or no agents directory.
+    issues = issues_of(lambda: load_from_environment(config=str(tmp_path / "nope")))
+    assert issues[0]["message"] == "configuration directory not found"
+    monkeypatch.delenv("ASTROMESH_AGENTS_DIR")
+    issues = issues_of(lambda: load_from_environment())
+    assert issues[0]["file"] == str(system)
+    # An existing system directory is used with the agents directory.
+    write("etc-astromesh/runtime.yaml", RUNTIME)
+    loaded = load_from_environment(agents="only")
+    assert loaded.root == system and loaded.runtime.spec.api is not None
+    assert set(loaded.agents) == {"a1"}
+
+
+def test_resolve_dirs_against_a_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ASTROMESH_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("ASTROMESH_AGENTS_DIR", raising=False)
+    assert resolve_dirs("conf", "more", base=tmp_path) == (tmp_path / "conf", tmp_path / "more")
+    assert resolve_dirs("/abs/conf", None, base=tmp_path) == (Path("/abs/conf"), None)
+    (tmp_path / "config").mkdir()
+    assert resolve_dirs(base=tmp_path) == (tmp_path / "config", None)
 
 
 def test_validate_paths_files_and_directories(write: WriteYaml, tmp_path: Path) -> None:
