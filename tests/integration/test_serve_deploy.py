@@ -47,6 +47,9 @@ def _env() -> dict[str, str]:
         # Ray's token auth, with this cluster's own token for `ray start` and `serve`.
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=_TOKEN,
+        # No network here: the example's ONNX fallback must fail fast and say so,
+        # without trying to reach the Hugging Face Hub.
+        HF_HUB_OFFLINE="1",
     )
     return env
 
@@ -121,3 +124,5 @@ def test_no_reachable_provider_is_502_naming_what_to_start_or_set(deployed: str)
     assert error["code"] == "provider_error"
     assert "ollama serve" in error["hint"] and "ollama pull llama3.1:8b" in error["hint"]
     assert "OPENAI_API_KEY" in error["hint"]
+    assert "onnx-community/Qwen2.5-0.5B-Instruct" in error["message"]  # the third candidate
+    assert [s["candidate"].split("-")[1] for s in error["route"]] == ["ollama", "openai", "onnx"]
