@@ -12,39 +12,25 @@ Imports neither Ray nor any vendor SDK; uvicorn runs it in a daemon thread.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from astromesh_ray.testing.loopback import ScriptedServer
 from astromesh_ray.testing.scripted import count_words, split_words
 
 __all__ = ["OLLAMA_VERSION", "ScriptedOllamaServer"]
 
 OLLAMA_VERSION = "0.12.6"
-_STEP_KEYS = {
-    "content",
-    "tool_calls",
-    "status",
-    "error",
-    "finish_reason",
-    "delay_s",
-    "stream_error",
-}
 
 
-class ScriptedOllamaServer:
+class ScriptedOllamaServer(ScriptedServer):
     """An Ollama-compatible server on 127.0.0.1 that replies from scripted steps.
 
     Steps take the same form as ``ScriptedOpenAIServer``'s:
@@ -64,7 +50,15 @@ class ScriptedOllamaServer:
     ``models`` are the pulled models ``/api/tags`` lists; a chat naming another model
     gets Ollama's 404 and consumes no step.  Every chat body received is appended to
     ``requests`` (headers to ``request_headers``).  Running out of steps answers 500.
+    ``url`` is the base URL without ``/v1`` (what Ollama clients take as ``host``).
     """
+
+    _name = "ScriptedOllamaServer"
+    _thread_name = "scripted-ollama-{port}"
+    _step_keys = frozenset(
+        {"content", "tool_calls", "status", "error", "finish_reason", "delay_s", "stream_error"}
+    )
+    _answer_keys = ("content", "tool_calls", "status", "stream_error")
 
     def __init__(
         self,
@@ -75,103 +69,17 @@ class ScriptedOllamaServer:
     ) -> None:
         self.models = list(models)
         self.require_api_key = require_api_key
-        self.requests: list[dict[str, Any]] = []
-        self.request_headers: list[dict[str, str]] = []
-        self._steps: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._served = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self.add_steps(*steps)
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """Base URL without ``/v1`` (what Ollama clients take as ``host``)."""
-        if self._port is None:
-            raise RuntimeError("ScriptedOllamaServer is not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    def start(self) -> Self:
-        """Bind a free loopback port and serve in a daemon thread; returns self."""
-        if self._thread is not None:
-            return self
-        # Bind the socket ourselves so the port is known before uvicorn starts.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            daemon=True,
-            name=f"scripted-ollama-{self._port}",
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("ScriptedOllamaServer failed to start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        """Shut the server down and wait for its thread."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            # Don't wait for in-flight (e.g. deliberately delayed) requests to finish.
-            self._server.force_exit = True
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- script ------------------------------------------------------------------------
-
-    def add_steps(self, *steps: str | dict[str, Any]) -> None:
-        """Append steps; a typo in a step's keys fails here, not as a confusing reply."""
-        normalized = [_normalize(s) for s in steps]
-        with self._lock:
-            self._steps.extend(normalized)
-
-    @property
-    def remaining(self) -> int:
-        """Steps not consumed yet."""
-        with self._lock:
-            return len(self._steps)
-
-    def assert_consumed(self) -> None:
-        """Fail if some scripted steps were never requested."""
-        with self._lock:
-            left = list(self._steps)
-        if left:
-            raise AssertionError(f"ScriptedOllamaServer: {len(left)} step(s) not consumed: {left}")
-
-    def _next_step(self) -> dict[str, Any] | None:
-        with self._lock:
-            self._served += 1
-            return self._steps.pop(0) if self._steps else None
+        super().__init__(steps)
 
     # -- HTTP --------------------------------------------------------------------------
 
-    def _app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/", self._root, methods=["GET", "HEAD"]),
-                Route("/api/chat", self._chat, methods=["POST"]),
-                Route("/api/tags", self._tags, methods=["GET"]),
-                Route("/api/version", self._version, methods=["GET"]),
-            ]
-        )
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/", self._root, methods=["GET", "HEAD"]),
+            Route("/api/chat", self._chat, methods=["POST"]),
+            Route("/api/tags", self._tags, methods=["GET"]),
+            Route("/api/version", self._version, methods=["GET"]),
+        ]
 
     def _denied(self, request: Request) -> Response | None:
         # Ollama has no auth of its own; this stands in for an authenticating proxy.
@@ -204,9 +112,7 @@ class ScriptedOllamaServer:
         except ValueError as exc:
             return _error(400, f"invalid character in request body: {exc}")
         if isinstance(body, dict):
-            with self._lock:
-                self.requests.append(body)
-                self.request_headers.append(dict(request.headers))
+            self._record(request, body)
         denied = self._denied(request)
         if denied is not None:
             return denied
@@ -224,13 +130,9 @@ class ScriptedOllamaServer:
             loaded = {**_head(model), "message": {"role": "assistant", "content": ""}}
             loaded.update(done_reason="load", done=True)
             return _ndjson([loaded]) if stream else JSONResponse(loaded)
-        step = self._next_step()
+        step = await self._await_step()
         if step is None:
-            return _error(
-                500, f"ScriptedOllamaServer: script exhausted, unexpected request #{self._served}"
-            )
-        if step.get("delay_s"):
-            await asyncio.sleep(float(step["delay_s"]))
+            return _error(500, self._exhausted())
         if "status" in step:
             status = int(step["status"])
             return _error(status, str(step.get("error") or f"scripted HTTP {status}"))
@@ -363,22 +265,6 @@ def _tag_entry(model: str) -> dict[str, Any]:
             "quantization_level": "Q4_K_M",
         },
     }
-
-
-def _normalize(step: str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(step, str):
-        return {"content": step}
-    unknown = set(step) - _STEP_KEYS
-    if unknown:
-        raise ValueError(f"unknown step keys {sorted(unknown)}; valid: {sorted(_STEP_KEYS)}")
-    if not ({"content", "tool_calls", "status", "stream_error"} & set(step)):
-        raise ValueError(
-            f"a step needs 'content', 'tool_calls', 'status' or 'stream_error': {step!r}"
-        )
-    for call in step.get("tool_calls") or []:
-        if "name" not in call:
-            raise ValueError(f"a scripted tool call needs a 'name': {call!r}")
-    return dict(step)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -11,31 +11,26 @@ Imports neither Ray nor any vendor SDK; uvicorn runs it in a daemon thread.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from astromesh_ray.testing.loopback import ScriptedServer
 from astromesh_ray.testing.scripted import count_words, split_words
 
 __all__ = ["ScriptedOpenAIServer"]
 
-_STEP_KEYS = {"content", "tool_calls", "status", "error", "finish_reason", "delay_s", "retry_after"}
 # How many pieces a streamed tool call's argument JSON is cut into (real servers
 # send a few characters per chunk; clients must concatenate them).
 _ARG_PIECES = 3
 
 
-class ScriptedOpenAIServer:
+class ScriptedOpenAIServer(ScriptedServer):
     """An OpenAI-compatible server on 127.0.0.1 that replies from scripted steps.
 
     A step is a dict with one of:
@@ -52,6 +47,13 @@ class ScriptedOpenAIServer:
     steps answers HTTP 500 saying the script is exhausted.
     """
 
+    _name = "ScriptedOpenAIServer"
+    _thread_name = "scripted-openai-{port}"
+    _step_keys = frozenset(
+        {"content", "tool_calls", "status", "error", "finish_reason", "delay_s", "retry_after"}
+    )
+    _answer_keys = ("content", "tool_calls", "status")
+
     def __init__(
         self,
         steps: Iterable[str | dict[str, Any]] = (),
@@ -61,101 +63,20 @@ class ScriptedOpenAIServer:
     ) -> None:
         self.model = model
         self.require_api_key = require_api_key
-        self.requests: list[dict[str, Any]] = []
-        self.request_headers: list[dict[str, str]] = []
-        self._steps: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._served = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self.add_steps(*steps)
-
-    # -- lifecycle ---------------------------------------------------------------------
+        super().__init__(steps)
 
     @property
     def url(self) -> str:
         """Base URL ending in ``/v1`` (what OpenAI clients take as ``base_url``)."""
-        if self._port is None:
-            raise RuntimeError("ScriptedOpenAIServer is not started")
-        return f"http://127.0.0.1:{self._port}/v1"
-
-    def start(self) -> Self:
-        """Bind a free loopback port and serve in a daemon thread; returns self."""
-        if self._thread is not None:
-            return self
-        # Bind the socket ourselves so the port is known before uvicorn starts.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            daemon=True,
-            name=f"scripted-openai-{self._port}",
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("ScriptedOpenAIServer failed to start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        """Shut the server down and wait for its thread."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            # Don't wait for in-flight (e.g. deliberately delayed) requests to finish.
-            self._server.force_exit = True
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- script ------------------------------------------------------------------------
-
-    def add_steps(self, *steps: str | dict[str, Any]) -> None:
-        """Append steps; a typo in a step's keys fails here, not as a confusing reply."""
-        normalized = [_normalize(s) for s in steps]
-        with self._lock:
-            self._steps.extend(normalized)
-
-    @property
-    def remaining(self) -> int:
-        """Steps not consumed yet."""
-        with self._lock:
-            return len(self._steps)
-
-    def assert_consumed(self) -> None:
-        """Fail if some scripted steps were never requested."""
-        with self._lock:
-            left = list(self._steps)
-        if left:
-            raise AssertionError(f"ScriptedOpenAIServer: {len(left)} step(s) not consumed: {left}")
-
-    def _next_step(self) -> dict[str, Any] | None:
-        with self._lock:
-            self._served += 1
-            return self._steps.pop(0) if self._steps else None
+        return f"{super().url}/v1"
 
     # -- HTTP --------------------------------------------------------------------------
 
-    def _app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-            ]
-        )
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ]
 
     def _auth_error(self, request: Request) -> Response | None:
         if self.require_api_key is None:
@@ -187,9 +108,7 @@ class ScriptedOpenAIServer:
                 400, "We could not parse the JSON body of your request.", "invalid_request_error"
             )
         if isinstance(body, dict):
-            with self._lock:
-                self.requests.append(body)
-                self.request_headers.append(dict(request.headers))
+            self._record(request, body)
         denied = self._auth_error(request)
         if denied is not None:
             return denied
@@ -204,15 +123,9 @@ class ScriptedOpenAIServer:
                 "invalid_request_error",
                 param="messages",
             )
-        step = self._next_step()
+        step = await self._await_step()
         if step is None:
-            return _error(
-                500,
-                f"ScriptedOpenAIServer: script exhausted, unexpected request #{self._served}",
-                "server_error",
-            )
-        if step.get("delay_s"):
-            await asyncio.sleep(float(step["delay_s"]))
+            return _error(500, self._exhausted(), "server_error")
         if "status" in step:
             status = int(step["status"])
             kind = "server_error" if status >= 500 else "invalid_request_error"
@@ -343,20 +256,6 @@ def _content_words(content: Any) -> int:
             if isinstance(p, dict) and isinstance(p.get("text"), str)
         )
     return 0
-
-
-def _normalize(step: str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(step, str):
-        return {"content": step}
-    unknown = set(step) - _STEP_KEYS
-    if unknown:
-        raise ValueError(f"unknown step keys {sorted(unknown)}; valid: {sorted(_STEP_KEYS)}")
-    if not ({"content", "tool_calls", "status"} & set(step)):
-        raise ValueError(f"a step needs 'content', 'tool_calls' or 'status': {step!r}")
-    for call in step.get("tool_calls") or []:
-        if "name" not in call:
-            raise ValueError(f"a scripted tool call needs a 'name': {call!r}")
-    return dict(step)
 
 
 def _error(

@@ -20,27 +20,22 @@ does.  Sampling parameters are validated as TGI does
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from astromesh_ray.core.providers.chat_format import ChatFormat
+from astromesh_ray.testing.loopback import ScriptedServer
 from astromesh_ray.testing.scripted import count_words, split_words
 
 __all__ = ["ScriptedTGIServer"]
 
-_STEP_KEYS = {"text", "finish_reason", "status", "error", "error_type", "stream_error", "delay_s"}
 _EOS = "<|im_end|>"
 # ChatML's special tokens; a script may contain them, a stream flags them special.
 _SPECIAL_IDS = {"<|endoftext|>": 0, "<|im_start|>": 1, _EOS: 2}
@@ -57,7 +52,7 @@ _MAX_STOP_SEQUENCES = 4  # TGI's --max-stop-sequences default
 _VERSION = "3.3.4"
 
 
-class ScriptedTGIServer:
+class ScriptedTGIServer(ScriptedServer):
     """A TGI server on 127.0.0.1 whose "model" generates scripted text.
 
     A step is the raw text the model generates (a ``str``: script
@@ -75,6 +70,12 @@ class ScriptedTGIServer:
     """
 
     _name = "ScriptedTGIServer"
+    _thread_name = "ScriptedTGIServer"
+    _step_keys = frozenset(
+        {"text", "finish_reason", "status", "error", "error_type", "stream_error", "delay_s"}
+    )
+    _text_key = "text"
+    _answer_keys = ("text", "status")
 
     def __init__(
         self,
@@ -87,99 +88,8 @@ class ScriptedTGIServer:
         self.require_api_key = require_api_key
         self.healthy = True
         self.usage_headers = True
-        self.requests: list[dict[str, Any]] = []
         self.request_paths: list[str] = []
-        self.request_headers: list[dict[str, str]] = []
-        self._steps: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._served = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self.add_steps(*steps)
-
-    # -- lifecycle (as ScriptedOpenAIServer) -------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """Base URL: the server root, what TGI clients and ``TGIProvider`` take."""
-        if self._port is None:
-            raise RuntimeError(f"{self._name} is not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    def start(self) -> Self:
-        """Bind a free loopback port and serve in a daemon thread; returns self."""
-        if self._thread is not None:
-            return self
-        # Bind the socket ourselves so the port is known before uvicorn starts.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        app = Starlette(routes=self._routes())
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name=self._name
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"{self._name} failed to start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        """Shut the server down (not waiting for delayed requests) and join its thread."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- script ------------------------------------------------------------------------
-
-    def add_steps(self, *steps: str | dict[str, Any]) -> None:
-        """Append steps; a typo in a step's keys fails here, not as a confusing reply."""
-        normalized = [self._normalize(s) for s in steps]
-        with self._lock:
-            self._steps.extend(normalized)
-
-    @property
-    def remaining(self) -> int:
-        """Steps not consumed yet."""
-        with self._lock:
-            return len(self._steps)
-
-    def assert_consumed(self) -> None:
-        """Fail if some scripted steps were never requested."""
-        with self._lock:
-            left = list(self._steps)
-        if left:
-            raise AssertionError(f"{self._name}: {len(left)} step(s) not consumed: {left}")
-
-    def _next_step(self) -> dict[str, Any] | None:
-        with self._lock:
-            self._served += 1
-            return self._steps.pop(0) if self._steps else None
-
-    def _normalize(self, step: str | dict[str, Any]) -> dict[str, Any]:
-        if isinstance(step, str):
-            return {"text": step}
-        unknown = set(step) - _STEP_KEYS
-        if unknown:
-            raise ValueError(f"unknown step keys {sorted(unknown)}; valid: {sorted(_STEP_KEYS)}")
-        if "text" not in step and "status" not in step:
-            raise ValueError(f"a step needs 'text' or 'status': {step!r}")
-        return dict(step)
+        super().__init__(steps)
 
     # -- HTTP --------------------------------------------------------------------------
 
@@ -192,6 +102,12 @@ class ScriptedTGIServer:
             Route("/health", self._health, methods=["GET"]),
             Route("/info", self._info, methods=["GET"]),
         ]
+
+    def _record(self, request: Request, body: Any) -> None:
+        with self._lock:
+            self.requests.append(body)
+            self.request_paths.append(request.url.path)
+            self.request_headers.append(dict(request.headers))
 
     async def _health(self, request: Request) -> Response:
         if self.healthy:
@@ -219,10 +135,7 @@ class ScriptedTGIServer:
             body = json.loads(await request.body())
         except ValueError:
             return Response("Failed to parse the request body as JSON", status_code=400)
-        with self._lock:
-            self.requests.append(body)
-            self.request_paths.append(request.url.path)
-            self.request_headers.append(dict(request.headers))
+        self._record(request, body)
         key = self.require_api_key
         if key is not None and request.headers.get("authorization") != f"Bearer {key}":
             return Response(status_code=401)  # TGI's --api-key: no body
@@ -232,12 +145,9 @@ class ScriptedTGIServer:
 
     async def _take_step(self, stream: bool) -> dict[str, Any] | Response:
         """The next step to generate from, or the scripted (or exhausted) failure."""
-        step = self._next_step()
+        step = await self._await_step()
         if step is None:
-            message = f"{self._name}: script exhausted, unexpected request #{self._served}"
-            return _failure(500, message, "incomplete_generation", stream)
-        if step.get("delay_s"):
-            await asyncio.sleep(float(step["delay_s"]))
+            return _failure(500, self._exhausted(), "incomplete_generation", stream)
         if "status" not in step:
             return step
         status = int(step["status"])

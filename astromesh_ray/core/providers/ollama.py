@@ -9,10 +9,7 @@ model is actually pulled.  Talks plain ``httpx`` through one pooled client per l
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,12 +24,22 @@ from astromesh_ray.core.messages import (
     ToolSchema,
     Usage,
 )
+from astromesh_ray.core.providers.http import (
+    ClientPool,
+    auth_hint,
+    backend_message,
+    bearer_headers,
+    check_options,
+    header_option,
+    retryable_status,
+    status_message,
+    transport_message,
+)
 from astromesh_ray.errors import ConfigError, ProviderError
 
 __all__ = ["DEFAULT_ENDPOINT", "SAMPLING_PARAMETERS", "OllamaProvider"]
 
 DEFAULT_ENDPOINT = "http://localhost:11434"
-_RETRYABLE_STATUS = {408, 409, 429}
 # `options:` keys of a model block this provider understands.
 _OPTIONS = {
     "keep_alive": "how long Ollama keeps the model loaded, e.g. '5m' or seconds",
@@ -74,12 +81,7 @@ class OllamaProvider:
         options: dict[str, Any] | None = None,
     ) -> None:
         opts = dict(options or {})
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"{name}: unknown options {', '.join(map(repr, unknown))} for provider {kind!r}",
-                hint="valid options: " + ", ".join(f"{k} ({v})" for k, v in _OPTIONS.items()),
-            )
+        check_options(name, kind, opts, _OPTIONS)
         _check_options(name, opts)
         bad = sorted(set(parameters or {}) - set(SAMPLING_PARAMETERS))
         if bad:
@@ -97,20 +99,13 @@ class OllamaProvider:
         self.timeout_s = timeout_s
         self.keep_alive: str | float | None = opts.get("keep_alive")
         self.format: str | dict[str, Any] | None = opts.get("format")
-        self.extra_headers: dict[str, str] = {
-            str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()
-        }
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.extra_headers: dict[str, str] = header_option(opts)
+        self._pool = ClientPool()  # pickles without its live client
 
     def __repr__(self) -> str:
         return (
             f"OllamaProvider(name={self.name!r}, model={self.model!r}, endpoint={self.endpoint!r})"
         )
-
-    # Live clients cannot cross processes (Ray pickles providers into replicas).
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_loop": None}
 
     # -- Provider protocol -------------------------------------------------------------
 
@@ -207,32 +202,15 @@ class OllamaProvider:
 
     async def aclose(self) -> None:
         """Close the pooled HTTP client (a later call opens a new one)."""
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            # RuntimeError: its event loop is gone, and the sockets went with it.
-            with contextlib.suppress(RuntimeError):
-                await client.aclose()
+        await self._pool.aclose()
 
     # -- request side ------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        # A client is bound to the loop it first ran on; asyncio.run() per call or a
-        # replica restarting its loop needs a fresh one.
-        if self._client is None or self._loop is not loop or self._client.is_closed:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            )
-            self._loop = loop
-        return self._client
+        return self._pool.client(self.timeout_s)
 
     def _headers(self) -> dict[str, str]:
-        headers = dict(self.extra_headers)
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return bearer_headers(self.extra_headers, self.api_key_env)
 
     def _body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -328,35 +306,27 @@ class OllamaProvider:
         )
 
     def _transport_error(self, exc: httpx.TransportError, url: str) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            what = f"no answer from {url} within {self.timeout_s:g}s ({type(exc).__name__})"
-        else:
-            what = f"cannot reach {url}: {str(exc) or type(exc).__name__}"
         return self._error(
-            what,
+            transport_message(exc, url, self.timeout_s),
             hint=f"start Ollama (`ollama serve`) at {self.endpoint} and pull the model "
             f"(`ollama pull {self.model}`)",
             retry=True,
         )
 
     def _status_error(self, status: int, content: bytes, url: str) -> ProviderError:
-        detail = _backend_message(content)
+        detail = backend_message(content, _error_text)
         hint: str | None = None
         if status == 404 and "not found" in detail and "model" in detail:
             hint = f"pull the model: `ollama pull {self.model}`"
         elif status == 404:
             hint = f"check that {self.endpoint} is an Ollama server"
         elif status in (401, 403):
-            var = self.api_key_env
-            if var is None:
-                hint = "the server wants a token: set api_key_env to the variable holding it"
-            else:
-                hint = f"set {var}" if not os.environ.get(var) else f"check the token in {var}"
+            hint = auth_hint(self.api_key_env, credential="token", article="a")
         return self._error(
-            f"HTTP {status} from {url}" + (f": {detail}" if detail else ""),
+            status_message(status, url, detail),
             hint=hint,
             status=status,
-            retry=status in _RETRYABLE_STATUS or status >= 500,
+            retry=retryable_status(status),
         )
 
 
@@ -400,15 +370,9 @@ def _normalize_endpoint(endpoint: str) -> str:
     return endpoint.removesuffix("/v1").rstrip("/")
 
 
-def _backend_message(content: bytes) -> str:
-    text = content.decode("utf-8", errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:300]
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return str(data["error"])  # Ollama's shape: {"error": "..."}
-    return text[:300]
+def _error_text(data: dict[str, Any]) -> str | None:
+    error = data.get("error")
+    return error if isinstance(error, str) else None  # Ollama's shape: {"error": "..."}
 
 
 def _wire_messages(messages: list[Message]) -> list[dict[str, Any]]:

@@ -8,10 +8,7 @@ only in default endpoint and whether an API key is needed.  Talks plain ``httpx`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +24,18 @@ from astromesh_ray.core.messages import (
     ToolSchema,
     Usage,
 )
+from astromesh_ray.core.providers.http import (
+    ClientPool,
+    api_key,
+    auth_hint,
+    backend_message,
+    check_options,
+    header_option,
+    retryable_status,
+    sse_data,
+    status_message,
+    transport_message,
+)
 from astromesh_ray.core.providers.retry import parse_retry_after
 from astromesh_ray.errors import ConfigError, ProviderError
 
@@ -40,7 +49,6 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
 }
 _KINDS = (*DEFAULT_ENDPOINTS, "vllm")
 _OPENAI_HOST = "api.openai.com"
-_RETRYABLE_STATUS = {408, 409, 429}
 # `options:` keys of a model block this provider understands.
 _OPTIONS = {
     "organization": "sent as the OpenAI-Organization header",
@@ -68,23 +76,16 @@ class OpenAIProvider:
         timeout_s: float = 60.0,
         options: dict[str, Any] | None = None,
     ) -> None:
-        unknown = sorted(set(options or {}) - set(_OPTIONS))
-        if kind == "vllm" and (options or {}).get("mode") == "in_cluster":
+        opts = dict(options or {})
+        if kind == "vllm" and opts.get("mode") == "in_cluster":
             raise ConfigError(
                 f"{name}: in-cluster vLLM (options.mode: in_cluster) runs only on Ray Serve",
                 hint="use `astromesh serve` or `serve deploy`; `astromesh run` runs without "
                 "Ray, so point it at a vLLM server's endpoint instead",
             )
-        if unknown:
-            raise ConfigError(
-                f"{name}: unknown options {', '.join(map(repr, unknown))} for provider {kind!r}",
-                hint="valid options: " + ", ".join(f"{k} ({v})" for k, v in _OPTIONS.items()),
-            )
-        opts = dict(options or {})
+        check_options(name, kind, opts, _OPTIONS)
         self.organization: str | None = opts.get("organization")
-        self.extra_headers: dict[str, str] = {
-            str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()
-        }
+        self.extra_headers: dict[str, str] = header_option(opts)
         if kind not in _KINDS:
             raise ConfigError(
                 f"OpenAIProvider does not serve provider kind {kind!r}",
@@ -108,18 +109,10 @@ class OpenAIProvider:
         self._key_required = is_openai
         self.parameters: dict[str, Any] = dict(parameters or {})
         self.timeout_s = timeout_s
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool = ClientPool()  # pickles without its live client
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, kind={self.kind!r}, endpoint={self.endpoint!r})"
-
-    # Live clients cannot cross processes (Ray pickles providers into replicas).
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_client"] = None
-        state["_loop"] = None
-        return state
 
     # -- Provider protocol -------------------------------------------------------------
 
@@ -174,7 +167,7 @@ class OpenAIProvider:
                         response.headers.get("retry-after"),
                     )
                 async for line in response.aiter_lines():
-                    payload = _sse_data(line)
+                    payload = sse_data(line)
                     if payload is None:
                         continue
                     if payload == "[DONE]":
@@ -239,31 +232,18 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         """Close the pooled HTTP client (a later call opens a new one)."""
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            # RuntimeError: its event loop is gone, and the sockets went with it.
-            with contextlib.suppress(RuntimeError):
-                await client.aclose()
+        await self._pool.aclose()
 
     # -- request side ------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        # A client is bound to the loop it first ran on; asyncio.run() per call or a
-        # replica restarting its loop needs a fresh one.
-        if self._client is None or self._loop is not loop or self._client.is_closed:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            )
-            self._loop = loop
-        return self._client
+        return self._pool.client(self.timeout_s)
 
     def _headers(self, required: bool = True) -> dict[str, str]:
         headers = dict(self.extra_headers)
         if self.organization:
             headers["OpenAI-Organization"] = self.organization
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        key = api_key(self.api_key_env)
         if key:
             return {**headers, "Authorization": f"Bearer {key}"}
         if required and self._key_required:
@@ -336,7 +316,7 @@ class OpenAIProvider:
                 f"{self.name}: stream failed: {err.get('message', err)}",
                 provider=self.name,
                 status=status,
-                retryable=status is None or _retryable(status),
+                retryable=status is None or retryable_status(status),
             )
         return chunk
 
@@ -352,12 +332,8 @@ class OpenAIProvider:
         )
 
     def _transport_error(self, exc: httpx.TransportError, url: str) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            what = f"no answer from {url} within {self.timeout_s:g}s ({type(exc).__name__})"
-        else:
-            what = f"cannot reach {url}: {str(exc) or type(exc).__name__}"
         return ProviderError(
-            f"{self.name}: {what}",
+            f"{self.name}: {transport_message(exc, url, self.timeout_s)}",
             hint=self._reach_hint(),
             provider=self.name,
             status=None,
@@ -377,16 +353,10 @@ class OpenAIProvider:
     def _status_error(
         self, status: int, content: bytes, url: str, retry_after: str | None = None
     ) -> ProviderError:
-        detail = _backend_message(content)
+        detail = backend_message(content, _error_text)
         hint: str | None = None
         if status in (401, 403):
-            var = self.api_key_env
-            if var is None:
-                hint = "the server wants an API key: set api_key_env to the variable holding it"
-            elif not os.environ.get(var):
-                hint = f"set {var}"
-            else:
-                hint = f"check the API key in {var}"
+            hint = auth_hint(self.api_key_env)
         elif status == 404:
             hint = (
                 f"pull the model (`ollama pull {self.model}`)"
@@ -396,11 +366,11 @@ class OpenAIProvider:
         elif status == 429:
             hint = "rate limited or out of quota: retry later or raise the limit"
         return ProviderError(
-            f"{self.name}: HTTP {status} from {url}" + (f": {detail}" if detail else ""),
+            f"{self.name}: {status_message(status, url, detail)}",
             hint=hint,
             provider=self.name,
             status=status,
-            retryable=_retryable(status),
+            retryable=retryable_status(status),
             retry_after_s=parse_retry_after(retry_after),
         )
 
@@ -414,10 +384,6 @@ def _usage(wire: dict[str, Any]) -> Usage:
     )
 
 
-def _retryable(status: int) -> bool:
-    return status in _RETRYABLE_STATUS or status >= 500
-
-
 def _normalize_endpoint(kind: str, endpoint: str) -> str:
     endpoint = endpoint.rstrip("/")
     # Ollama users often give the native root (http://localhost:11434); its OpenAI API is /v1.
@@ -426,28 +392,15 @@ def _normalize_endpoint(kind: str, endpoint: str) -> str:
     return endpoint
 
 
-def _backend_message(content: bytes) -> str:
-    text = content.decode("utf-8", errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:300]
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):  # Ollama's native shape {"error": "..."}
-            return err
-        if data.get("detail"):  # FastAPI-based servers
-            return str(data["detail"])[:300]
-    return text[:300]
-
-
-def _sse_data(line: str) -> str | None:
-    # Only "data:" fields matter; blank lines, comments (":") and event names do not.
-    if not line.startswith("data:"):
-        return None
-    return line[5:].strip()
+def _error_text(data: dict[str, Any]) -> str | None:
+    err = data.get("error")
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str):  # Ollama's native shape {"error": "..."}
+        return err
+    if data.get("detail"):  # FastAPI-based servers
+        return str(data["detail"])[:300]
+    return None
 
 
 def _merge_fragment(pending: dict[int, dict[str, str]], position: int, frag: Any) -> None:

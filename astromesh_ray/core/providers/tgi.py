@@ -16,11 +16,9 @@ Talks plain ``httpx`` through one pooled client per event loop, like ``OpenAIPro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +32,16 @@ from astromesh_ray.core.messages import (
     Usage,
 )
 from astromesh_ray.core.providers.chat_format import DEFAULT_STOP, ChatFormat
+from astromesh_ray.core.providers.http import (
+    ClientPool,
+    auth_hint,
+    bearer_headers,
+    check_options,
+    header_option,
+    retryable_status,
+    status_message,
+    transport_message,
+)
 from astromesh_ray.core.providers.openai import OpenAIProvider
 from astromesh_ray.errors import ConfigError, ProviderError
 
@@ -58,6 +66,7 @@ _VALID_PARAMETERS = _MAPPED + _NATIVE
 _CALLER_ERRORS = {"validation", "template_error", "missing_template_variable", "tool_error"}
 _FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 _PARAMETERS_HINT = "valid parameters: " + ", ".join(_VALID_PARAMETERS)
+_GENERATION_FAILED = frozenset({424})
 _TIMEOUT_HINT = "raise the model block's timeout, or lower max_tokens"
 _STATUS_HINTS = {
     429: "the model is overloaded: retry later, or raise --max-concurrent-requests",
@@ -91,11 +100,7 @@ class TGIProvider:
         options: dict[str, Any] | None = None,
     ) -> None:
         opts = dict(options or {})
-        if unknown := sorted(set(opts) - set(_OPTIONS)):
-            raise ConfigError(
-                f"{name}: unknown options {', '.join(map(repr, unknown))} for provider {kind!r}",
-                hint="valid options: " + ", ".join(f"{k} ({v})" for k, v in _OPTIONS.items()),
-            )
+        check_options(name, kind, opts, _OPTIONS)
         self.mode = str(opts.get("mode", "generate"))
         stop = [opts["stop"]] if isinstance(opts.get("stop"), str) else opts.get("stop") or []
         template = opts.get("chat_template")
@@ -123,14 +128,13 @@ class TGIProvider:
         self.api_key_env = api_key_env
         self.parameters: dict[str, Any] = dict(parameters or {})
         self.timeout_s = timeout_s
-        self.extra_headers = {str(k): str(v) for k, v in dict(opts.get("headers") or {}).items()}
+        self.extra_headers = header_option(opts)
         self.chat_template: str | None = template
         # ChatML's end-of-turn markers always (harmless with other templates), then the
         # user's own, e.g. "<|eot_id|>" with a Llama 3 template.
         self.stop: tuple[str, ...] = tuple(dict.fromkeys((*DEFAULT_STOP, *stop)))
         self._format = ChatFormat(template, stop=self.stop)  # a bad template fails here
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool = ClientPool()  # pickles without its live client
         self._messages: OpenAIProvider | None = None
         if self.mode == "messages":
             self._messages = OpenAIProvider(
@@ -147,10 +151,10 @@ class TGIProvider:
     def __repr__(self) -> str:
         return f"TGIProvider(name={self.name!r}, mode={self.mode!r}, endpoint={self.endpoint!r})"
 
-    # Live clients and compiled Jinja templates cannot cross processes (Ray pickles
-    # providers into replicas): drop them and rebuild on arrival.
+    # Compiled Jinja templates cannot cross processes (Ray pickles providers into
+    # replicas): drop it and rebuild on arrival.  The client pool drops its own client.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_loop": None, "_format": None}
+        return {**self.__dict__, "_format": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -275,32 +279,17 @@ class TGIProvider:
 
     async def aclose(self) -> None:
         """Close the pooled HTTP client(s); a later call opens new ones."""
-        client, self._client, self._loop = self._client, None, None
-        if client is not None:
-            # RuntimeError: its event loop is gone, and the sockets went with it.
-            with contextlib.suppress(RuntimeError):
-                await client.aclose()
+        await self._pool.aclose()
         if self._messages is not None:
             await self._messages.aclose()
 
     # -- request side ------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        # A client is bound to the loop it first ran on (asyncio.run per call, replica restarts).
-        if self._client is None or self._loop is not loop or self._client.is_closed:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            )
-            self._loop = loop
-        return self._client
+        return self._pool.client(self.timeout_s)
 
     def _headers(self) -> dict[str, str]:
-        headers = dict(self.extra_headers)
-        if key := (os.environ.get(self.api_key_env) if self.api_key_env else None):
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return bearer_headers(self.extra_headers, self.api_key_env)
 
     def _body(self, request: CompletionRequest) -> dict[str, Any]:
         try:
@@ -367,9 +356,9 @@ class TGIProvider:
 
     def _transport_error(self, exc: httpx.TransportError, url: str) -> ProviderError:
         if isinstance(exc, httpx.TimeoutException):
-            what = f"no answer from {url} within {self.timeout_s:g}s ({type(exc).__name__})"
+            what = transport_message(exc, url, self.timeout_s)
             return self._error(what, hint=_TIMEOUT_HINT, retryable=True)
-        what = f"cannot reach {url}: {exc or type(exc).__name__}"
+        what = f"cannot reach {url}: {str(exc) or type(exc).__name__}"
         return self._error(what, hint=self._start_hint(), retryable=True)
 
     def _status_error(self, status: int, content: bytes, url: str) -> ProviderError:
@@ -381,22 +370,15 @@ class TGIProvider:
                 text, error_type = str(data["error"]), data.get("error_type")
         hint = _STATUS_HINTS.get(status)
         if status in (401, 403):
-            var = self.api_key_env
-            hint = (
-                "the server wants an API key: set api_key_env to the variable holding it"
-                if var is None
-                else f"check the API key in {var}"
-                if os.environ.get(var)
-                else f"set {var}"
-            )
+            hint = auth_hint(self.api_key_env)
         elif status == 404:
             hint = f"check that {self.endpoint} is a text-generation-inference server"
         return self._error(
-            f"HTTP {status} from {url}" + (f": {text[:300]}" if text else ""),
+            status_message(status, url, text[:300]),
             hint=hint,
             status=status,
             # 424 is TGI's "generation failed" (e.g. out of GPU memory): worth another try.
-            retryable=status in (408, 409, 424, 429) or status >= 500,
+            retryable=retryable_status(status, also=_GENERATION_FAILED),
             error_type=error_type,
         )
 
