@@ -36,6 +36,7 @@ class _Breaker:
     failures: int = 0
     opened_at: float | None = None
     probe_in_flight: bool = False
+    probe_started_at: float | None = None
     trips: int = 0
     last_error: str | None = None
 
@@ -65,9 +66,14 @@ class CircuitBreakers:
             breaker.state = "half_open"
             breaker.probe_in_flight = False
         if breaker.state == "half_open":
-            if breaker.probe_in_flight:
-                return False, "half_open"  # one probe at a time
+            # One probe at a time.  A probe whose caller vanished (cancelled, timed
+            # out) never reports back: after another cooldown its slot is given again.
+            started = breaker.probe_started_at
+            if breaker.probe_in_flight and started is not None:
+                if self.clock() - started < policy.cooldown_s:
+                    return False, "half_open"
             breaker.probe_in_flight = True
+            breaker.probe_started_at = self.clock()
             return True, "half_open"
         return True, "closed"
 

@@ -186,3 +186,16 @@ def test_price_table_and_overrides() -> None:
     assert price_for("ollama", "llama3.1:8b") == Price(0.0, 0.0)
     assert price_for("openai", "some-new-model") is None
     assert price_for("openai", "gpt-4o-mini", Price(1, 2)) == Price(1, 2)
+
+
+def test_a_probe_that_never_reports_back_frees_its_slot_after_a_cooldown() -> None:
+    clock = ManualClock()
+    breakers = CircuitBreakers(clock=clock)
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=10)
+    breakers.failure("k", policy)
+    clock.advance(10)
+    assert breakers.allow("k", policy) == (True, "half_open")  # the probe's caller dies
+    clock.advance(9)
+    assert breakers.allow("k", policy) == (False, "half_open")
+    clock.advance(1)
+    assert breakers.allow("k", policy) == (True, "half_open")  # not stuck forever
