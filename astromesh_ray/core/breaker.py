@@ -69,9 +69,9 @@ class CircuitBreakers:
             # One probe at a time.  A probe whose caller vanished (cancelled, timed
             # out) never reports back: after another cooldown its slot is given again.
             started = breaker.probe_started_at
-            if breaker.probe_in_flight and started is not None:
-                if self.clock() - started < policy.cooldown_s:
-                    return False, "half_open"
+            probing = breaker.probe_in_flight and started is not None
+            if probing and self.clock() - (started or 0.0) < policy.cooldown_s:
+                return False, "half_open"
             breaker.probe_in_flight = True
             breaker.probe_started_at = self.clock()
             return True, "half_open"

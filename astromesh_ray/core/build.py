@@ -29,6 +29,7 @@ from astromesh_ray.spec import (
     ModelEndpoint,
     ProviderEntrySpec,
     ProviderRoutingSpec,
+    resolve_models,
     resolve_route,
 )
 
@@ -165,12 +166,16 @@ def build_runtime(
     )
 
 
-def check_buildable(agents: Iterable[AgentSpec]) -> None:
-    """Raise one ``ConfigError`` listing every agent whose tools, prompts or pattern
-    cannot be built (a ``function:`` that does not import, an unknown builtin, ...).
+def check_buildable(
+    agents: Iterable[AgentSpec], providers: Mapping[str, ProviderEntrySpec] | None = None
+) -> None:
+    """Raise one ``ConfigError`` listing every agent whose tools, prompts, pattern or
+    (given ``providers``) provider clients cannot be built: a ``function:`` that does
+    not import, an unknown builtin, provider ``options`` or ``parameters`` a backend
+    does not take, ...
 
     The loader checks what YAML alone can tell; this checks what needs the code,
-    before anything is deployed.
+    before anything is deployed.  Building a provider client opens no connection.
     """
     problems: list[str] = []
     for agent in agents:
@@ -180,6 +185,10 @@ def check_buildable(agents: Iterable[AgentSpec]) -> None:
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
             pattern = pattern_for(agent.spec.orchestration.pattern)
             _check_roles(agent, pattern.roles)
+            if providers is not None:
+                for endpoint in resolve_models(agent, providers):
+                    if endpoint.options.get("mode") != "in_cluster":  # built by Serve
+                        local_provider(endpoint)
         except ConfigError as exc:
             problems.append(f"{agent.source or agent.name}: {exc}")
     if problems:

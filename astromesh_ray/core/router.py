@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -32,13 +33,15 @@ from astromesh_ray.core.messages import (
 )
 from astromesh_ray.core.pricing import Price
 from astromesh_ray.core.providers.base import Provider
-from astromesh_ray.errors import ProviderError
+from astromesh_ray.errors import AstromeshError, ProviderError
 
 Strategy = Literal["cost_optimized", "latency_optimized", "quality_first", "round_robin"]
 
 # Errors that are the caller's fault say nothing about the provider's health.
 CALLER_FAULT = frozenset({400, 401, 403, 404, 413, 422})
 _EWMA_ALPHA = 0.3
+_PROBE_TIMEOUT_S = 10.0
+_log = logging.getLogger("astromesh.router")
 _DEFAULT_OUTPUT_TOKENS = 256
 
 
@@ -84,8 +87,10 @@ class ModelRouter:
         """Probe every candidate each ``health_check_interval_s`` in the background; a
         failed probe counts against its breaker, so a dead provider is skipped before
         a user request fails on it.  Needs a running event loop; idempotent."""
-        if not self.health_check_interval_s or self._health_task is not None:
-            return self._health_task is not None
+        if not self.health_check_interval_s:
+            return False
+        if self._health_task is not None and not self._health_task.done():
+            return True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -94,16 +99,35 @@ class ModelRouter:
         return True
 
     async def check_health(self) -> dict[str, bool]:
-        """Probe every candidate once and feed the breakers; returns health by key."""
-        results = await asyncio.gather(*(c.provider.health() for c in self.candidates))
+        """Probe every candidate once and feed the breakers; returns health by key.
+
+        A failed (or hung) probe counts as a failure; a healthy one resets the count
+        of a closed breaker, so only *consecutive* failures open it.  An open breaker
+        is not closed by a probe: a real request decides that after the cooldown.
+        """
+        results = await asyncio.gather(*(self._probe(c) for c in self.candidates))
+        states = await self.breakers.snapshot()
         for candidate, healthy in zip(self.candidates, results, strict=True):
+            state = states.get(candidate.key, {})
             if not healthy:
                 await self.breakers.failure(candidate.key, self.policy, "health check failed")
-        return {c.key: bool(h) for c, h in zip(self.candidates, results, strict=True)}
+            elif state.get("state") == "closed" and state.get("consecutive_failures"):
+                await self.breakers.success(candidate.key, self.policy)
+        return {c.key: h for c, h in zip(self.candidates, results, strict=True)}
+
+    async def _probe(self, candidate: Candidate) -> bool:
+        timeout = min(self.health_check_interval_s or _PROBE_TIMEOUT_S, _PROBE_TIMEOUT_S)
+        try:
+            return bool(await asyncio.wait_for(candidate.provider.health(), timeout))
+        except Exception:  # a probe: slow, unreachable or broken all mean "unhealthy"
+            return False
 
     async def _health_loop(self, interval_s: float) -> None:
         while True:
-            await self.check_health()
+            try:
+                await self.check_health()
+            except Exception:  # e.g. the breaker actor restarting: try again next round
+                _log.warning("health check round failed", exc_info=True)
             await asyncio.sleep(interval_s)
 
     # -- ordering --------------------------------------------------------------
@@ -170,10 +194,14 @@ class ModelRouter:
             started = time.perf_counter()
             try:
                 completion = await candidate.provider.complete(request)
-            except ProviderError as exc:
-                step["outcome"] = f"failed: {exc.message}"
-                step["breaker"] = await self._record_failure(candidate, exc)
-                failures.append(exc)
+            except asyncio.CancelledError:
+                await self._release(candidate)  # the caller gave up: the call tells nothing
+                raise
+            except Exception as exc:
+                error = _as_provider_error(candidate, exc)
+                step["outcome"] = f"failed: {error.message}"
+                step["breaker"] = await self._record_failure(candidate, error)
+                failures.append(error)
                 continue
             self._observe(candidate, time.perf_counter() - started)
             step["outcome"] = "ok"
@@ -217,12 +245,19 @@ class ModelRouter:
                 if step.get("outcome") != "ok":
                     await self.breakers.success(candidate.key, self.policy)
                 return
-            except ProviderError as exc:
-                step["outcome"] = f"failed: {exc.message}"
-                step["breaker"] = await self._record_failure(candidate, exc)
+            except (asyncio.CancelledError, GeneratorExit):
+                # The consumer went away (timeout, closed stream): unless the outcome
+                # was already recorded, free the breaker's probe slot.
+                if "outcome" not in step:
+                    await self._release(candidate)
+                raise
+            except Exception as exc:
+                error = _as_provider_error(candidate, exc)
+                step["outcome"] = f"failed: {error.message}"
+                step["breaker"] = await self._record_failure(candidate, error)
                 if yielded:
-                    raise  # the client has seen part of this answer: no silent switch
-                failures.append(exc)
+                    raise error from exc  # the client has seen part of this answer
+                failures.append(error)
         raise self._all_failed(failures, route)
 
     async def health(self) -> bool:
@@ -244,9 +279,15 @@ class ModelRouter:
         ordered = self.order(request)
         return ordered if self.fallback else ordered[:1]
 
+    async def _release(self, candidate: Candidate) -> None:
+        try:
+            await asyncio.shield(self.breakers.release(candidate.key, self.policy))
+        except (Exception, asyncio.CancelledError):
+            _log.warning("could not release the breaker of %s", candidate.key, exc_info=True)
+
     async def _record_failure(self, candidate: Candidate, exc: ProviderError) -> str:
         status = exc.details.get("status")
-        if isinstance(status, int) and status in CALLER_FAULT:
+        if exc.details.get("caller_fault") or (isinstance(status, int) and status in CALLER_FAULT):
             await self.breakers.release(candidate.key, self.policy)
             return "closed (caller's fault: not counted)"
         return await self.breakers.failure(candidate.key, self.policy, exc.message)
@@ -280,6 +321,19 @@ class ModelRouter:
             attempts=[f.to_dict() for f in failures],
             route=route,
         )
+
+
+def _as_provider_error(candidate: Candidate, exc: Exception) -> ProviderError:
+    # Whatever a candidate raises is that candidate failing: fall back, count it.
+    if isinstance(exc, ProviderError):
+        return exc
+    detail = exc.message if isinstance(exc, AstromeshError) else f"{type(exc).__name__}: {exc}"
+    return ProviderError(
+        f"{candidate.provider.name}: {detail}",
+        provider=candidate.provider.name,
+        status=None,
+        retryable=True,
+    )
 
 
 def _estimate_input_tokens(request: CompletionRequest) -> int:

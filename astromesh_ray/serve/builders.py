@@ -157,7 +157,7 @@ def agent_app(raw: dict[str, Any]) -> Application:
             hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
         )
     agent = loaded.agents[args.agent]
-    check_buildable([agent])  # a bad tool import fails the build, not the replica
+    check_buildable([agent], loaded.providers)  # fail the build, not the replica
     options = serve_options(AgentDeployment, agent.spec.deployment)
     return (
         _deployment(AgentDeployment)

@@ -49,7 +49,7 @@ def start(
                 num_gpus=ray_spec.num_gpus if ray_spec else None,
                 include_dashboard=False,
             )
-    check_buildable(loaded.agents.values())  # fail here, not in a replica
+    check_buildable(loaded.agents.values(), loaded.providers)  # fail here, not in a replica
     serve.start(http_options={"host": host, "port": port})
     return deploy_apps(loaded, config_dir=config_dir, agents_dir=agents_dir)
 

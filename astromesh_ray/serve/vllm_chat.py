@@ -167,6 +167,7 @@ def _tool_call(name: str, index: int, wire: Mapping[str, Any]) -> ToolCall:
     function = wire.get("function") or {}
     tool = str(function.get("name") or "")
     raw = function.get("arguments")
+    invalid: str | None = None
     if isinstance(raw, Mapping):  # some parsers hand over an object, not a JSON string
         arguments: Any = dict(raw)
     elif raw is None or not str(raw).strip():
@@ -174,20 +175,20 @@ def _tool_call(name: str, index: int, wire: Mapping[str, Any]) -> ToolCall:
     else:
         try:
             arguments = json.loads(raw)
-        except ValueError as exc:
-            raise ProviderError(
-                f"{name}: the model returned malformed JSON arguments for tool {tool!r}: "
-                f"{exc}; arguments were {str(raw)[:200]!r}",
-                hint="check options.tool_call_parser matches the model's chat format",
-                provider=name,
-                status=None,
-                retryable=False,
-            ) from None
+        except ValueError:
+            arguments = None
     if not isinstance(arguments, dict):
-        raise _bad_response(name, f"arguments for tool {tool!r} are not a JSON object: {raw!r}")
+        # The model's mistake, not vLLM's: the engine tells the model (as for every
+        # other provider) instead of failing the call.
+        invalid, arguments = str(raw)[:2000], {}
     if not tool:
         raise _bad_response(name, f"tool call #{index} has no function name")
-    return ToolCall(id=str(wire.get("id") or f"call_{index}"), name=tool, arguments=arguments)
+    return ToolCall(
+        id=str(wire.get("id") or f"call_{index}"),
+        name=tool,
+        arguments=arguments,
+        invalid_arguments=invalid,
+    )
 
 
 def completion_from_response(data: Any, *, name: str, model_id: str) -> Completion:

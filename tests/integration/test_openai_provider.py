@@ -590,3 +590,11 @@ async def test_react_turn_through_an_external_vllm_server(tmp_path: Any) -> None
             "content": "42",
         }
         server.assert_consumed()
+
+
+def test_usage_is_estimated_when_a_server_reports_none() -> None:
+    from astromesh_ray.core.providers.openai import _estimate_usage
+
+    request = _ask("x" * 400)
+    usage = _estimate_usage(request, "y" * 80, [])
+    assert usage == {"prompt_tokens": 100, "completion_tokens": 20}

@@ -401,14 +401,15 @@ def test_tool_calls_with_json_string_arguments_become_dicts() -> None:
     assert completion.finish_reason == "tool_calls"
 
 
-def test_malformed_tool_arguments_are_a_provider_error() -> None:
+def test_malformed_tool_arguments_go_back_to_the_model() -> None:
     response = chat_completion(calls=[("c1", "get_weather", '{"city": "Par')])
-    with pytest.raises(
-        ProviderError, match="malformed JSON arguments for tool 'get_weather'"
-    ) as caught:
-        completion_from_response(response, name=NAME, model_id="m")
-    assert caught.value.retryable is False
-    assert caught.value.hint is not None and "tool_call_parser" in caught.value.hint
+    completion = completion_from_response(response, name=NAME, model_id="m")
+    [call] = completion.message.tool_calls
+    assert (call.name, call.arguments, call.invalid_arguments) == (
+        "get_weather",
+        {},
+        '{"city": "Par',
+    )
 
 
 @pytest.mark.parametrize(

@@ -242,6 +242,7 @@ class OllamaProvider:
                     raise self._error(
                         f"unknown sampling parameter {key!r} for Ollama",
                         hint="valid parameters: " + ", ".join(SAMPLING_PARAMETERS),
+                        caller_fault=True,
                     )
                 options[target] = value
         return options
@@ -288,10 +289,21 @@ class OllamaProvider:
     # -- errors ------------------------------------------------------------------------
 
     def _error(
-        self, what: str, *, hint: str | None = None, status: int | None = None, retry: bool = False
+        self,
+        what: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        retry: bool = False,
+        caller_fault: bool = False,
     ) -> ProviderError:
         return ProviderError(
-            f"{self.name}: {what}", hint=hint, provider=self.name, status=status, retryable=retry
+            f"{self.name}: {what}",
+            hint=hint,
+            provider=self.name,
+            status=status,
+            retryable=retry,
+            caller_fault=caller_fault,
         )
 
     def _stream_error(self, error: Any) -> ProviderError:

@@ -278,7 +278,11 @@ class OnnxProvider:
         _check_parameters(
             overrides,
             lambda msg: ProviderError(
-                f"{self.name}: {msg}", provider=self.name, status=None, retryable=False
+                f"{self.name}: {msg}",
+                provider=self.name,
+                status=None,
+                retryable=False,
+                caller_fault=True,
             ),
         )
         merged = {**self.parameters, **overrides}

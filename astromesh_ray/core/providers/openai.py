@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlparse
 
@@ -137,9 +138,10 @@ class OpenAIProvider:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise self._bad_response(f"not a chat completion: {response.text[:200]!r}") from exc
         calls = [self._tool_call(i, c) for i, c in enumerate(wire.get("tool_calls") or [])]
+        usage = data.get("usage") or _estimate_usage(request, wire.get("content") or "", calls)
         return Completion(
             message=Message(role="assistant", content=wire.get("content"), tool_calls=calls),
-            usage=_usage(data.get("usage") or {}),
+            usage=_usage(usage),
             model=str(data.get("model") or self.model),
             provider=self.name,
             finish_reason=str(choice.get("finish_reason") or ("tool_calls" if calls else "stop")),
@@ -192,6 +194,8 @@ class OpenAIProvider:
             # llama-cpp-python ignores stream_options.include_usage: count with the
             # server's own tokenizer instead.
             usage = await self._count_with_server(request, "".join(text), calls)
+        if not usage:
+            usage = _estimate_usage(request, "".join(text), calls)
         yield CompletionChunk(
             tool_calls=calls,
             usage=_usage(usage),
@@ -254,6 +258,7 @@ class OpenAIProvider:
                 provider=self.name,
                 status=None,
                 retryable=False,
+                caller_fault=True,  # configuration, not the provider: no breaker trip
             )
         return headers
 
@@ -373,6 +378,17 @@ class OpenAIProvider:
             retryable=retryable_status(status),
             retry_after_s=parse_retry_after(retry_after),
         )
+
+
+def _estimate_usage(
+    request: CompletionRequest, answer: str, calls: list[ToolCall]
+) -> dict[str, int]:
+    """Usage for a server that reports none: about 4 characters per token, so cost
+    and budgets are never silently zero."""
+    prompt = sum(len(m.content or "") for m in request.messages)
+    prompt += sum(len(json.dumps(asdict(t))) for t in request.tools)
+    generated = len(answer) + sum(len(c.name) + len(json.dumps(c.arguments)) for c in calls)
+    return {"prompt_tokens": max(1, prompt // 4), "completion_tokens": max(1, generated // 4)}
 
 
 def _usage(wire: dict[str, Any]) -> Usage:

@@ -296,9 +296,9 @@ class TGIProvider:
             prompt = self._format.render(request.messages, request.tools)
             wire = _tgi_parameters({**self.parameters, **request.parameters})
         except ProviderError as exc:  # the chat template failed
-            raise self._error(exc.message, hint=exc.hint) from None
+            raise self._error(exc.message, hint=exc.hint, caller_fault=True) from None
         except (ValueError, TypeError) as exc:  # an unknown parameter, or a bad value
-            raise self._error(str(exc), hint=_PARAMETERS_HINT) from None
+            raise self._error(str(exc), hint=_PARAMETERS_HINT, caller_fault=True) from None
         # The end-of-turn markers always stop generation, whatever the caller's own stops
         # (TGI takes --max-stop-sequences of them, 4 by default).
         wire["stop"] = list(dict.fromkeys([*self.stop, *wire.get("stop", [])]))
@@ -326,6 +326,7 @@ class TGIProvider:
             raise self._error(
                 f"stream failed: {event['error']}" + (f" ({kind})" if kind else ""),
                 retryable=kind not in _CALLER_ERRORS,
+                caller_fault=kind in _CALLER_ERRORS,
                 error_type=kind or None,
             )
         return event

@@ -88,3 +88,18 @@ def test_role_map_routes_reasoner_to_a_declared_role(tmp_path: Path) -> None:
     router = build_runtime(spec).provider
     assert [c.provider.name for c in router.candidates] == ["ollama:big"]  # type: ignore[attr-defined]
     assert router.strategy == "quality_first"  # type: ignore[attr-defined]
+
+
+def test_provider_options_and_parameters_are_checked_before_deploying(tmp_path: Path) -> None:
+    from astromesh_ray.spec import load_config
+
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "a.agent.yaml").write_text(
+        "apiVersion: astromesh/v1\nkind: Agent\nmetadata: {name: bad-options}\nspec:\n"
+        "  model:\n    primary: {provider: ollama, model: m, parameters: {temprature: 0.2}}\n"
+    )
+    loaded = load_config(tmp_path)
+    check_buildable(loaded.agents.values())  # without providers: not checked
+    with pytest.raises(ConfigError, match="temprature"):
+        check_buildable(loaded.agents.values(), loaded.providers)

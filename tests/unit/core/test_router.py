@@ -199,3 +199,92 @@ def test_a_probe_that_never_reports_back_frees_its_slot_after_a_cooldown() -> No
     assert breakers.allow("k", policy) == (False, "half_open")
     clock.advance(1)
     assert breakers.allow("k", policy) == (True, "half_open")  # not stuck forever
+
+
+def _opened(clock: ManualClock) -> tuple[LocalBreakerStore, BreakerPolicy]:
+    store = LocalBreakerStore(CircuitBreakers(clock=clock))
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=60)
+    store.breakers.failure("a", policy)
+    clock.advance(61)  # half-open: the next request is the probe
+    return store, policy
+
+
+async def test_any_exception_from_a_candidate_falls_back_and_counts() -> None:
+    from astromesh_ray.errors import RunError
+
+    clock = ManualClock()
+    store, policy = _opened(clock)
+    router = ModelRouter(
+        [cand("a", [RunError("internal error: boom")]), cand("b", ["from b"])],
+        breakers=store,
+        policy=policy,
+    )
+    completion = await router.complete(REQ)
+    assert completion.message.content == "from b"
+    assert completion.route[0]["outcome"] == "failed: a: internal error: boom"
+    assert (await store.snapshot())["a"]["state"] == "open"  # the failed probe reopened it
+
+
+async def test_a_cancelled_probe_frees_the_slot_at_once() -> None:
+    class Hang(ScriptedProvider):
+        async def complete(self, request: CompletionRequest):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(60)
+
+    clock = ManualClock()
+    store, policy = _opened(clock)
+    router = ModelRouter([Candidate("a", Hang([], name="a"))], breakers=store, policy=policy)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await router.complete(REQ)
+    # The next request may probe again straight away; no extra cooldown.
+    assert await store.allow("a", policy) == (True, "half_open")
+
+
+async def test_an_abandoned_stream_frees_the_probe_slot() -> None:
+    clock = ManualClock()
+    store, policy = _opened(clock)
+    router = ModelRouter([cand("a", ["one two three four"])], breakers=store, policy=policy)
+    stream = router.stream(REQ)
+    await anext(stream)
+    await stream.aclose()
+    assert await store.allow("a", policy) == (True, "half_open")
+
+
+async def test_health_probes_count_only_consecutive_failures_and_survive_errors() -> None:
+    outcomes = iter([False, True, False, True, False])
+
+    class Flaky(ScriptedProvider):
+        async def health(self) -> bool:
+            return next(outcomes)
+
+    class Broken(ScriptedProvider):
+        async def health(self) -> bool:
+            raise RuntimeError("probe crashed")
+
+    store = LocalBreakerStore()
+    router = ModelRouter(
+        [Candidate("flaky", Flaky([], name="flaky")), Candidate("broken", Broken([], name="b"))],
+        breakers=store,
+        policy=BreakerPolicy(failure_threshold=2),
+        health_check_interval_s=60,
+    )
+    for _ in range(5):
+        health = await router.check_health()
+        assert health["broken"] is False  # a crashing probe is just "unhealthy"
+    snap = await store.snapshot()
+    assert snap["flaky"]["state"] == "closed"  # never two failures in a row
+    assert snap["broken"]["state"] == "open"
+
+
+async def test_config_faults_without_a_status_do_not_trip_the_breaker() -> None:
+    store = LocalBreakerStore()
+    typo = ProviderError("unknown sampling parameter", provider="p", caller_fault=True)
+    router = ModelRouter(
+        [cand("p", [typo, typo]), cand("b", ["b1", "b2"])],
+        breakers=store,
+        policy=BreakerPolicy(failure_threshold=1),
+    )
+    for _ in range(2):
+        completion = await router.complete(REQ)
+        assert completion.route[0]["breaker"].startswith("closed (caller's fault")
+    assert (await store.snapshot())["p"]["state"] == "closed"
