@@ -6,6 +6,8 @@ dicts so it can cross HTTP, WebSocket and Ray boundaries unchanged.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +27,27 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     invalid_arguments: str | None = None
+
+    @staticmethod
+    def parse(id: str, name: str, raw: Any) -> ToolCall:
+        """A call from a backend's wire arguments: an object, a JSON string, or nothing.
+
+        Anything that is not a JSON object is kept in ``invalid_arguments`` (the
+        model's mistake, not the backend's), so the engine can tell the model.
+        """
+        arguments: Any
+        if isinstance(raw, Mapping):  # some servers send an object, not a JSON string
+            arguments = dict(raw)
+        elif raw is None or not str(raw).strip():
+            arguments = {}
+        else:
+            try:
+                arguments = json.loads(raw)
+            except ValueError:
+                arguments = None
+        if isinstance(arguments, dict):
+            return ToolCall(id=id, name=name, arguments=arguments)
+        return ToolCall(id=id, name=name, arguments={}, invalid_arguments=str(raw)[:2000])
 
 
 @dataclass

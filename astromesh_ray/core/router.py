@@ -180,17 +180,9 @@ class ModelRouter:
         route: list[dict[str, Any]] = []
         failures: list[ProviderError] = []
         for candidate, reason in self._plan(request):
-            allowed, state = await self.breakers.allow(candidate.key, self.policy)
-            step: dict[str, Any] = {
-                "candidate": candidate.key,
-                "provider": candidate.provider.name,
-                "reason": reason,
-                "breaker": state,
-            }
-            route.append(step)
-            if not allowed:
-                step["outcome"] = "skipped: circuit open"
-                continue
+            step = await self._admit(candidate, reason, route)
+            if "outcome" in step:
+                continue  # skipped: its circuit is open
             started = time.perf_counter()
             try:
                 completion = await candidate.provider.complete(request)
@@ -217,17 +209,9 @@ class ModelRouter:
         route: list[dict[str, Any]] = []
         failures: list[ProviderError] = []
         for candidate, reason in self._plan(request):
-            allowed, state = await self.breakers.allow(candidate.key, self.policy)
-            step: dict[str, Any] = {
-                "candidate": candidate.key,
-                "provider": candidate.provider.name,
-                "reason": reason,
-                "breaker": state,
-            }
-            route.append(step)
-            if not allowed:
-                step["outcome"] = "skipped: circuit open"
-                continue
+            step = await self._admit(candidate, reason, route)
+            if "outcome" in step:
+                continue  # skipped: its circuit is open
             started = time.perf_counter()
             yielded = False
             try:
@@ -278,6 +262,23 @@ class ModelRouter:
     def _plan(self, request: CompletionRequest) -> list[tuple[Candidate, str]]:
         ordered = self.order(request)
         return ordered if self.fallback else ordered[:1]
+
+    async def _admit(
+        self, candidate: Candidate, reason: str, route: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Ask the breaker about ``candidate`` and record the decision on ``route``;
+        the step already has an ``outcome`` when the candidate is skipped."""
+        allowed, state = await self.breakers.allow(candidate.key, self.policy)
+        step: dict[str, Any] = {
+            "candidate": candidate.key,
+            "provider": candidate.provider.name,
+            "reason": reason,
+            "breaker": state,
+        }
+        if not allowed:
+            step["outcome"] = "skipped: circuit open"
+        route.append(step)
+        return step
 
     async def _release(self, candidate: Candidate) -> None:
         try:

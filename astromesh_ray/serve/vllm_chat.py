@@ -30,9 +30,9 @@ from astromesh_ray.core.messages import (
     CompletionRequest,
     Message,
     ToolCall,
-    ToolSchema,
     Usage,
 )
+from astromesh_ray.core.providers.openai import wire_message, wire_tool
 from astromesh_ray.errors import AstromeshError, ProviderError
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok
@@ -57,54 +57,16 @@ def chat_body(request: CompletionRequest, model_id: str, *, stream: bool) -> dic
     body: dict[str, Any] = dict(request.parameters)
     # Set after the parameters so sampling options can never replace the payload.
     body["model"] = model_id
-    body["messages"] = [_wire_message(m) for m in request.messages]
+    body["messages"] = [wire_message(m) for m in request.messages]
     body.pop("tools", None)
     if request.tools:
-        body["tools"] = [_wire_tool(t) for t in request.tools]
+        body["tools"] = [wire_tool(t) for t in request.tools]
     body["stream"] = stream
     if stream:
         body["stream_options"] = {"include_usage": True}
     else:
         body.pop("stream_options", None)
     return body
-
-
-def _wire_message(message: Message) -> dict[str, Any]:
-    if message.role == "tool":
-        return {
-            "role": "tool",
-            "tool_call_id": message.tool_call_id or "",
-            "content": message.content or "",
-        }
-    wire: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.role == "assistant" and message.tool_calls:
-        wire["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-            }
-            for c in message.tool_calls
-        ]
-    elif message.content is None:
-        wire["content"] = ""  # only an assistant's tool-call turn may have no content
-    if message.name:
-        wire["name"] = message.name
-    return wire
-
-
-def _wire_tool(tool: ToolSchema) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-        },
-    }
-
-
-# -- response side -----------------------------------------------------------------
 
 
 def _plain(item: Any) -> Any:
@@ -166,29 +128,9 @@ def _bad_response(name: str, what: str) -> ProviderError:
 def _tool_call(name: str, index: int, wire: Mapping[str, Any]) -> ToolCall:
     function = wire.get("function") or {}
     tool = str(function.get("name") or "")
-    raw = function.get("arguments")
-    invalid: str | None = None
-    if isinstance(raw, Mapping):  # some parsers hand over an object, not a JSON string
-        arguments: Any = dict(raw)
-    elif raw is None or not str(raw).strip():
-        arguments = {}
-    else:
-        try:
-            arguments = json.loads(raw)
-        except ValueError:
-            arguments = None
-    if not isinstance(arguments, dict):
-        # The model's mistake, not vLLM's: the engine tells the model (as for every
-        # other provider) instead of failing the call.
-        invalid, arguments = str(raw)[:2000], {}
     if not tool:
         raise _bad_response(name, f"tool call #{index} has no function name")
-    return ToolCall(
-        id=str(wire.get("id") or f"call_{index}"),
-        name=tool,
-        arguments=arguments,
-        invalid_arguments=invalid,
-    )
+    return ToolCall.parse(str(wire.get("id") or f"call_{index}"), tool, function.get("arguments"))
 
 
 def completion_from_response(data: Any, *, name: str, model_id: str) -> Completion:

@@ -21,7 +21,6 @@ from astromesh_ray.core.messages import (
     CompletionRequest,
     Message,
     ToolCall,
-    ToolSchema,
     Usage,
 )
 from astromesh_ray.core.providers.http import (
@@ -35,6 +34,7 @@ from astromesh_ray.core.providers.http import (
     status_message,
     transport_message,
 )
+from astromesh_ray.core.providers.openai import wire_tool
 from astromesh_ray.errors import ConfigError, ProviderError
 
 __all__ = ["DEFAULT_ENDPOINT", "SAMPLING_PARAMETERS", "OllamaProvider"]
@@ -219,7 +219,7 @@ class OllamaProvider:
             "stream": stream,
         }
         if request.tools:
-            body["tools"] = [_wire_tool(t) for t in request.tools]
+            body["tools"] = [wire_tool(t) for t in request.tools]
         options = self._sampling_options(request.parameters)
         if options:
             body["options"] = options
@@ -253,27 +253,9 @@ class OllamaProvider:
         function = wire.get("function") if isinstance(wire, dict) else None
         if not isinstance(function, dict) or not function.get("name"):
             raise self._bad_response(f"tool call #{index} has no function name: {wire!r}")
-        name = str(function["name"])
-        raw = function.get("arguments")
-        arguments: Any = raw
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            arguments = {}
-        elif isinstance(raw, str):  # Ollama sends objects; some proxies re-encode them
-            try:
-                arguments = json.loads(raw)
-            except ValueError:
-                arguments = None
-        invalid: str | None = None
-        if not isinstance(arguments, dict):
-            # The model's mistake, not the server's: the engine tells the model.
-            invalid, arguments = str(raw)[:2000], {}
         # Ollama gives no ids (newer versions may); the engine needs one to pair results.
-        return ToolCall(
-            id=str(wire.get("id") or f"call_{index}"),
-            name=name,
-            arguments=arguments,
-            invalid_arguments=invalid,
-        )
+        call_id = str(wire.get("id") or f"call_{index}")
+        return ToolCall.parse(call_id, str(function["name"]), function.get("arguments"))
 
     def _decode_line(self, line: str) -> dict[str, Any]:
         try:
@@ -405,14 +387,3 @@ def _wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
                 item["tool_name"] = tool_name
         wire.append(item)
     return wire
-
-
-def _wire_tool(tool: ToolSchema) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-        },
-    }

@@ -40,7 +40,7 @@ from astromesh_ray.core.providers.http import (
 from astromesh_ray.core.providers.retry import parse_retry_after
 from astromesh_ray.errors import ConfigError, ProviderError
 
-__all__ = ["DEFAULT_ENDPOINTS", "OpenAIProvider"]
+__all__ = ["DEFAULT_ENDPOINTS", "OpenAIProvider", "wire_message", "wire_tool"]
 
 DEFAULT_ENDPOINTS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -266,9 +266,9 @@ class OpenAIProvider:
         body: dict[str, Any] = {**self.parameters, **request.parameters}
         # Set after the merge so sampling parameters can never replace the payload.
         body["model"] = self.model
-        body["messages"] = [_wire_message(m) for m in request.messages]
+        body["messages"] = [wire_message(m) for m in request.messages]
         if request.tools:
-            body["tools"] = [_wire_tool(t) for t in request.tools]
+            body["tools"] = [wire_tool(t) for t in request.tools]
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -282,28 +282,11 @@ class OpenAIProvider:
     def _tool_call(self, index: int, wire: dict[str, Any]) -> ToolCall:
         function = wire.get("function") or {}
         name = str(function.get("name") or "")
-        raw = function.get("arguments")
-        invalid: str | None = None
-        if isinstance(raw, dict):  # some servers send an object instead of a JSON string
-            arguments: Any = raw
-        elif raw is None or not str(raw).strip():
-            arguments = {}
-        else:
-            try:
-                arguments = json.loads(raw)
-            except ValueError:
-                arguments = None
-        if not isinstance(arguments, dict):
-            # The model's mistake, not the server's: the engine tells the model.
-            invalid, arguments = str(raw)[:2000], {}
         if not name:
             raise self._bad_response(f"tool call #{index} has no function name")
         # llama.cpp and some older servers omit ids; the engine needs one to pair results.
-        return ToolCall(
-            id=str(wire.get("id") or f"call_{index}"),
-            name=name,
-            arguments=arguments,
-            invalid_arguments=invalid,
+        return ToolCall.parse(
+            str(wire.get("id") or f"call_{index}"), name, function.get("arguments")
         )
 
     def _decode_chunk(self, payload: str) -> dict[str, Any]:
@@ -438,7 +421,8 @@ def _merge_fragment(pending: dict[int, dict[str, str]], position: int, frag: Any
         entry["arguments"] += str(arguments)
 
 
-def _wire_message(message: Message) -> dict[str, Any]:
+def wire_message(message: Message) -> dict[str, Any]:
+    """A message in the OpenAI chat-completions wire format."""
     if message.role == "tool":
         return {
             "role": "tool",
@@ -462,7 +446,8 @@ def _wire_message(message: Message) -> dict[str, Any]:
     return wire
 
 
-def _wire_tool(tool: ToolSchema) -> dict[str, Any]:
+def wire_tool(tool: ToolSchema) -> dict[str, Any]:
+    """A tool in the OpenAI wire format (also what Ollama and vLLM take)."""
     return {
         "type": "function",
         "function": {
