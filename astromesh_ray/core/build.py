@@ -16,7 +16,7 @@ from astromesh_ray.core.messages import ToolSchema
 from astromesh_ray.core.patterns import pattern_for
 from astromesh_ray.core.pricing import Price, price_for
 from astromesh_ray.core.prompts import PromptSet
-from astromesh_ray.core.providers.base import Provider, provider_class
+from astromesh_ray.core.providers.base import Provider, local_provider
 from astromesh_ray.core.providers.retry import RetryingProvider
 from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
 from astromesh_ray.core.runtime import AgentRuntime
@@ -34,22 +34,6 @@ from astromesh_ray.spec import (
 )
 
 ProviderFactory = Callable[[ModelEndpoint], Provider]
-
-
-def local_provider(endpoint: ModelEndpoint) -> Provider:
-    """A provider client living in this process."""
-    cls = provider_class(endpoint.provider)
-    provider: Provider = cls(
-        name=f"{endpoint.provider}:{endpoint.model}",
-        kind=endpoint.provider,
-        model=endpoint.model,
-        endpoint=endpoint.endpoint,
-        api_key_env=endpoint.api_key_env,
-        parameters=dict(endpoint.parameters),
-        timeout_s=endpoint.timeout_s or 60.0,
-        options=dict(endpoint.options),
-    )
-    return provider
 
 
 def build_provider(

@@ -120,17 +120,23 @@ class ToolSchema:
 
 @dataclass
 class CompletionRequest:
-    """One call to a model.  ``parameters`` are sampling options (temperature, max_tokens, ...)."""
+    """One call to a model.  ``parameters`` are sampling options (temperature, max_tokens, ...).
+
+    ``trace_parent`` is the W3C ``traceparent`` of the model-call span: a provider
+    running elsewhere (a Serve replica) parents its own span on it.
+    """
 
     messages: list[Message]
     tools: list[ToolSchema] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    trace_parent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "messages": [m.to_dict() for m in self.messages],
             "tools": [asdict(t) for t in self.tools],
             "parameters": dict(self.parameters),
+            "trace_parent": self.trace_parent,
         }
 
     @staticmethod
@@ -139,6 +145,7 @@ class CompletionRequest:
             messages=[Message.from_dict(m) for m in data["messages"]],
             tools=[ToolSchema(**t) for t in data.get("tools") or []],
             parameters=dict(data.get("parameters") or {}),
+            trace_parent=data.get("trace_parent"),
         )
 
 
@@ -155,6 +162,8 @@ class Completion:
     location: dict[str, str] = field(default_factory=dict)
     # How the router chose this answer's provider (candidates tried, why, breaker states).
     route: list[dict[str, Any]] = field(default_factory=list)
+    # Spans recorded where the call ran (a provider replica), as ``Span.to_dict()``s.
+    spans: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +174,7 @@ class Completion:
             "finish_reason": self.finish_reason,
             "location": dict(self.location),
             "route": list(self.route),
+            "spans": list(self.spans),
         }
 
     @staticmethod
@@ -177,16 +187,34 @@ class Completion:
             finish_reason=data.get("finish_reason", "stop"),
             location=dict(data.get("location") or {}),
             route=list(data.get("route") or []),
+            spans=list(data.get("spans") or []),
         )
+
+
+@dataclass(frozen=True)
+class ToolArgsDelta:
+    """A fragment of a tool call's arguments as the model streams them.
+
+    ``index`` orders the calls of one answer; ``id`` and ``name`` are empty on
+    fragments after the first one of a call.  The whole call still arrives, parsed,
+    in the last chunk's ``tool_calls``.
+    """
+
+    index: int
+    arguments: str
+    id: str = ""
+    name: str = ""
 
 
 @dataclass
 class CompletionChunk:
     """One piece of a streamed answer.
 
-    Text arrives as ``text`` deltas; tool calls arrive whole (providers assemble
-    streamed argument fragments before emitting them); the last chunk carries
-    ``usage`` and ``finish_reason``.
+    Answer text arrives as ``text`` deltas, the model's separate reasoning (vLLM's
+    ``reasoning_content``, Ollama's ``thinking``) as ``reasoning`` deltas, and tool-call
+    arguments as ``tool_args`` fragments when the backend streams them.  Whole,
+    parsed tool calls arrive in the last chunk, which also carries ``usage`` and
+    ``finish_reason``.
     """
 
     text: str = ""
@@ -197,28 +225,43 @@ class CompletionChunk:
     route: list[dict[str, Any]] = field(default_factory=list)
     # Where the model ran (replica / node): set on the final chunk by the serve layer.
     location: dict[str, str] = field(default_factory=dict)
+    reasoning: str = ""
+    tool_args: list[ToolArgsDelta] = field(default_factory=list)
+    # Spans recorded where the call ran (set on the final chunk by the serve layer).
+    spans: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_last(self) -> bool:
+        """Whether this is the final chunk (it carries usage or a finish reason)."""
+        return self.usage is not None or self.finish_reason is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "route": list(self.route),
             "location": dict(self.location),
             "text": self.text,
+            "reasoning": self.reasoning,
+            "tool_args": [asdict(d) for d in self.tool_args],
             "tool_calls": [asdict(c) for c in self.tool_calls],
             "usage": asdict(self.usage) if self.usage else None,
             "finish_reason": self.finish_reason,
             "model": self.model,
+            "spans": list(self.spans),
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> CompletionChunk:
         return CompletionChunk(
             text=data.get("text", ""),
+            reasoning=data.get("reasoning", ""),
+            tool_args=[ToolArgsDelta(**d) for d in data.get("tool_args") or []],
             tool_calls=[ToolCall(**c) for c in data.get("tool_calls") or []],
             usage=Usage(**data["usage"]) if data.get("usage") else None,
             finish_reason=data.get("finish_reason"),
             model=data.get("model"),
             route=list(data.get("route") or []),
             location=dict(data.get("location") or {}),
+            spans=list(data.get("spans") or []),
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from astromesh_ray.core.build import local_provider
+from astromesh_ray.core.providers.base import local_provider
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
 from astromesh_ray.errors import AstromeshError, ProviderError
 from astromesh_ray.serve.location import replica_location

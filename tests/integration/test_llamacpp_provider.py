@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from astromesh_ray.core.build import build_runtime, local_provider
+from astromesh_ray.core.build import build_runtime
+from astromesh_ray.core.providers.base import local_provider
 from astromesh_ray.core.messages import (
     Completion,
     CompletionChunk,

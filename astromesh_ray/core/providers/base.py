@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
 from astromesh_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from astromesh_ray.spec import ModelEndpoint
 
 
 @runtime_checkable
@@ -54,3 +57,20 @@ def provider_class(kind: str) -> type[Any]:
     module, _, attr = target.partition(":")
     cls: type[Any] = getattr(importlib.import_module(module), attr)
     return cls
+
+
+def local_provider(endpoint: ModelEndpoint) -> Provider:
+    """A provider client for ``endpoint`` living in this process (``astromesh run``,
+    unit tests, and the body of each provider deployment)."""
+    cls = provider_class(endpoint.provider)
+    provider: Provider = cls(
+        name=f"{endpoint.provider}:{endpoint.model}",
+        kind=endpoint.provider,
+        model=endpoint.model,
+        endpoint=endpoint.endpoint,
+        api_key_env=endpoint.api_key_env,
+        parameters=dict(endpoint.parameters),
+        timeout_s=endpoint.timeout_s or 60.0,
+        options=dict(endpoint.options),
+    )
+    return provider
