@@ -1,31 +1,36 @@
 """From an ``AgentSpec`` to a ready ``AgentRuntime``.
 
-``make_provider`` decides what a provider *is*: ``local_provider`` builds an HTTP
-client in this process (``astromesh run``, unit tests); the serve layer passes a
-function returning handles to provider deployments.  Nothing else differs.
+``make_provider`` decides what a provider *is* and ``make_peer`` what another agent
+is: in this process (``local_provider``, ``LocalAgents``: ``astromesh run``, unit
+tests) or handles to Serve applications (the serve layer).  Nothing else differs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
-from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore
+from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
 from astromesh_ray.core.messages import ToolSchema
 from astromesh_ray.core.patterns import pattern_for
+from astromesh_ray.core.peers import LocalPeer, Peer, check_peer_graph
 from astromesh_ray.core.pricing import Price, price_for
 from astromesh_ray.core.prompts import PromptSet
 from astromesh_ray.core.providers.base import Provider, local_provider
 from astromesh_ray.core.providers.retry import RetryingProvider
 from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
 from astromesh_ray.core.runtime import AgentRuntime
-from astromesh_ray.core.tools.base import Tool
+from astromesh_ray.core.stages import stages_for
+from astromesh_ray.core.tools.agent import AgentTool, AgentToolset
+from astromesh_ray.core.tools.base import Tool, Toolset
+from astromesh_ray.core.tools.function import DeclaredTool, FunctionToolset, ToolLimits
 from astromesh_ray.core.tools.python import resolve_python_tool
-from astromesh_ray.core.tools.registry import DeclaredTool, ToolRegistry
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec import (
     AgentSpec,
+    AgentToolSpec,
     ModelEndpoint,
     ProviderEntrySpec,
     ProviderRoutingSpec,
@@ -34,45 +39,72 @@ from astromesh_ray.spec import (
 )
 
 ProviderFactory = Callable[[ModelEndpoint], Provider]
+PeerFactory = Callable[[str], Peer]
 
 
-def build_provider(
+def build_models(
     agent: AgentSpec,
     providers: Mapping[str, ProviderEntrySpec],
     make_provider: ProviderFactory = local_provider,
     *,
+    roles: Iterable[str],
     routing: ProviderRoutingSpec | None = None,
     breakers: BreakerStore | None = None,
-    role: str = "reasoner",
-) -> ModelRouter:
-    """The model an agent's pattern uses for ``role``: a ``ModelRouter`` over the
-    role's candidates, with the strategy, breaker policy and health checks from YAML."""
-    route = resolve_route(agent, providers, routing, role=role)
-    candidates = [
-        Candidate(
-            key=ep.key,
-            provider=_with_retries(make_provider(ep), ep),
-            price=price_for(ep.provider, ep.model, _price(ep)),
-            quality=ep.quality,
+    health_checks: bool = True,
+) -> dict[str, Provider]:
+    """The routed model of each pattern role (``reasoner``, ``planner``, ...).
+
+    Each role gets a ``ModelRouter`` over its candidates (``spec.model.roles`` after
+    ``orchestration.role_map``, else the default ones) with the strategy, breaker
+    policy and health checks from YAML.  Roles with the same candidates and policy
+    share one router; every endpoint has one client, shared by the roles using it.
+    ``health_checks=False`` leaves probing to someone else (under Serve, one prober
+    per provider deployment instead of one per agent replica).
+    """
+    breakers = breakers or LocalBreakerStore()
+    clients: dict[str, Provider] = {}
+    routers: dict[object, Provider] = {}
+    models: dict[str, Provider] = {}
+    for role in roles:
+        route = resolve_route(agent, providers, routing, role=role)
+        identity = (
+            tuple(ep.key for ep in route.endpoints),
+            route.strategy,
+            route.failure_threshold,
+            route.cooldown_s,
+            route.fallback,
+            route.health_check_interval_s,
         )
-        for ep in route.endpoints
-    ]
-    return ModelRouter(
-        candidates,
-        strategy=cast(Strategy | None, route.strategy),
-        breakers=breakers,
-        policy=BreakerPolicy(route.failure_threshold, route.cooldown_s),
-        fallback=route.fallback,
-        health_check_interval_s=route.health_check_interval_s,
-    )
+        if identity not in routers:
+            candidates = []
+            for ep in route.endpoints:
+                if ep.key not in clients:
+                    clients[ep.key] = _with_retries(make_provider(ep), ep)
+                candidates.append(
+                    Candidate(
+                        key=ep.key,
+                        provider=clients[ep.key],
+                        price=price_for(ep.provider, ep.model, _price(ep)),
+                        quality=ep.quality,
+                    )
+                )
+            routers[identity] = ModelRouter(
+                candidates,
+                strategy=cast(Strategy | None, route.strategy),
+                breakers=breakers,
+                policy=BreakerPolicy(route.failure_threshold, route.cooldown_s),
+                fallback=route.fallback,
+                health_check_interval_s=route.health_check_interval_s if health_checks else None,
+            )
+        models[role] = routers[identity]
+    return models
 
 
 def _with_retries(provider: Provider, endpoint: ModelEndpoint) -> Provider:
     # Retries are the caller's policy (per agent), so they wrap the client side and
-    # provider deployments stay shared between agents.
-    if endpoint.max_retries:
-        return RetryingProvider(provider, max_retries=endpoint.max_retries)
-    return provider
+    # provider deployments stay shared between agents.  Always wrapped: a connection
+    # lost on a pooled keep-alive socket is retried once even with max_retries 0.
+    return RetryingProvider(provider, max_retries=endpoint.max_retries)
 
 
 def _price(endpoint: ModelEndpoint) -> Price | None:
@@ -80,37 +112,67 @@ def _price(endpoint: ModelEndpoint) -> Price | None:
     return Price(p.input_per_mtok, p.output_per_mtok) if p is not None else None
 
 
-def build_tools(agent: AgentSpec) -> ToolRegistry:
-    """The agent's Python tools, filtered by ``spec.permissions.allowed_actions``."""
-    registry = ToolRegistry()
-    permissions = agent.spec.permissions
-    allowed = (
-        set(permissions.allowed_actions)
-        if permissions and permissions.allowed_actions is not None
-        else None
+def peer_names(agent: AgentSpec) -> set[str]:
+    """The agents ``agent`` may call (its ``type: agent`` tools)."""
+    return {t.agent for t in agent.spec.tools if isinstance(t, AgentToolSpec)}
+
+
+def _limits(spec: object) -> ToolLimits:
+    return ToolLimits(
+        timeout_s=getattr(spec, "timeout_s", None),
+        max_result_chars=int(getattr(spec, "max_result_chars", 20_000)),
     )
+
+
+def build_toolsets(agent: AgentSpec, peers: Mapping[str, Peer] | None = None) -> list[Toolset]:
+    """The agent's toolsets: its Python tools (``internal``, ``builtin``) as one, its
+    agents-as-tools (``agent``, through ``peers``) as another."""
+    python: list[Tool] = []
+    agents: list[AgentTool] = []
+    limits: dict[str, ToolLimits] = {}
     for spec in agent.spec.tools:
+        if isinstance(spec, AgentToolSpec):
+            agents.append(
+                AgentTool(
+                    name=spec.name,
+                    agent=spec.agent,
+                    description=spec.description or f"Ask the {spec.agent} agent.",
+                    limits=_limits(spec),
+                )
+            )
+            continue
         if spec.type not in ("internal", "builtin"):
             # The loader's support check refuses these; reaching here is a bug.
             raise ConfigError(f"tool {spec.name!r}: type {spec.type!r} is not supported yet")
-        if allowed is not None and spec.name not in allowed:
-            continue  # not permitted: the model is never offered it
         function = getattr(spec, "function", None)
         tool: Tool = resolve_python_tool(spec.name, function)
-        declared_parameters = spec.json_schema() if hasattr(spec, "json_schema") else None
+        declared_parameters = spec.json_schema()
         if declared_parameters is not None:
             _check_declared_parameters(spec.name, declared_parameters, tool.schema.parameters)
         if declared_parameters is not None or spec.description:
             tool = DeclaredTool(
-                inner=tool,
-                declared=ToolSchema(
+                tool,
+                ToolSchema(
                     name=spec.name,
                     description=spec.description or tool.schema.description,
                     parameters=declared_parameters or tool.schema.parameters,
                 ),
             )
-        registry.add(tool)
-    return registry
+        python.append(tool)
+        limits[spec.name] = _limits(spec)
+    toolsets: list[Toolset] = []
+    if python:
+        toolsets.append(FunctionToolset(python, limits))
+    if agents:
+        missing = sorted({t.agent for t in agents} - set(peers or {}))
+        if missing:
+            raise ConfigError(
+                f"agent {agent.name!r} calls agent(s) {', '.join(map(repr, missing))}, "
+                "which cannot be reached here",
+                hint="load them in the same configuration",
+            )
+        toolsets.append(AgentToolset(agents, peers or {}))
+    return toolsets
 
 
 def build_runtime(
@@ -119,53 +181,130 @@ def build_runtime(
     *,
     make_provider: ProviderFactory = local_provider,
     provider: Provider | None = None,
+    models: Mapping[str, Provider] | None = None,
+    make_peer: PeerFactory | None = None,
     where: Mapping[str, str] | None = None,
     routing: ProviderRoutingSpec | None = None,
     breakers: BreakerStore | None = None,
+    health_checks: bool = True,
 ) -> AgentRuntime:
-    """A runtime for ``agent``.  Pass ``provider`` to bypass the YAML model block
-    (tests with ``ScriptedProvider``)."""
+    """A runtime for ``agent``.
+
+    Models come from the YAML (``make_provider`` builds each endpoint's client), or
+    from ``models`` by role, or ``provider`` for every role (tests with
+    ``ScriptedProvider``).  Peers (agents called as tools) come from ``make_peer``.
+    """
     body = agent.spec
     pattern = pattern_for(body.orchestration.pattern)
-    if provider is None:
-        provider = build_provider(
-            agent,
-            providers or {},
-            make_provider,
-            routing=routing,
-            breakers=breakers,
-            role=pattern.roles[0],
+    if models is None:
+        if provider is not None:
+            models = {role: provider for role in pattern.roles}
+        else:
+            models = build_models(
+                agent,
+                providers or {},
+                make_provider,
+                roles=pattern.roles,
+                routing=routing,
+                breakers=breakers,
+                health_checks=health_checks,
+            )
+    names = peer_names(agent)
+    if names and make_peer is None:
+        raise ConfigError(
+            f"agent {agent.name!r} calls other agents ({', '.join(sorted(names))}): build "
+            "it with make_peer"
         )
+    peers = {name: make_peer(name) for name in sorted(names)} if make_peer else {}
+    permissions = body.permissions
+    allowed = permissions.allowed_actions if permissions else None
     return AgentRuntime(
         name=agent.name,
-        provider=provider,
-        tools=build_tools(agent),
-        prompts=PromptSet(
-            body.prompts.system, body.prompts.templates, origin=agent.source or agent.name
-        ),
+        models=models,
         pattern=pattern,
+        stages=stages_for(agent),
+        toolsets=build_toolsets(agent, peers),
+        allowed_tools=allowed,
+        peers=peers,
         max_iterations=body.orchestration.max_iterations,
         timeout_s=body.orchestration.timeout_s,
         where=where,
     )
 
 
+class LocalAgents:
+    """Runtimes of a set of agents in this process, each built (and started) on
+    first use; agents calling each other reach one another as ``LocalPeer``s."""
+
+    def __init__(
+        self,
+        agents: Mapping[str, AgentSpec],
+        providers: Mapping[str, ProviderEntrySpec] | None = None,
+        *,
+        routing: ProviderRoutingSpec | None = None,
+        make_provider: ProviderFactory = local_provider,
+    ) -> None:
+        self.agents = dict(agents)
+        self.providers = dict(providers or {})
+        self.routing = routing
+        self.make_provider = make_provider
+        self.breakers = LocalBreakerStore()  # one process: one set of breakers
+        self._runtimes: dict[str, AgentRuntime] = {}
+        self._lock = asyncio.Lock()
+
+    def peer(self, name: str) -> Peer:
+        """``name`` as a peer of another agent."""
+        return LocalPeer(name, lambda: self.runtime(name))
+
+    async def runtime(self, name: str) -> AgentRuntime:
+        """The started runtime of agent ``name``."""
+        runtime = self._runtimes.get(name)
+        if runtime is None:
+            async with self._lock:
+                runtime = self._runtimes.get(name)
+                if runtime is None:
+                    runtime = build_runtime(
+                        self.agents[name],
+                        self.providers,
+                        make_provider=self.make_provider,
+                        make_peer=self.peer,
+                        routing=self.routing,
+                        breakers=self.breakers,
+                    )
+                    self._runtimes[name] = runtime
+        await runtime.start()
+        return runtime
+
+    async def aclose(self) -> None:
+        """Close every runtime built."""
+        for runtime in self._runtimes.values():
+            await runtime.aclose()
+
+
 def check_buildable(
-    agents: Iterable[AgentSpec], providers: Mapping[str, ProviderEntrySpec] | None = None
+    agents: Iterable[AgentSpec],
+    providers: Mapping[str, ProviderEntrySpec] | None = None,
+    *,
+    known: Mapping[str, AgentSpec] | None = None,
 ) -> None:
-    """Raise one ``ConfigError`` listing every agent whose tools, prompts, pattern or
-    (given ``providers``) provider clients cannot be built: a ``function:`` that does
-    not import, an unknown builtin, provider ``options`` or ``parameters`` a backend
+    """Raise one ``ConfigError`` listing every agent whose tools, prompts, pattern,
+    peers or (given ``providers``) provider clients cannot be built: a ``function:``
+    that does not import, an unknown builtin, an agent tool naming an agent that is
+    not loaded or closing a cycle, provider ``options`` or ``parameters`` a backend
     does not take, ...
 
-    The loader checks what YAML alone can tell; this checks what needs the code,
-    before anything is deployed.  Building a provider client opens no connection.
+    ``known`` is every agent of the configuration (default: ``agents``): agents may
+    only call those.  The loader checks what YAML alone can tell; this checks what
+    needs the code, before anything is deployed.  Building a provider client opens
+    no connection.
     """
+    agents = list(agents)
+    known = {a.name: a for a in agents} if known is None else dict(known)
     problems: list[str] = []
     for agent in agents:
         try:
-            tools = build_tools(agent)
-            _check_permissions(agent, tools)
+            build_toolsets(agent, {name: _NO_PEER for name in peer_names(agent)})
+            _check_permissions(agent)
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
             pattern = pattern_for(agent.spec.orchestration.pattern)
             _check_roles(agent, pattern.roles)
@@ -175,8 +314,29 @@ def check_buildable(
                         local_provider(endpoint)
         except ConfigError as exc:
             problems.append(f"{agent.source or agent.name}: {exc}")
+    calls = {name: peer_names(spec) for name, spec in known.items()}
+    calls.update({a.name: peer_names(a) for a in agents})
+    try:
+        check_peer_graph(calls, set(known))
+    except ConfigError as exc:
+        problems.extend(exc.details.get("problems") or [exc.message])
     if problems:
         raise ConfigError("\n".join(problems), problems=problems)
+
+
+class _Unreachable:
+    """A stand-in peer for build checks: it is never called."""
+
+    name = "(check)"
+
+    async def run(self, request: object) -> object:  # pragma: no cover - never called
+        raise AssertionError("check_buildable does not run agents")
+
+    def stream(self, request: object) -> object:  # pragma: no cover - never called
+        raise AssertionError("check_buildable does not run agents")
+
+
+_NO_PEER = cast(Peer, _Unreachable())
 
 
 def _check_declared_parameters(
@@ -206,7 +366,7 @@ def _check_declared_parameters(
         )
 
 
-def _check_permissions(agent: AgentSpec, tools: ToolRegistry) -> None:
+def _check_permissions(agent: AgentSpec) -> None:
     permissions = agent.spec.permissions
     if permissions is None or permissions.allowed_actions is None:
         return

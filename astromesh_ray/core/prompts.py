@@ -10,13 +10,18 @@ prompt and line); rendering with a variable the request did not provide is an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from astromesh_ray.core.messages import Message
 from astromesh_ray.errors import ConfigError, InvalidRequest
+
+if TYPE_CHECKING:
+    from astromesh_ray.core.context import RunContext, TurnState
+    from astromesh_ray.spec import AgentSpec
 
 
 class PromptSet:
@@ -44,6 +49,17 @@ class PromptSet:
                         hint="templates: " + (", ".join(sorted(templates or {})) or "(none)"),
                         field=f"spec.prompts.{field}",
                     )
+        # A system prompt with no variables and no includes renders the same every
+        # time: render it once now.
+        parsed = self._env.parse(system)
+        self.static: str | None = None
+        if not jinja2.meta.find_undeclared_variables(parsed) and not list(
+            jinja2.meta.find_referenced_templates(parsed)
+        ):
+            try:
+                self.static = self.render_system({})
+            except InvalidRequest as exc:  # it would fail on every request
+                raise ConfigError(exc.message, field="spec.prompts.system") from None
 
     def _compile(self, field: str, load: Any) -> jinja2.Template:
         try:
@@ -86,3 +102,40 @@ class PromptSet:
                 hint="check the types of the values in the request's `context`",
                 field="context",
             ) from None
+
+
+class PromptStage:
+    """The ``prompts`` prepare stage: the system prompt rendered with the request's
+    variables, the conversation handed over (if any), then the user's query."""
+
+    name = "prompts"
+
+    def __init__(self, prompts: PromptSet) -> None:
+        self.prompts = prompts
+
+    async def prepare(self, ctx: RunContext, state: TurnState) -> None:
+        request = ctx.request
+        system = self.prompts.static
+        if system is None:
+            variables: dict[str, Any] = {
+                **request.context,
+                "context": request.context,
+                # No memory or knowledge backends are wired yet: templates see them
+                # empty, never undefined.
+                "memory": {"conversation": [], "semantic": [], "episodic": []},
+                "knowledge": "",
+                "query": request.query,
+            }
+            system = self.prompts.render_system(variables)
+        if system:
+            state.messages.append(Message(role="system", content=system))
+        state.messages.extend(request.history)
+        state.messages.append(Message(role="user", content=request.query))
+
+
+def prompt_stage(agent: AgentSpec) -> PromptStage:
+    """The prompt stage of ``agent`` (every agent has one)."""
+    prompts = agent.spec.prompts
+    return PromptStage(
+        PromptSet(prompts.system, prompts.templates, origin=agent.source or agent.name)
+    )

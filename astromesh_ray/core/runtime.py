@@ -1,60 +1,39 @@
-"""``AgentRuntime``: one agent turn, end to end, as a stream of events.
+"""``AgentRuntime``: one agent turn, end to end, as a stream of typed events.
 
-It renders the prompts, hands a ``Turn`` to the orchestration pattern, bounds it by
-``timeout_seconds``, and reports ``{answer, steps, usage, trace}``.  It runs against
-interfaces only: whether its ``Provider`` is an HTTP client in this process or a
-handle to a Ray Serve replica is the caller's business (see ``build_runtime``).
+    ctx = RunContext(...)               # fixed for the run
+    state = TurnState(...)              # what the run builds up
+    prepare stages                      # prompts (memory and input guardrails later)
+    pattern.run(ctx, state) → transformers → events
+    finish stages                       # (memory save, episodic record later)
+    RunFinished(result)
+
+It runs against interfaces only: whether a model is an HTTP client in this process
+or a handle to a Serve replica, whether a peer is another runtime here or another
+agent's application, is decided by whoever built it (``core/build.py``).  The
+runtime owns its toolsets' lifecycle: ``start`` lists their tools (once), ``aclose``
+closes them and the model clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from astromesh_ray.core.messages import Event, Message, Usage
-from astromesh_ray.core.patterns.base import Pattern, Turn
-from astromesh_ray.core.prompts import PromptSet
+from astromesh_ray.core.context import RunContext, RunRequest, TurnState
+from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
+from astromesh_ray.core.patterns.base import Pattern
+from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
-from astromesh_ray.core.tools.registry import ToolRegistry
-from astromesh_ray.errors import AstromeshError, RunError, RunTimeout
+from astromesh_ray.core.stages import Stages
+from astromesh_ray.core.tools.base import Toolset
+from astromesh_ray.core.tools.index import ToolIndex
+from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
+from astromesh_ray.errors import AstromeshError, RunError
 
-
-@dataclass
-class RunRequest:
-    """What a caller asks of an agent: a query, an optional session and template context."""
-
-    query: str
-    session_id: str | None = None
-    context: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunResult:
-    """The outcome of one turn."""
-
-    run_id: str
-    agent: str
-    answer: str
-    steps: list[dict[str, Any]]
-    usage: Usage
-    trace: list[dict[str, Any]]
-    session_id: str | None = None
-    where: dict[str, str] = field(default_factory=dict)  # where the agent itself ran
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "agent": self.agent,
-            "session_id": self.session_id,
-            "answer": self.answer,
-            "steps": self.steps,
-            "usage": self.usage.to_dict(),
-            "trace": self.trace,
-            "where": self.where,
-        }
+log = logging.getLogger("astromesh.runtime")
 
 
 class AgentRuntime:
@@ -64,114 +43,195 @@ class AgentRuntime:
         self,
         *,
         name: str,
-        provider: Provider,
-        tools: ToolRegistry,
-        prompts: PromptSet,
+        models: Mapping[str, Provider],
         pattern: Pattern,
+        stages: Stages,
         max_iterations: int,
         timeout_s: float,
+        toolsets: Sequence[Toolset] = (),
+        allowed_tools: Sequence[str] | None = None,
+        peers: Mapping[str, Peer] | None = None,
         parameters: Mapping[str, Any] | None = None,
         where: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.provider = provider
-        self.tools = tools
-        self.prompts = prompts
+        self.models = dict(models)
         self.pattern = pattern
+        self.stages = stages
         self.max_iterations = max_iterations
         self.timeout_s = timeout_s
+        self.toolsets = list(toolsets)
+        self.allowed_tools = list(allowed_tools) if allowed_tools is not None else None
+        self.peers = dict(peers or {})
         self.parameters = dict(parameters or {})
-        # Where this runtime runs (process, or Ray replica and node): tool spans carry it.
+        # Where this runtime runs (process, or Ray replica and node): spans carry it.
         self.where = dict(where) if where else None
+        self.tools: ToolIndex | None = None
+        self._starting: asyncio.Lock | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """List every toolset's tools (once; later calls return at once)."""
+        if self.tools is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self.tools is None:
+                self.tools = await ToolIndex.build(self.toolsets, self.allowed_tools)
+
+    async def aclose(self) -> None:
+        """Close the toolsets and the model clients (each once)."""
+        for toolset in self.toolsets:
+            await toolset.aclose()
+        closed: set[int] = set()
+        for provider in self.models.values():
+            if id(provider) not in closed:
+                closed.add(id(provider))
+                await provider.aclose()
+
+    # -- turns -----------------------------------------------------------------------------
 
     async def run(self, request: RunRequest) -> RunResult:
         """Run one turn to its answer (no token streaming)."""
-        result: RunResult | None = None
         async for event in self._events(request, stream_tokens=False):
-            if event.type == "run_finished":
-                result = event.data["result"]
-        assert result is not None  # _events always ends with run_finished or raises
-        return result
+            if isinstance(event, RunFinished):
+                return event.result
+        raise AssertionError("a run ends with run_finished or raises")
 
-    async def stream(self, request: RunRequest) -> AsyncIterator[Event]:
-        """Run one turn, yielding events as they happen; the last is ``run_finished``
-        whose ``data["result"]`` is the ``RunResult`` as a dict."""
-        async for event in self._events(request, stream_tokens=True):
-            if event.type == "run_finished":
-                yield Event("run_finished", {"result": event.data["result"].to_dict()})
-            else:
-                yield event
+    def stream(self, request: RunRequest) -> AsyncIterator[Event]:
+        """Run one turn, yielding events as they happen; the last is ``RunFinished``."""
+        return self._events(request, stream_tokens=True)
 
     async def _events(self, request: RunRequest, *, stream_tokens: bool) -> AsyncIterator[Event]:
+        if self.tools is None:
+            await self.start()
+        assert self.tools is not None
+        request.check()
+        loop = asyncio.get_running_loop()
+        timeout_s = self.timeout_s
+        if request.deadline_s is not None:
+            timeout_s = min(timeout_s, request.deadline_s)
+        parent = TraceContext.parse(request.trace_parent)
+        trace = Trace(parent.trace_id if parent else new_trace_id(), self.where)
+        run_span = trace.start("run", parent.span_id if parent else None, agent=self.name)
         run_id = uuid.uuid4().hex
-        turn = Turn(
-            run_id=run_id,
-            provider=self.provider,
-            tools=self.tools,
-            messages=self._initial_messages(request),
-            max_iterations=self.max_iterations,
-            parameters=dict(self.parameters),
-            stream_tokens=stream_tokens,
-            where=self.where,
-        )
-        yield Event(
-            "run_started", {"run_id": run_id, "agent": self.name, "session_id": request.session_id}
-        )
-        events = self.pattern.run(turn)
-        # The deadline bounds the pattern's own work: each step is awaited under it,
-        # never the consumer's time between events (a slow client is not the agent's
-        # fault, and a timeout raised at a `yield` would reach it as a bare cancel).
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
-        try:
-            while True:
-                async with asyncio.timeout_at(deadline):
-                    try:
-                        event = await anext(events)
-                    except StopAsyncIteration:
-                        break
-                yield event
-        except TimeoutError:
-            raise RunTimeout(
-                f"agent {self.name!r} did not answer within timeout_seconds={self.timeout_s:g}",
-                hint="raise spec.orchestration.timeout_seconds or use a faster model",
-                run_id=run_id,
-                steps=turn.steps,
-                trace=turn.trace.to_list(),
-            ) from None
-        except AstromeshError as exc:
-            # Keep the partial trace on every error: it is what a user debugs from.
-            exc.details.setdefault("run_id", run_id)
-            exc.details.setdefault("trace", turn.trace.to_list())
-            raise
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
-        if turn.answer is None:
-            raise RunError(f"pattern {self.pattern.name!r} ended without an answer", run_id=run_id)
-        result = RunResult(
+        run_span.set(run_id=run_id)
+        ctx = RunContext(
             run_id=run_id,
             agent=self.name,
-            answer=turn.answer,
-            steps=turn.steps,
-            usage=turn.usage,
-            trace=turn.trace.to_list(),
-            session_id=request.session_id,
-            where=dict(turn.trace.where),
+            request=request,
+            models=self.models,
+            tools=self.tools,
+            peers=self.peers,
+            deadline=loop.time() + timeout_s,
+            trace=run_span.context,
+            lineage=(*request.lineage, self.name),
+            max_iterations=self.max_iterations,
+            parameters=self.parameters,
+            stream_tokens=stream_tokens,
+            where=trace.where,
         )
-        yield Event("run_finished", {"result": result})
+        state = TurnState(trace=trace)
+        error: AstromeshError | None = None
+        started = False
+        try:
+            for stage in self.stages.prepare:
+                await _in_stage(stage.name, stage.prepare(ctx, state))
+            yield RunStarted(
+                run_id=run_id,
+                agent=self.name,
+                session_id=request.session_id,
+                trace_id=trace.trace_id,
+                parent_run_id=request.parent_run_id,
+            )
+            started = True
+            events = self.pattern.run(ctx, state)
+            for transformer in self.stages.transformers:
+                events = transformer.transform(ctx, state, events)
+            async for event in events:
+                yield event
+            if state.answer is None:
+                raise RunError(
+                    f"pattern {self.pattern.name!r} ended without an answer", run_id=run_id
+                )
+        except AstromeshError as exc:
+            error = exc
+        except Exception as exc:  # a bug: report it as one, with the partial trace
+            log.exception("run %s of agent %r failed", run_id, self.name)
+            error = RunError(
+                f"internal error in agent {self.name!r}: {type(exc).__name__}: {exc}",
+                run_id=run_id,
+                step=len(state.steps),
+            )
+            error.__cause__ = exc
+        finally:
+            if error is None and state.answer is None:
+                # The consumer stopped early (closed the stream) or the task was
+                # cancelled: the run span still ends.
+                run_span.end("abandoned")
+        await self._finish(ctx, state, error)
+        if error is not None:
+            run_span.end(error.message)
+            _attach(error, run_id, state, run_span, started)
+            raise error
+        run_span.set(usage=state.usage.to_dict())
+        run_span.end()
+        assert state.answer is not None
+        yield RunFinished(
+            result=RunResult(
+                run_id=run_id,
+                agent=self.name,
+                answer=state.answer,
+                steps=state.steps,
+                usage=state.usage,
+                trace=trace.spans,
+                trace_id=trace.trace_id,
+                session_id=request.session_id,
+                parent_run_id=request.parent_run_id,
+                messages=state.messages,
+                where=dict(trace.where),
+            )
+        )
 
-    def _initial_messages(self, request: RunRequest) -> list[Message]:
-        variables: dict[str, Any] = {
-            **request.context,
-            "context": request.context,
-            # No memory or knowledge backends are wired yet (the loader refuses
-            # spec.memory); templates see them empty, never undefined.
-            "memory": {"conversation": [], "semantic": [], "episodic": []},
-            "knowledge": "",
-            "query": request.query,
-        }
-        messages: list[Message] = []
-        system = self.prompts.render_system(variables)
-        if system:
-            messages.append(Message(role="system", content=system))
-        messages.append(Message(role="user", content=request.query))
-        return messages
+    async def _finish(
+        self, ctx: RunContext, state: TurnState, error: AstromeshError | None
+    ) -> None:
+        for stage in self.stages.finish:
+            try:
+                await _in_stage(stage.name, stage.finish(ctx, state, error))
+            except AstromeshError as exc:
+                if error is None:
+                    raise
+                # The run already failed: that error is the one to report.
+                log.warning("finish stage %r failed after a failed run: %s", stage.name, exc)
+
+
+async def _in_stage(name: str, work: Any) -> None:
+    """Await a stage's coroutine; its errors name the stage."""
+    try:
+        await work
+    except AstromeshError as exc:
+        exc.details.setdefault("stage", name)
+        raise
+    except Exception as exc:  # a bug in a stage: say which one
+        raise RunError(f"stage {name!r} failed: {type(exc).__name__}: {exc}", stage=name) from exc
+
+
+def _attach(
+    error: AstromeshError, run_id: str, state: TurnState, run_span: Span, started: bool
+) -> None:
+    # Keep the partial trace on every error: it is what a user debugs from.
+    error.details.setdefault("run_id", run_id)
+    error.details.setdefault("trace_id", run_span.trace_id)
+    if started or state.steps:
+        error.details.setdefault("steps", [_step_dict(s) for s in state.steps])
+    error.details.setdefault("trace", [s.to_dict() for s in state.trace.spans])
+
+
+def _step_dict(step: Any) -> dict[str, Any]:
+    from astromesh_ray.core.events import StepEvent, event_to_dict
+
+    data: dict[str, Any] = event_to_dict(StepEvent(step=step))["step"]
+    return data

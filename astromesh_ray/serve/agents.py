@@ -1,5 +1,5 @@
 """Each agent YAML as its own Serve application: ``AgentDeployment`` wires a core
-``AgentRuntime`` to provider deployments by handle."""
+``AgentRuntime`` to provider deployments and peer agents by handle."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from typing import Any
 from ray import serve
 
 from astromesh_ray.core.build import build_runtime
-from astromesh_ray.core.runtime import RunRequest
+from astromesh_ray.core.context import RunRequest
+from astromesh_ray.core.events import event_to_dict
 from astromesh_ray.serve.breaker import ServeBreakerStore
+from astromesh_ray.serve.handles import agent_app_name
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok
+from astromesh_ray.serve.peers import ServePeer
 from astromesh_ray.serve.providers import ServeProvider
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec
 
-
-def agent_app_name(agent: str) -> str:
-    """The Serve application of agent ``agent``."""
-    return f"agent-{agent}"
+__all__ = ["AgentDeployment", "agent_app_name", "describe_agent"]
 
 
 def describe_agent(agent: AgentSpec) -> dict[str, Any]:
@@ -47,9 +47,10 @@ def describe_agent(agent: AgentSpec) -> dict[str, Any]:
 
 @serve.deployment(name="agent", max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
 class AgentDeployment:
-    """Runs turns of one agent; its model calls go to provider deployments."""
+    """Runs turns of one agent; its model calls go to provider deployments, its
+    sub-runs to peer agents' applications."""
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         agent: AgentSpec,
         providers: Mapping[str, ProviderEntrySpec],
@@ -59,25 +60,32 @@ class AgentDeployment:
             agent,
             providers,
             make_provider=ServeProvider,
+            make_peer=ServePeer,
             where=replica_location(),
             routing=routing,
             breakers=ServeBreakerStore(),
+            # One prober per provider deployment (the breaker actor), not one per
+            # agent replica.
+            health_checks=False,
         )
-        # Health probes start now if the replica's loop runs, else on the first call.
-        start = getattr(self._runtime.provider, "start_health_checks", None)
-        if start is not None:
-            start()
+        # The replica owns the toolsets' lifecycle: listed now, closed on shutdown.
+        await self._runtime.start()
 
     async def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        # The edge of the replica: every error leaves as a value (a bug as a RunError,
+        # logged with its traceback by `failure`).
         try:
-            result = await self._runtime.run(RunRequest(**request))
+            result = await self._runtime.run(RunRequest.from_dict(request))
         except Exception as exc:
             return failure(exc)
         return ok(result.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
-            async for event in self._runtime.stream(RunRequest(**request)):
-                yield ok(event.to_dict())
+            async for event in self._runtime.stream(RunRequest.from_dict(request)):
+                yield ok(event_to_dict(event))
         except Exception as exc:
             yield failure(exc)
+
+    async def __del__(self) -> None:
+        await self._runtime.aclose()

@@ -113,9 +113,25 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "Agent",
         ("spec.tools.*.type",),
-        _one_of("mcp", "webhook", "rag", "agent"),
+        _one_of("mcp", "webhook", "rag"),
         "tool type '{value}' is not supported yet",
         "it arrives with the tool plug-ins work; meanwhile use an internal Python tool",
+    ),
+    Rule(
+        "Agent",
+        ("spec.tools.*.context_transform",),
+        _given,
+        "context_transform is not supported yet",
+        "the agent is called with the model's query as is; remove context_transform",
+    ),
+    Rule(
+        "Agent",
+        ("spec.tools.*",),
+        lambda tool: isinstance(tool, Mapping)
+        and tool.get("type") == "agent"
+        and tool.get("parameters") is not None,
+        "agent tools take one argument, query: parameters cannot be declared",
+        "remove parameters from this agent tool",
     ),
     Rule(
         "Agent",

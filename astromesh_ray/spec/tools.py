@@ -36,6 +36,19 @@ class ToolSpecBase(StrictModel):
     confirm: bool | None = Field(
         default=None, description="Ask a human before each call (refused for now)."
     )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        alias="timeout_seconds",
+        description="Seconds one call may take before the model is told it timed out "
+        "(default: whatever is left of the run's timeout_seconds).",
+    )
+    max_result_chars: int = Field(
+        default=20_000,
+        ge=100,
+        description="A longer result is cut to this many characters before the model "
+        "reads it.",
+    )
 
     def json_schema(self) -> dict[str, Any] | None:
         """The tool's arguments as a JSON Schema object; ``None`` when not declared."""
@@ -162,12 +175,14 @@ class RagToolSpec(ToolSpecBase):
 
 
 class AgentToolSpec(ParameterizedToolSpec):
-    """``type: agent``: another agent called as a tool."""
+    """``type: agent``: another agent called as a tool with ``{"query": str}``; it
+    answers in a sub-run sharing the caller's trace, deadline and usage."""
 
     type: Literal["agent"] = Field(description="Tool type.")
-    agent: str = Field(description="Name of the agent to call.")
+    agent: str = Field(description="Name of the agent to call (metadata.name).")
     context_transform: str | None = Field(
-        default=None, description="Template shaping what is passed to the agent."
+        default=None,
+        description="Template shaping what is passed to the agent (refused for now).",
     )
 
 

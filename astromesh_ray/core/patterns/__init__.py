@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from astromesh_ray.core.patterns.base import Pattern, Turn
+from astromesh_ray.core.patterns.base import Pattern
 from astromesh_ray.core.patterns.react import ReActPattern
 from astromesh_ray.errors import ConfigError
 
@@ -20,4 +20,4 @@ def pattern_for(name: str) -> Pattern:
         ) from None
 
 
-__all__ = ["Pattern", "ReActPattern", "Turn", "pattern_for"]
+__all__ = ["Pattern", "ReActPattern", "pattern_for"]

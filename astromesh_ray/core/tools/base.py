@@ -1,31 +1,117 @@
-"""The ``Tool`` protocol and the value a tool call returns."""
+"""The tool interfaces: ``Toolset`` (the one shape for every kind of tool source),
+``Tool`` (one callable tool inside a toolset), and what a call gets and returns.
+
+A ``Toolset`` lists its tools (async: an MCP server has to be asked), calls one by
+name with a ``ToolContext``, and closes.  Python functions, MCP servers, webhooks,
+RAG and other agents are all toolsets; the runtime owns their lifecycle (listed
+when the runtime starts, closed when it shuts down) and the shared tool step
+(``core/steps.py``) does what every call needs: permission check, argument
+validation, timeout, result size cap and a span.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from astromesh_ray.core.messages import ToolSchema
+from astromesh_ray.core.messages import ToolSchema, Usage
+
+if TYPE_CHECKING:
+    from astromesh_ray.core.context import Caller
+    from astromesh_ray.core.trace import Span
+
+DEFAULT_MAX_RESULT_CHARS = 20_000
+"""A tool result longer than this is cut before the model reads it (per tool:
+``max_result_chars`` in the agent YAML)."""
 
 
 @dataclass
 class ToolResult:
-    """What a tool returned: ``content`` is what the model reads next."""
+    """What a tool returned: ``content`` is what the model reads next.
+
+    A tool that ran another agent also reports the model ``usage`` it spent, the
+    ``spans`` of that sub-run (merged into the caller's trace) and its run id.
+    """
 
     content: str
     is_error: bool = False
     data: Any = None
+    usage: Usage | None = None
+    spans: list[Span] = field(default_factory=list)
+    sub_run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool call knows about the run it serves.  ``deadline`` is event-loop
+    time; ``trace_parent`` is the W3C ``traceparent`` of the tool's span."""
+
+    run_id: str
+    agent: str
+    session_id: str | None
+    caller: Caller
+    deadline: float
+    trace_parent: str
+    lineage: tuple[str, ...]
+
+    def remaining_s(self) -> float:
+        """Seconds left before the run's deadline."""
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+Validator = Callable[[dict[str, Any]], dict[str, Any]]
+"""Checks a call's arguments; returns them ready for the call (coerced where the tool
+says so) or raises ``ToolError`` naming every bad argument."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """One tool a toolset offers: what the model is told, how arguments are checked,
+    and its limits (``None``: the run's remaining time; the default size cap)."""
+
+    schema: ToolSchema
+    validate: Validator
+    timeout_s: float | None = None
+    max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+
+@runtime_checkable
+class Toolset(Protocol):
+    """A source of tools.  Implementations: ``<Source>Toolset``."""
+
+    name: str
+
+    async def list_tools(self) -> Sequence[ToolDef]:
+        """The tools offered now (called when the runtime starts)."""
+        ...
+
+    async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        """Run tool ``name`` with arguments its ``ToolDef.validate`` returned.  A failure
+        the model should hear about is a ``ToolError``; anything else is a bug."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the toolset holds (subprocesses, connections)."""
+        ...
 
 
 @runtime_checkable
 class Tool(Protocol):
-    """Something a model can call by name with JSON arguments.
-
-    ``call`` receives arguments already validated against ``schema.parameters``;
-    it raises ``ToolError`` for failures the model should be told about.
-    """
+    """One Python-level tool (a ``PythonTool``, or one wrapping it)."""
 
     @property
     def schema(self) -> ToolSchema: ...
 
-    async def call(self, arguments: dict[str, Any]) -> ToolResult: ...
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Check and coerce the model's arguments; ``ToolError`` when they are bad."""
+        ...
+
+    async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        """Run with validated arguments; ``ToolError`` for failures the model reads."""
+        ...

@@ -13,7 +13,7 @@ from astromesh_ray.core.tools.python import tool
 from astromesh_ray.errors import ToolError
 
 
-@tool
+@tool(inline=True)  # quick, never blocks: no thread hand-off
 def datetime_now(timezone: str = "UTC") -> str:
     """The current date and time in a timezone, ISO 8601.
 
@@ -42,7 +42,7 @@ _OPS: dict[type[Any], Any] = {
 }
 
 
-@tool
+@tool(inline=True)  # bounded (see _MAX_BITS): no thread hand-off
 def calculator(expression: str) -> str:
     """Evaluate an arithmetic expression (+ - * / // % ** and parentheses).
 

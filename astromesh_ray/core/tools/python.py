@@ -9,6 +9,12 @@ from the type hints and the docstring, and arguments are validated before the ca
             city: City name, e.g. "Paris".
             unit: Temperature unit.
         '''
+
+A parameter annotated ``ToolContext`` is not shown to the model: the call's context
+(run id, agent, session, caller, deadline) is passed in it.  Sync functions run in a
+worker thread so a slow one never blocks the event loop; ``@tool(inline=True)``
+marks one that is quick and never blocks, which then runs on the loop (a thread
+hand-off costs ~0.1 ms).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any, get_type_hints, overload
 import pydantic
 
 from astromesh_ray.core.messages import ToolSchema
-from astromesh_ray.core.tools.base import ToolResult
+from astromesh_ray.core.tools.base import ToolContext, ToolResult
 from astromesh_ray.errors import ConfigError, ToolError
 
 _REGISTRY: dict[str, PythonTool] = {}
@@ -39,22 +45,28 @@ class PythonTool:
         *,
         name: str | None = None,
         description: str | None = None,
+        inline: bool = False,
     ) -> None:
         self.fn = fn
         summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
-        self._model = _arguments_model(fn, arg_docs)
+        self._context_arg = _context_parameter(fn)
+        self._model = _arguments_model(fn, arg_docs, skip=self._context_arg)
+        self._fields = tuple(self._model.model_fields)
         parameters = _clean_schema(self._model.model_json_schema())
         self._schema = ToolSchema(
             name=name or fn.__name__,
             description=description or summary or fn.__name__,
             parameters=parameters,
         )
+        self._is_async = inspect.iscoroutinefunction(fn)
+        self.inline = inline and not self._is_async
 
     @property
     def schema(self) -> ToolSchema:
         return self._schema
 
-    async def call(self, arguments: dict[str, Any]) -> ToolResult:
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The arguments checked and coerced by the function's signature."""
         try:
             parsed = self._model.model_validate(arguments)
         except pydantic.ValidationError as exc:
@@ -63,12 +75,30 @@ class PythonTool:
                 hint="call the tool again with arguments matching its schema",
                 tool=self._schema.name,
             ) from None
-        kwargs = {field: getattr(parsed, field) for field in type(parsed).model_fields}
-        if inspect.iscoroutinefunction(self.fn):
-            value = await self.fn(**kwargs)
-        else:
-            # Sync tools may block (file or network I/O): keep the event loop free.
-            value = await asyncio.to_thread(self.fn, **kwargs)
+        values = parsed.__dict__
+        return {f: values[f] for f in self._fields}
+
+    async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        """Call the function with validated ``arguments``.  Whatever it raises is the
+        tool failing (a ``ToolError`` the model reads), not the runtime."""
+        kwargs = arguments
+        if self._context_arg is not None:
+            kwargs = {**arguments, self._context_arg: ctx}
+        try:
+            if self._is_async:
+                value = await self.fn(**kwargs)
+            elif self.inline:
+                value = self.fn(**kwargs)
+            else:
+                # Sync tools may block (file or network I/O): keep the event loop free.
+                value = await asyncio.to_thread(self.fn, **kwargs)
+        except ToolError:
+            raise
+        except Exception as exc:  # the user's function: its failure is the tool's
+            raise ToolError(
+                f"tool {self._schema.name!r} raised {type(exc).__name__}: {exc}",
+                tool=self._schema.name,
+            ) from exc
         return ToolResult(content=_to_text(value), data=value)
 
 
@@ -78,7 +108,7 @@ def tool(fn: Callable[..., Any], /) -> Callable[..., Any]: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None
+    *, name: str | None = None, description: str | None = None, inline: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
 
 
@@ -88,15 +118,26 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
+    inline: bool = False,
 ) -> Any:
     """Register ``fn`` as a tool that agent YAML can name (``type: internal``).
 
     The function is returned unchanged, so it stays callable and testable as is.
+    Two different functions registered under one name are refused (``ConfigError``);
+    registering the same function again (a module reloaded) replaces it.
     """
 
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
-        wrapped = PythonTool(f, name=name, description=description)
-        _REGISTRY[wrapped.schema.name] = wrapped
+        wrapped = PythonTool(f, name=name, description=description, inline=inline)
+        tool_name = wrapped.schema.name
+        existing = _REGISTRY.get(tool_name)
+        if existing is not None and _qualified(existing.fn) != _qualified(f):
+            raise ConfigError(
+                f"two functions are registered as tool {tool_name!r}: "
+                f"{_qualified(existing.fn)} and {_qualified(f)}",
+                hint="give one of them another name: @tool(name=...)",
+            )
+        _REGISTRY[tool_name] = wrapped
         f.__astromesh_tool__ = wrapped  # type: ignore[attr-defined]
         return f
 
@@ -131,7 +172,11 @@ def resolve_python_tool(name: str, function: str | None) -> PythonTool:
             ) from None
         existing = getattr(target, "__astromesh_tool__", None)
         if isinstance(existing, PythonTool):
-            return existing if existing.schema.name == name else PythonTool(target, name=name)
+            return (
+                existing
+                if existing.schema.name == name
+                else PythonTool(target, name=name, inline=existing.inline)
+            )
         if not callable(target):
             raise ConfigError(f"tool {name!r}: {function!r} is not callable")
         return PythonTool(target, name=name)
@@ -146,14 +191,31 @@ def resolve_python_tool(name: str, function: str | None) -> PythonTool:
     return tools[name]
 
 
+def _qualified(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _context_parameter(fn: Callable[..., Any]) -> str | None:
+    """The name of the parameter annotated ``ToolContext``, if any."""
+    hints = get_type_hints(fn)
+    found = [name for name, hint in hints.items() if hint is ToolContext and name != "return"]
+    if len(found) > 1:
+        raise ConfigError(f"tool {fn.__name__!r}: more than one ToolContext parameter")
+    return found[0] if found else None
+
+
 def _load_builtins() -> None:
     importlib.import_module("astromesh_ray.core.tools.builtin")
 
 
-def _arguments_model(fn: Callable[..., Any], arg_docs: dict[str, str]) -> type[pydantic.BaseModel]:
+def _arguments_model(
+    fn: Callable[..., Any], arg_docs: dict[str, str], *, skip: str | None = None
+) -> type[pydantic.BaseModel]:
     hints = get_type_hints(fn)
     fields: dict[str, Any] = {}
     for param in inspect.signature(fn).parameters.values():
+        if param.name == skip:
+            continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ConfigError(
                 f"tool {fn.__name__!r}: *args/**kwargs cannot be described to a model"

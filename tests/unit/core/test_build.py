@@ -26,11 +26,12 @@ def agent(tmp_path: Path, body: str) -> object:
     return load_agent(path)
 
 
-def test_a_valid_agent_builds(tmp_path: Path) -> None:
+async def test_a_valid_agent_builds(tmp_path: Path) -> None:
     spec = agent(tmp_path, "  tools:\n    - {name: calculator, type: builtin}\n")
     check_buildable([spec])  # type: ignore[list-item]
     runtime = build_runtime(spec)  # type: ignore[arg-type]
-    assert runtime.tools.names == ["calculator"]
+    await runtime.start()
+    assert runtime.tools is not None and runtime.tools.names == ["calculator"]
 
 
 def test_allowed_actions_typo_is_named(tmp_path: Path) -> None:
@@ -85,7 +86,7 @@ def test_role_map_routes_reasoner_to_a_declared_role(tmp_path: Path) -> None:
     )
     spec = load_agent(path)
     check_buildable([spec])
-    router = build_runtime(spec).provider
+    router = build_runtime(spec).models["reasoner"]
     assert [c.provider.name for c in router.candidates] == ["ollama:big"]  # type: ignore[attr-defined]
     assert router.strategy == "quality_first"  # type: ignore[attr-defined]
 

@@ -6,10 +6,34 @@ from typing import Literal
 
 import pytest
 
-from astromesh_ray.core.messages import ToolCall
-from astromesh_ray.core.tools import PythonTool, ToolRegistry, registered_tools, tool
+from astromesh_ray.core.context import ANONYMOUS
+from astromesh_ray.core.tools import (
+    FunctionToolset,
+    PythonTool,
+    ToolContext,
+    ToolResult,
+    registered_tools,
+    tool,
+)
 from astromesh_ray.core.tools.python import resolve_python_tool
 from astromesh_ray.errors import ConfigError, ToolError
+
+
+def ctx() -> ToolContext:
+    return ToolContext(
+        run_id="r1",
+        agent="a",
+        session_id="s1",
+        caller=ANONYMOUS,
+        deadline=asyncio.get_running_loop().time() + 10,
+        trace_parent="00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+        lineage=("a",),
+    )
+
+
+async def call(t: PythonTool, arguments: dict[str, object]) -> ToolResult:
+    """What the tool step does: validate, then call."""
+    return await t.call(t.validate(arguments), ctx())
 
 
 def weather(city: str, unit: Literal["C", "F"] = "C", days: int = 1) -> str:
@@ -62,7 +86,7 @@ def test_sphinx_docstring() -> None:
 
 
 async def test_sync_tools_run_off_the_event_loop() -> None:
-    result = await PythonTool(weather).call({"city": "Oslo", "days": 3})
+    result = await call(PythonTool(weather), {"city": "Oslo", "days": 3})
     assert result.content.startswith("Oslo:C:3:")
     assert not result.content.endswith(threading.current_thread().name)
 
@@ -73,7 +97,7 @@ async def test_async_tool_and_structured_result() -> None:
         await asyncio.sleep(0)
         return {key: len(key)}
 
-    result = await PythonTool(lookup).call({"key": "abcd"})
+    result = await call(PythonTool(lookup), {"key": "abcd"})
     assert result.content == '{"abcd": 4}'
     assert result.data == {"abcd": 4}
 
@@ -88,34 +112,57 @@ async def test_arguments_are_validated_before_the_call() -> None:
 
     t = PythonTool(record)
     with pytest.raises(ToolError, match="n: Input should be a valid integer"):
-        await t.call({"n": "many"})
+        await call(t, {"n": "many"})
     with pytest.raises(ToolError, match="extra: Extra inputs are not permitted"):
-        await t.call({"n": 1, "extra": True})
+        await call(t, {"n": 1, "extra": True})
     assert calls == []
+    assert t.validate({"n": "7"}) == {"n": 7}  # coerced to the function's types
 
 
-async def test_registry_reports_errors_to_the_model() -> None:
+async def test_a_function_raising_is_a_tool_error_not_a_crash() -> None:
     def boom(x: int) -> str:
         """Always fails."""
         raise ValueError("kaput")
 
-    registry = ToolRegistry([PythonTool(weather), PythonTool(boom)])
-    result, _ = await registry.call(ToolCall("1", "nope", {}))
-    assert (
-        result.is_error and "no tool named 'nope'" in result.content and "weather" in result.content
-    )
-    result, _ = await registry.call(ToolCall("2", "weather", {"unit": "K"}))
-    assert result.is_error
-    assert "'city' is a required property" in result.content
-    result, _ = await registry.call(ToolCall("3", "boom", {"x": 1}))
-    assert result.is_error and "ValueError: kaput" in result.content
-    result, _ = await registry.call(ToolCall("4", "weather", {"city": "Rome"}))
-    assert not result.is_error and result.content.startswith("Rome:C:1")
+    with pytest.raises(ToolError, match="tool 'boom' raised ValueError: kaput"):
+        await call(PythonTool(boom), {"x": 1})
+
+
+async def test_tool_context_is_injected_and_hidden_from_the_model() -> None:
+    def whoami(greeting: str, context: ToolContext) -> str:
+        """Say who calls."""
+        return f"{greeting} {context.agent}/{context.session_id}/{context.run_id}"
+
+    t = PythonTool(whoami)
+    assert set(t.schema.parameters["properties"]) == {"greeting"}
+    assert (await call(t, {"greeting": "hi"})).content == "hi a/s1/r1"
+
+
+async def test_inline_sync_tools_run_on_the_event_loop() -> None:
+    inline = PythonTool(weather, inline=True)
+    result = await call(inline, {"city": "Oslo"})
+    assert result.content.endswith(threading.current_thread().name)
 
 
 def test_duplicate_tool_names_are_refused() -> None:
     with pytest.raises(ConfigError, match="two tools are named 'weather'"):
-        ToolRegistry([PythonTool(weather), PythonTool(weather)])
+        FunctionToolset([PythonTool(weather), PythonTool(weather)])
+
+
+def test_two_functions_registered_under_one_name_are_refused() -> None:
+    def first() -> str:
+        """One."""
+        return "1"
+
+    def second() -> str:
+        """Two."""
+        return "2"
+
+    tool(name="dup_test_tool")(first)
+    tool(name="dup_test_tool")(first)  # the same function again: a reload, fine
+    with pytest.raises(ConfigError, match="two functions are registered as tool 'dup_test_tool'"):
+        tool(name="dup_test_tool")(second)
+    assert registered_tools()["dup_test_tool"].fn is first
 
 
 def test_decorator_registers_and_returns_the_function() -> None:
@@ -145,7 +192,7 @@ def test_resolve_by_import_path_and_misses() -> None:
     [("(2 + 3) * 4", "20"), ("7 / 2", "3.5"), ("-2 ** 2", "-4"), ("17 % 5", "2")],
 )
 async def test_calculator(expression: str, expected: str) -> None:
-    result = await resolve_python_tool("calculator", None).call({"expression": expression})
+    result = await call(resolve_python_tool("calculator", None), {"expression": expression})
     assert result.content == expected
 
 
@@ -163,11 +210,11 @@ async def test_calculator(expression: str, expected: str) -> None:
 )
 async def test_calculator_refuses_hostile_input(hostile: str) -> None:
     with pytest.raises(ToolError):
-        await resolve_python_tool("calculator", None).call({"expression": hostile})
+        await call(resolve_python_tool("calculator", None), {"expression": hostile})
 
 
 async def test_datetime_now() -> None:
     t = resolve_python_tool("datetime_now", None)
-    assert (await t.call({"timezone": "UTC"})).content.endswith("+00:00")
+    assert (await call(t, {"timezone": "UTC"})).content.endswith("+00:00")
     with pytest.raises(ToolError, match="unknown timezone"):
-        await t.call({"timezone": "Mars/Olympus"})
+        await call(t, {"timezone": "Mars/Olympus"})

@@ -4,11 +4,14 @@ import asyncio
 
 import pytest
 
+from astromesh_ray.core.context import RunRequest
+from astromesh_ray.core.events import RunFinished, Token
 from astromesh_ray.core.messages import CompletionRequest, ToolCall
 from astromesh_ray.core.patterns import ReActPattern, pattern_for
-from astromesh_ray.core.prompts import PromptSet
-from astromesh_ray.core.runtime import AgentRuntime, RunRequest
-from astromesh_ray.core.tools import PythonTool, ToolRegistry
+from astromesh_ray.core.prompts import PromptSet, PromptStage
+from astromesh_ray.core.runtime import AgentRuntime
+from astromesh_ray.core.stages import Stages
+from astromesh_ray.core.tools import FunctionToolset, PythonTool, Tool
 from astromesh_ray.core.tools.python import resolve_python_tool
 from astromesh_ray.errors import ConfigError, InvalidRequest, RunError, RunTimeout
 from astromesh_ray.testing import ScriptedProvider
@@ -17,21 +20,22 @@ from astromesh_ray.testing import ScriptedProvider
 def make_runtime(
     provider: object,
     *,
-    tools: list[object] | None = None,
+    tools: list[Tool] | None = None,
     system: str = "You are terse.",
     templates: dict[str, str] | None = None,
     max_iterations: int = 5,
     timeout_s: float = 10.0,
 ) -> AgentRuntime:
-    registry = ToolRegistry(
+    toolset = FunctionToolset(
         tools if tools is not None else [resolve_python_tool("calculator", None)]
     )
+    prompts = PromptSet(system, templates, origin="t.agent.yaml")
     return AgentRuntime(
         name="t",
-        provider=provider,  # type: ignore[arg-type]
-        tools=registry,
-        prompts=PromptSet(system, templates, origin="t.agent.yaml"),
+        models={"reasoner": provider},  # type: ignore[dict-item]
         pattern=ReActPattern(),
+        stages=Stages(prepare=(PromptStage(prompts),)),
+        toolsets=[toolset],
         max_iterations=max_iterations,
         timeout_s=timeout_s,
     )
@@ -59,14 +63,23 @@ async def test_react_calls_a_tool_then_answers() -> None:
     provider.assert_consumed()
     assert result.answer == "It is 20."
     assert result.session_id == "s1"
-    assert [s["type"] for s in result.steps] == ["tool_call", "answer"]
-    assert result.steps[0]["result"] == "20" and result.steps[0]["is_error"] is False
+    assert [s.type for s in result.steps] == ["tool_call", "answer"]
+    tool_step = result.steps[0]
+    assert tool_step.type == "tool_call" and tool_step.result == "20" and not tool_step.is_error
     assert (
         result.usage.calls == 2 and result.usage.input_tokens > 0 and result.usage.output_tokens > 0
     )
-    names = [s["name"] for s in result.trace]
-    assert names == ["model_call", "tool_call", "model_call"]
-    assert all(s["duration_ms"] is not None and "pid" in s["where"] for s in result.trace)
+    names = [s.name for s in result.trace]
+    assert names == ["run", "model_call", "tool_call", "model_call"]
+    assert all(s.duration_ms is not None and "pid" in s.where for s in result.trace)
+    # One trace: the run span is the root, every step its child.
+    run_span = result.trace[0]
+    assert run_span.parent_id is None and run_span.trace_id == result.trace_id
+    assert {s.parent_id for s in result.trace[1:]} == {run_span.span_id}
+    assert len({s.span_id for s in result.trace}) == 4
+    # The transcript ends with the final assistant message, ready to be saved.
+    assert [m.role for m in result.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert result.messages[-1].content == "It is 20."
     assert result.to_dict()["usage"]["total_tokens"] == result.usage.total_tokens
 
 
@@ -99,7 +112,7 @@ async def test_tool_errors_are_fed_back_and_the_model_recovers() -> None:
     provider = ScriptedProvider([ToolCall("1", "calculator", {"expr": "1+2"}), check, "3"])
     result = await make_runtime(provider).run(RunRequest(query="1+2?"))
     assert result.answer == "3"
-    assert [s.get("is_error") for s in result.steps] == [True, False, None]
+    assert [getattr(s, "is_error", None) for s in result.steps] == [True, False, None]
 
 
 async def test_malformed_tool_arguments_are_reported_to_the_model() -> None:
@@ -110,7 +123,7 @@ async def test_malformed_tool_arguments_are_reported_to_the_model() -> None:
 
     bad = ToolCall("1", "calculator", {}, invalid_arguments='{"expression": 1+')
     result = await make_runtime(ScriptedProvider([bad, check])).run(RunRequest(query="q"))
-    assert result.answer == "sorry" and result.steps[0]["is_error"] is True
+    assert result.answer == "sorry" and getattr(result.steps[0], "is_error", None) is True
 
 
 async def test_max_iterations_bounds_the_loop() -> None:
@@ -122,9 +135,10 @@ async def test_max_iterations_bounds_the_loop() -> None:
     assert info.value.details["reason"] == "max_iterations"
     # 3 model calls + the 2 tool rounds whose results a model call read; the last
     # round's tools are not run: nothing would read their results.
-    assert [s["name"] for s in info.value.details["trace"]] == ["model_call", "tool_call"] * 2 + [
-        "model_call"
-    ]
+    assert [s["name"] for s in info.value.details["trace"]] == ["run"] + [
+        "model_call",
+        "tool_call",
+    ] * 2 + ["model_call"]
 
 
 async def test_timeout_bounds_the_run_and_keeps_the_partial_trace() -> None:
@@ -135,11 +149,11 @@ async def test_timeout_bounds_the_run_and_keeps_the_partial_trace() -> None:
 
     provider = ScriptedProvider([ToolCall("1", "slow", {"seconds": 30})])
     runtime = make_runtime(provider, tools=[PythonTool(slow)], timeout_s=0.3)
-    with pytest.raises(RunTimeout, match=r"timeout_seconds=0\.3") as info:
+    with pytest.raises(RunTimeout, match=r"within its timeout_seconds") as info:
         await runtime.run(RunRequest(query="wait"))
     spans = info.value.details["trace"]
-    assert [s["name"] for s in spans] == ["model_call", "tool_call"]
-    assert spans[1]["status"] == "error"
+    assert [s["name"] for s in spans] == ["run", "model_call", "tool_call"]
+    assert spans[0]["status"] == "error" and spans[2]["status"] == "error"
     assert info.value.http_status == 504
 
 
@@ -150,11 +164,15 @@ async def test_stream_yields_tokens_tools_and_the_result() -> None:
     events = [e async for e in make_runtime(provider).stream(RunRequest(query="6*7?"))]
     types = [e.type for e in events]
     assert types[0] == "run_started" and types[-1] == "run_finished"
-    assert types.index("tool_call") < types.index("tool_result") < types.index("answer")
-    tokens = "".join(e.data["text"] for e in events if e.type == "token")
-    assert tokens == "The answer is 42."
-    result = events[-1].data["result"]
-    assert result["answer"] == "The answer is 42." and result["usage"]["calls"] == 2
+    assert types.index("tool_call") < types.index("tool_result") < types.index("run_finished")
+    step_kinds = [e.step.type for e in events if e.type == "step"]
+    assert step_kinds == ["tool_call", "answer"]
+    tokens = [e for e in events if isinstance(e, Token)]
+    assert "".join(t.text for t in tokens) == "The answer is 42."
+    assert {(t.channel, t.iteration, t.role) for t in tokens} == {("answer", 2, "reasoner")}
+    last = events[-1]
+    assert isinstance(last, RunFinished)
+    assert last.result.answer == "The answer is 42." and last.result.usage.calls == 2
 
 
 async def test_prompt_variables_templates_and_undefined() -> None:
@@ -175,11 +193,13 @@ async def test_prompt_variables_templates_and_undefined() -> None:
 
 
 async def test_prompt_sandbox_blocks_unsafe_access() -> None:
-    runtime = make_runtime(
-        ScriptedProvider([]), system="{{ ''.__class__.__mro__[1].__subclasses__() }}"
-    )
+    # Through a request variable: refused when the request renders it...
+    runtime = make_runtime(ScriptedProvider([]), system="{{ name.__class__.__mro__ }}")
     with pytest.raises(InvalidRequest, match="unsafe"):
-        await runtime.run(RunRequest(query="q"))
+        await runtime.run(RunRequest(query="q", context={"name": "x"}))
+    # ...and a prompt that is unsafe whatever the request is refused when built.
+    with pytest.raises(ConfigError, match="unsafe"):
+        make_runtime(ScriptedProvider([]), system="{{ ''.__class__.__mro__[1].__subclasses__() }}")
 
 
 def test_prompt_syntax_errors_are_config_errors() -> None:
@@ -203,7 +223,7 @@ async def test_parallel_steps_are_reported_in_call_order() -> None:
     calls = [ToolCall("slow", "nap", {"seconds": 0.2}), ToolCall("fast", "nap", {"seconds": 0.0})]
     provider = ScriptedProvider([calls, "done"])
     result = await make_runtime(provider, tools=[PythonTool(nap)]).run(RunRequest(query="q"))
-    assert [(s["id"], s["result"]) for s in result.steps[:2]] == [
+    assert [(getattr(s, "id", None), getattr(s, "result", None)) for s in result.steps[:2]] == [
         ("slow", "slept 0.2"),
         ("fast", "slept 0.0"),
     ]

@@ -66,9 +66,18 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "tool type 'rag' is not supported yet",
     ),
     (
-        {"tools": [{"name": "t", "type": "agent", "agent": "other"}]},
-        "spec.tools[0].type",
-        "tool type 'agent' is not supported yet",
+        {"tools": [{"name": "t", "type": "agent", "agent": "other", "context_transform": "x"}]},
+        "spec.tools[0].context_transform",
+        "context_transform is not supported yet",
+    ),
+    (
+        {
+            "tools": [
+                {"name": "t", "type": "agent", "agent": "o", "parameters": {"q": {"type": "string"}}}
+            ]
+        },
+        "spec.tools[0]",
+        "agent tools take one argument, query",
     ),
     (
         {"tools": [{"name": "t", "type": "integration", "connection": "crm"}]},

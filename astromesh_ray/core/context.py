@@ -1,0 +1,179 @@
+"""What one run needs, kept apart from what it changes.
+
+``RunRequest`` is what a caller asks (a query, a session, template context, and for
+a sub-run where it comes from).  ``RunContext`` is fixed for the whole run: models by
+role, the tool index, peers, session, caller, deadline and trace position.
+``TurnState`` is what the run builds up: the transcript, the steps, usage and the
+answer.  Patterns read the context and change only the state, through the shared
+steps (``core/steps.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from astromesh_ray.core.messages import Message, Usage
+from astromesh_ray.core.trace import Trace, TraceContext
+from astromesh_ray.errors import InvalidRequest, RunError
+
+if TYPE_CHECKING:
+    from astromesh_ray.core.events import Step
+    from astromesh_ray.core.peers import Peer
+    from astromesh_ray.core.providers.base import Provider
+    from astromesh_ray.core.tools.index import ToolIndex
+
+# Names the prompt templates get from the runtime: a request `context` key with one
+# of them would be silently shadowed, so it is refused instead.
+RESERVED_CONTEXT_KEYS = ("query", "memory", "knowledge", "context")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked for the run (an API key's identity once keys exist; ``anonymous``
+    on an open loopback server and in ``astromesh run``)."""
+
+    id: str = "anonymous"
+    scopes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "scopes": list(self.scopes)}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any] | None) -> Caller:
+        if not data:
+            return ANONYMOUS
+        return Caller(str(data.get("id") or "anonymous"), tuple(data.get("scopes") or ()))
+
+
+ANONYMOUS = Caller()
+
+
+@dataclass(slots=True)
+class RunRequest:
+    """What a caller asks of an agent.
+
+    A top-level request has a query, maybe a session and template ``context``.  A
+    sub-run (another agent calling this one) also says who started it
+    (``parent_run_id``), the trace position to parent on (``trace_parent``, a W3C
+    ``traceparent``), how many seconds of the caller's deadline are left
+    (``deadline_s``), the agents up the call chain (``lineage``) and, for a handoff,
+    the conversation so far (``history``).
+    """
+
+    query: str
+    session_id: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    history: list[Message] = field(default_factory=list)
+    parent_run_id: str | None = None
+    trace_parent: str | None = None
+    deadline_s: float | None = None
+    lineage: tuple[str, ...] = ()
+    caller: Caller = ANONYMOUS
+
+    def check(self) -> None:
+        """Refuse what the runtime cannot honour (``InvalidRequest``, HTTP 422)."""
+        shadowed = [k for k in RESERVED_CONTEXT_KEYS if k in self.context]
+        if shadowed:
+            raise InvalidRequest(
+                "context keys "
+                + ", ".join(map(repr, shadowed))
+                + " are reserved: prompts get them from the runtime",
+                hint="rename them; the reserved names are " + ", ".join(RESERVED_CONTEXT_KEYS),
+                field="context." + shadowed[0],
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "session_id": self.session_id,
+            "context": self.context,
+            "history": [m.to_dict() for m in self.history],
+            "parent_run_id": self.parent_run_id,
+            "trace_parent": self.trace_parent,
+            "deadline_s": self.deadline_s,
+            "lineage": list(self.lineage),
+            "caller": self.caller.to_dict(),
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> RunRequest:
+        return RunRequest(
+            query=str(data["query"]),
+            session_id=data.get("session_id"),
+            context=dict(data.get("context") or {}),
+            history=[Message.from_dict(m) for m in data.get("history") or []],
+            parent_run_id=data.get("parent_run_id"),
+            trace_parent=data.get("trace_parent"),
+            deadline_s=data.get("deadline_s"),
+            lineage=tuple(data.get("lineage") or ()),
+            caller=Caller.from_dict(data.get("caller")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Everything fixed for one run.  ``deadline`` is event-loop time."""
+
+    run_id: str
+    agent: str
+    request: RunRequest
+    models: Mapping[str, Provider]
+    tools: ToolIndex
+    peers: Mapping[str, Peer]
+    deadline: float
+    trace: TraceContext  # the run span: what steps parent their spans on by default
+    lineage: tuple[str, ...]  # agents up the call chain, this one last
+    max_iterations: int
+    parameters: Mapping[str, Any]
+    stream_tokens: bool
+    where: Mapping[str, str]
+
+    @property
+    def session_id(self) -> str | None:
+        return self.request.session_id
+
+    @property
+    def caller(self) -> Caller:
+        return self.request.caller
+
+    def model(self, role: str) -> Provider:
+        """The routed model of ``role`` (``reasoner``, ``planner``, ``executor``, ...)."""
+        try:
+            return self.models[role]
+        except KeyError:
+            raise RunError(
+                f"agent {self.agent!r} has no model for role {role!r}",
+                hint="roles built for it: " + ", ".join(sorted(self.models)),
+                run_id=self.run_id,
+            ) from None
+
+    def peer(self, name: str) -> Peer:
+        """The peer agent ``name``."""
+        try:
+            return self.peers[name]
+        except KeyError:
+            raise RunError(
+                f"agent {self.agent!r} has no peer agent {name!r}",
+                hint="peers: " + (", ".join(sorted(self.peers)) or "(none)"),
+                run_id=self.run_id,
+            ) from None
+
+    def remaining_s(self) -> float:
+        """Seconds left before the deadline (negative once it passed)."""
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+@dataclass(slots=True)
+class TurnState:
+    """What a run builds up.  ``messages`` is the transcript; once the run has
+    answered it ends with the final assistant message, so it can be saved as is."""
+
+    trace: Trace
+    messages: list[Message] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    answer: str | None = None
+    iterations: int = 0  # model calls made, counted against max_iterations

@@ -1,0 +1,123 @@
+"""Lifecycle stages around the pattern: ``prepare`` before it, event transformers
+around its stream, ``finish`` after it.
+
+    prepare stages  (memory load → input guardrails → prompts)
+    pattern.run(ctx, state)  ──events──►  transformers (output guardrails → metrics)
+    finish stages   (memory save → episodic record)
+
+Each stage is a small object behind one of three protocols, chosen for an agent
+from its YAML through ``STAGES`` (in order; a factory returns ``None`` when the
+agent does not ask for its stage), and testable alone with the scripted model.
+The runtime names the stage in any error it raises.  With no transformers the
+pattern's events reach the caller directly: an empty chain costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from astromesh_ray.core.context import RunContext, TurnState
+from astromesh_ray.core.events import Event
+from astromesh_ray.errors import AstromeshError
+
+if TYPE_CHECKING:
+    from astromesh_ray.spec import AgentSpec
+
+
+@runtime_checkable
+class PrepareStage(Protocol):
+    """Runs before the pattern: fills the transcript, checks input."""
+
+    name: str
+
+    async def prepare(self, ctx: RunContext, state: TurnState) -> None: ...
+
+
+@runtime_checkable
+class FinishStage(Protocol):
+    """Runs after the pattern, with the error the run ended on (``None``: it answered)."""
+
+    name: str
+
+    async def finish(
+        self, ctx: RunContext, state: TurnState, error: AstromeshError | None
+    ) -> None: ...
+
+
+@runtime_checkable
+class EventTransformer(Protocol):
+    """Wraps the pattern's event stream (may drop, change or add events, and change
+    ``state.answer`` before the result is built)."""
+
+    name: str
+
+    def transform(
+        self, ctx: RunContext, state: TurnState, events: AsyncIterator[Event]
+    ) -> AsyncIterator[Event]: ...
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stages of one agent, in the order they run."""
+
+    prepare: tuple[PrepareStage, ...] = ()
+    transformers: tuple[EventTransformer, ...] = ()
+    finish: tuple[FinishStage, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [
+            *(s.name for s in self.prepare),
+            *(t.name for t in self.transformers),
+            *(f.name for f in self.finish),
+        ]
+
+
+StageFactory = Callable[["AgentSpec"], Any]
+
+# name -> "module:factory", imported lazily.  A factory takes the AgentSpec and
+# returns the stage (a PrepareStage, EventTransformer or FinishStage) or None when
+# the agent's YAML does not ask for it.  The order here is the order they run in.
+STAGES: dict[str, str] = {
+    "prompts": "astromesh_ray.core.prompts:prompt_stage",
+}
+
+
+def stage_factory(name: str) -> StageFactory:
+    """The factory of stage ``name``; a miss lists the valid names."""
+    from astromesh_ray.errors import ConfigError
+
+    try:
+        target = STAGES[name]
+    except KeyError:
+        raise ConfigError(f"unknown stage {name!r}", hint="stages: " + ", ".join(STAGES)) from None
+    module, _, attr = target.partition(":")
+    factory: StageFactory = getattr(importlib.import_module(module), attr)
+    return factory
+
+
+def stages_for(agent: AgentSpec) -> Stages:
+    """The stages ``agent``'s YAML asks for, each in its place."""
+    prepare: list[PrepareStage] = []
+    transformers: list[EventTransformer] = []
+    finish: list[FinishStage] = []
+    for name in STAGES:
+        stage = stage_factory(name)(agent)
+        if stage is None:
+            continue
+        placed = False
+        if isinstance(stage, PrepareStage):
+            prepare.append(stage)
+            placed = True
+        if isinstance(stage, EventTransformer):
+            transformers.append(stage)
+            placed = True
+        if isinstance(stage, FinishStage):
+            finish.append(stage)
+            placed = True
+        if not placed:
+            raise TypeError(f"stage {name!r} implements no stage protocol")
+    return Stages(tuple(prepare), tuple(transformers), tuple(finish))

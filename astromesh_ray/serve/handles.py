@@ -1,0 +1,60 @@
+"""The one place a Serve application is looked up by name and its failures named.
+
+Provider deployments, peer agents and the gateway's agents are all reached through
+``AppHandle``: looked up on first use (``serve deploy`` starts applications in any
+order), forgotten after a failure so a redeployed application is found again.
+``RAY_FAILURES`` are the exceptions that mean "the application could not be
+reached or its replica died", as opposed to a bug in our own code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
+from ray.serve.handle import DeploymentHandle
+
+RAY_FAILURES: tuple[type[BaseException], ...] = (RayError, RayServeException)
+"""Ray or Serve failing to deliver a call (no such application, no replica,
+back-pressure, a replica that died mid-call)."""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line account of a Ray failure (its messages can carry whole remote
+    tracebacks: keep the first line)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+class AppHandle:
+    """A handle to Serve application ``app``, looked up lazily."""
+
+    __slots__ = ("_handle", "app")
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+        self._handle: DeploymentHandle[Any] | None = None
+
+    def get(self) -> DeploymentHandle[Any]:
+        """The handle; raises ``RayServeException`` when the application does not exist."""
+        if self._handle is None:
+            self._handle = serve.get_app_handle(self.app)
+        return self._handle
+
+    def forget(self) -> None:
+        """Look the application up again next time (it may have been redeployed)."""
+        self._handle = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"app": self.app, "_handle": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.app = state["app"]
+        self._handle = None
+
+
+def agent_app_name(agent: str) -> str:
+    """The Serve application of agent ``agent``."""
+    return f"agent-{agent}"

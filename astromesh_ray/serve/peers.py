@@ -1,0 +1,61 @@
+"""``ServePeer``: another agent's Serve application as a ``Peer``.
+
+The sub-run request crosses the Ray hop as a plain dict (``RunRequest.to_dict``),
+with the trace parent, the remaining deadline and the call chain; the result comes
+back as a value (``serve/outcome.py``) and is typed again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from ray.serve.handle import DeploymentResponseGenerator
+
+from astromesh_ray.core.context import RunRequest
+from astromesh_ray.core.events import Event, RunResult, event_from_dict
+from astromesh_ray.errors import AgentUnavailable
+from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, agent_app_name, describe
+from astromesh_ray.serve.outcome import unwrap
+
+
+class ServePeer:
+    """Peer agent ``agent``, reached by handle to its application."""
+
+    def __init__(self, agent: str) -> None:
+        self.name = agent
+        self._app = AppHandle(agent_app_name(agent))
+
+    def _unavailable(self, exc: BaseException) -> AgentUnavailable:
+        self._app.forget()
+        return AgentUnavailable(
+            f"agent {self.name!r} is unavailable: its application {self._app.app!r} "
+            f"failed: {describe(exc)}",
+            hint="check `serve status`; redeploy the agent's application",
+            agent=self.name,
+            app=self._app.app,
+        )
+
+    async def run(self, request: RunRequest) -> RunResult:
+        try:
+            outcome = await self._app.get().run.remote(request.to_dict())
+        except RAY_FAILURES as exc:
+            raise self._unavailable(exc) from None
+        return RunResult.from_dict(unwrap(outcome))
+
+    async def stream(self, request: RunRequest) -> AsyncIterator[Event]:
+        try:
+            handle = self._app.get().options(stream=True)
+            outcomes = cast(
+                DeploymentResponseGenerator[Any], handle.stream.remote(request.to_dict())
+            ).__aiter__()
+        except RAY_FAILURES as exc:
+            raise self._unavailable(exc) from None
+        while True:
+            try:
+                outcome = await outcomes.__anext__()
+            except StopAsyncIteration:
+                return
+            except RAY_FAILURES as exc:
+                raise self._unavailable(exc) from None
+            yield event_from_dict(unwrap(outcome))
