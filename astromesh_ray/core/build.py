@@ -243,11 +243,15 @@ class LocalAgents:
         *,
         routing: ProviderRoutingSpec | None = None,
         make_provider: ProviderFactory = local_provider,
+        scripted: Mapping[str, Provider] | None = None,
     ) -> None:
         self.agents = dict(agents)
         self.providers = dict(providers or {})
         self.routing = routing
         self.make_provider = make_provider
+        # Agents whose every role uses the given provider instead of their YAML
+        # models (tests with ScriptedProvider).
+        self.scripted = dict(scripted or {})
         self.breakers = LocalBreakerStore()  # one process: one set of breakers
         self._runtimes: dict[str, AgentRuntime] = {}
         self._lock = asyncio.Lock()
@@ -267,6 +271,7 @@ class LocalAgents:
                         self.agents[name],
                         self.providers,
                         make_provider=self.make_provider,
+                        provider=self.scripted.get(name),
                         make_peer=self.peer,
                         routing=self.routing,
                         breakers=self.breakers,

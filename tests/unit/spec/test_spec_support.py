@@ -73,7 +73,12 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     (
         {
             "tools": [
-                {"name": "t", "type": "agent", "agent": "o", "parameters": {"q": {"type": "string"}}}
+                {
+                    "name": "t",
+                    "type": "agent",
+                    "agent": "o",
+                    "parameters": {"q": {"type": "string"}},
+                }
             ]
         },
         "spec.tools[0]",
