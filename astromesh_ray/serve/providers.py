@@ -15,12 +15,17 @@ from typing import Any, cast
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from astromesh_ray.core.providers.base import local_provider
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
-from astromesh_ray.errors import AstromeshError, ProviderError
+from astromesh_ray.core.providers.base import local_provider
+from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
+from astromesh_ray.core.trace import Span, child_span
+from astromesh_ray.errors import ProviderError
+from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok, unwrap
 from astromesh_ray.spec import ModelEndpoint
+
+_PROBE_FAILURES: tuple[type[BaseException], ...] = (ProviderError, *RAY_FAILURES)
 
 
 def provider_app_name(endpoint: ModelEndpoint) -> str:
@@ -28,38 +33,67 @@ def provider_app_name(endpoint: ModelEndpoint) -> str:
     return endpoint.key
 
 
-@serve.deployment(name="provider", max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
+# As many concurrent requests as the client pool has connections (local_provider sizes
+# the pool from the YAML's max_ongoing_requests, else this same default).
+@serve.deployment(
+    name="provider",
+    max_ongoing_requests=DEFAULT_MAX_CONNECTIONS,
+    ray_actor_options={"num_cpus": 0},
+)
 class ProviderDeployment:
     """Owns one provider client (an HTTP connection pool, or a model in memory)."""
 
     def __init__(self, endpoint: ModelEndpoint) -> None:
         # Sampling parameters travel with each request (agents sharing this
-        # deployment may differ), so the client itself gets none.
+        # deployment may differ), so the client itself gets none.  Its pool holds as
+        # many connections as this replica takes requests at once: the YAML's
+        # max_ongoing_requests (which the builders give this deployment), else
+        # DEFAULT_MAX_CONNECTIONS, the decorator's own.
         self._provider = local_provider(dataclasses.replace(endpoint, parameters={}))
         self._where = replica_location()
 
+    # The edge of the replica: every error leaves as a value (``failure`` reports an
+    # unexpected one as a RunError and logs it), so the caller can tell a provider
+    # failing from this replica dying.
+
     async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        parsed = CompletionRequest.from_dict(request)
+        span = child_span(parsed.trace_parent, "provider.complete", self._where)
         try:
-            completion = await self._provider.complete(CompletionRequest.from_dict(request))
+            completion = await self._provider.complete(parsed)
         except Exception as exc:
             return failure(exc)
         completion.location.update(self._where)
+        if span is not None:
+            span.set(provider=self._provider.name)
+            span.end()
+            completion.spans.append(span.to_dict())
         return ok(completion.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        parsed = CompletionRequest.from_dict(request)
+        span = child_span(parsed.trace_parent, "provider.stream", self._where)
         located = False
         try:
-            async for chunk in self._provider.stream(CompletionRequest.from_dict(request)):
-                if chunk.usage is not None or chunk.finish_reason is not None:
-                    # The final chunk says where the model ran, for the trace.
-                    chunk.location.update(self._where)
+            async for chunk in self._provider.stream(parsed):
+                if chunk.is_last:
+                    self._locate(chunk, span)
                     located = True
                 yield ok(chunk.to_dict())
         except Exception as exc:
             yield failure(exc)
             return
         if not located:  # a backend that sent no final chunk: add one
-            yield ok(CompletionChunk(location=dict(self._where)).to_dict())
+            yield ok(self._locate(CompletionChunk(), span).to_dict())
+
+    def _locate(self, chunk: CompletionChunk, span: Span | None) -> CompletionChunk:
+        # The final chunk says where the model ran and carries this replica's span.
+        chunk.location.update(self._where)
+        if span is not None:
+            span.set(provider=self._provider.name)
+            span.end()
+            chunk.spans.append(span.to_dict())
+        return chunk
 
     async def health(self) -> bool:
         return await self._provider.health()
@@ -75,25 +109,20 @@ class ServeProvider:
     def __init__(self, endpoint: ModelEndpoint) -> None:
         self.endpoint = endpoint
         self.name = f"{endpoint.provider}:{endpoint.model}"
-        self._app = provider_app_name(endpoint)
-        self._handle: DeploymentHandle[Any] | None = None
+        self._app = AppHandle(provider_app_name(endpoint))
 
     def _get_handle(self) -> DeploymentHandle[Any]:
-        if self._handle is None:
-            try:
-                self._handle = serve.get_app_handle(self._app)
-            except Exception as exc:
-                raise self._unavailable(exc) from None
-        return self._handle
+        try:
+            return self._app.get()
+        except RAY_FAILURES as exc:
+            raise self._unavailable(exc) from None
 
-    def _unavailable(self, exc: Exception) -> ProviderError:
+    def _unavailable(self, exc: BaseException) -> ProviderError:
         """A Ray/Serve failure reaching the deployment, as the ``ProviderError`` the
         router falls back on and counts against the breaker."""
-        # Look the application up again next time: it may have been redeployed.
-        self._handle = None
+        self._app.forget()  # it may have been redeployed
         return ProviderError(
-            f"{self.name}: provider deployment {self._app!r} unavailable: "
-            f"{type(exc).__name__}: {exc}",
+            f"{self.name}: provider deployment {self._app.app!r} unavailable: {describe(exc)}",
             hint="check `serve status`",
             provider=self.name,
             status=None,
@@ -109,9 +138,7 @@ class ServeProvider:
         handle = self._get_handle()
         try:
             outcome = await handle.complete.remote(self._request(request))
-        except AstromeshError:
-            raise
-        except Exception as exc:  # DeploymentUnavailableError, RayActorError, ...
+        except RAY_FAILURES as exc:  # DeploymentUnavailableError, RayActorError, ...
             raise self._unavailable(exc) from None
         return Completion.from_dict(unwrap(outcome))
 
@@ -121,7 +148,7 @@ class ServeProvider:
             outcomes = cast(
                 DeploymentResponseGenerator[Any], handle.stream.remote(self._request(request))
             ).__aiter__()
-        except Exception as exc:
+        except RAY_FAILURES as exc:
             raise self._unavailable(exc) from None
         while True:
             # Only the handle's own calls are guarded: what the consumer throws in at
@@ -130,17 +157,15 @@ class ServeProvider:
                 outcome = await outcomes.__anext__()
             except StopAsyncIteration:
                 return
-            except AstromeshError:
-                raise
-            except Exception as exc:
+            except RAY_FAILURES as exc:
                 raise self._unavailable(exc) from None
             yield CompletionChunk.from_dict(unwrap(outcome))
 
     async def health(self) -> bool:
         try:
             return bool(await self._get_handle().health.remote())
-        except (AstromeshError, Exception):
+        except _PROBE_FAILURES:  # a probe: unreachable means unhealthy
             return False
 
     async def aclose(self) -> None:
-        self._handle = None
+        self._app.forget()

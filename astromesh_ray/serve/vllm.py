@@ -13,9 +13,11 @@ gets outcomes back (``serve/outcome.py``).  Those three methods are added to Ray
 ``ChatCompletionRequest`` inside the replica that already has vLLM, and no agent or
 CPU node needs vLLM installed (Ray's request and response models import vLLM).
 
-The translation lives in ``serve/vllm_chat.py``; this module maps YAML onto Ray's
-``LLMConfig`` (``llm_config_fields``, plain Python) and builds the application;
-``ray.serve.llm`` is imported only in ``vllm_app``, when actually deploying.
+The translation is the OpenAI wire format ``core/providers/openai_wire.py`` (the code
+``OpenAIProvider`` speaks to an external vLLM), adapted to ``LLMServer`` in
+``serve/vllm_chat.py``; this module maps YAML onto Ray's ``LLMConfig``
+(``llm_config_fields``, plain Python) and builds the application; ``ray.serve.llm`` is
+imported only in ``vllm_app``, when actually deploying.
 
 How YAML maps onto Ray 2.60's ``LLMConfig``:
 

@@ -1,72 +1,34 @@
-"""Our provider calls over Ray's ``LLMServer``: the OpenAI chat wire format both ways.
+"""Our provider calls over Ray's ``LLMServer``: what is specific to calling it in process.
 
 ``serve/vllm.py`` deploys in-cluster vLLM as Ray's ``LLMServer`` with
 ``ProviderMethods`` mixed in, so the agent's ``ServeProvider`` calls ``complete`` /
-``stream`` / ``health`` on plain dicts as with every provider deployment.  Here
-those calls become the ``ChatCompletionRequest`` body ``LLMServer.chat`` takes
-(``chat_body``), and what it answers becomes our ``Completion`` /
-``CompletionChunk`` (``completion_from_response``, ``ChatStreamDecoder``): tool
-calls as ``{id, name, arguments: dict}``, usage always counted, errors as
-``ProviderError`` with status and retryability.
+``stream`` / ``health`` on plain dicts as with every provider deployment.  The OpenAI
+chat wire format both ways is ``core/providers/openai_wire.py``, the very code
+``OpenAIProvider`` speaks to a vLLM server over HTTP; here is only what differs in
+process: the body becomes vLLM's ``ChatCompletionRequest`` (``make_request``), answers
+are pydantic objects (dumped to dicts), a stream arrives as batches of SSE strings
+(``stream_chunks``), and engine failures and timeouts become ``ProviderError``s.
 
-Nothing here imports vLLM: the request model is injected (``make_request``), and
-responses are read as dicts (pydantic objects are dumped first), so the whole path
-is testable without it.  The wire helpers mirror ``core/providers/openai.py``
-(vLLM speaks the same format in-process as over HTTP).
+Nothing here imports vLLM: the request model is injected (``make_request``), so the
+whole path is testable without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from astromesh_ray.core.messages import (
-    Completion,
-    CompletionChunk,
-    CompletionRequest,
-    Message,
-    ToolCall,
-    Usage,
-)
-from astromesh_ray.core.providers.openai import wire_message, wire_tool
+from astromesh_ray.core.messages import CompletionChunk, CompletionRequest
+from astromesh_ray.core.providers.http import sse_data
+from astromesh_ray.core.providers.openai_wire import OpenAIChatWire, OpenAIStreamDecoder
 from astromesh_ray.errors import AstromeshError, ProviderError
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok
 
-__all__ = [
-    "ChatFn",
-    "ChatStreamDecoder",
-    "ProviderMethods",
-    "VLLMChatAdapter",
-    "chat_body",
-    "completion_from_response",
-]
-
-_RETRYABLE_STATUS = {408, 409, 429}
-
-
-# -- request side ------------------------------------------------------------------
-
-
-def chat_body(request: CompletionRequest, model_id: str, *, stream: bool) -> dict[str, Any]:
-    """The OpenAI chat-completion body vLLM's ``ChatCompletionRequest`` takes."""
-    body: dict[str, Any] = dict(request.parameters)
-    # Set after the parameters so sampling options can never replace the payload.
-    body["model"] = model_id
-    body["messages"] = [wire_message(m) for m in request.messages]
-    body.pop("tools", None)
-    if request.tools:
-        body["tools"] = [wire_tool(t) for t in request.tools]
-    body["stream"] = stream
-    if stream:
-        body["stream_options"] = {"include_usage": True}
-    else:
-        body.pop("stream_options", None)
-    return body
+__all__ = ["ChatFn", "ProviderMethods", "VLLMChatAdapter", "stream_chunks"]
 
 
 def _plain(item: Any) -> Any:
@@ -75,179 +37,21 @@ def _plain(item: Any) -> Any:
     return dump() if callable(dump) else item
 
 
-def _usage(wire: Any) -> Usage:
-    # A call without usage still counts as one call.
-    wire = wire if isinstance(wire, Mapping) else {}
-    return Usage(
-        input_tokens=int(wire.get("prompt_tokens") or 0),
-        output_tokens=int(wire.get("completion_tokens") or 0),
-        calls=1,
-    )
-
-
-def _error(name: str, data: Mapping[str, Any]) -> ProviderError | None:
-    """The ``ProviderError`` an error body stands for, or None for a normal body.
-
-    Ray 2.60 wraps vLLM errors as ``{"error": {message, type, param, code}}``; vLLM
-    streams mid-generation failures the same way; older vLLM used a flat
-    ``{"object": "error", "message", "code"}``.
-    """
-    if isinstance(data.get("error"), Mapping):
-        err: Mapping[str, Any] = data["error"]
-    elif data.get("object") == "error":
-        err = data
+def stream_chunks(decoder: OpenAIStreamDecoder, item: Any) -> list[CompletionChunk]:
+    """The chunks in one item ``LLMServer.chat`` streams: Ray batches vLLM's
+    server-sent events into lists of ``"data: {...}\\n\\n"`` strings, and an item may
+    also be a response or error object.  An error event raises ``ProviderError``."""
+    item = _plain(item)
+    if isinstance(item, list):
+        return [chunk for part in item for chunk in stream_chunks(decoder, part)]
+    if isinstance(item, str):
+        payloads = (sse_data(line) for line in item.splitlines())
+        found = [decoder.decode(p) for p in payloads if p and p != "[DONE]"]
+    elif isinstance(item, Mapping):
+        found = [decoder.feed(item)]
     else:
-        return None
-    message = str(err.get("message") or err)
-    code = err.get("code")
-    status = code if isinstance(code, int) else None
-    lowered = message.lower()
-    hint = None
-    if "tool" in lowered and ("parser" in lowered or "tool choice" in lowered):
-        hint = "set options.tool_call_parser (e.g. hermes) so vLLM can parse tool calls"
-    elif "context length" in lowered or "max_model_len" in lowered:
-        hint = "raise options.max_model_len, or send a shorter conversation"
-    return ProviderError(
-        f"{name}: vLLM answered {status or 'an error'}: {message}",
-        hint=hint,
-        provider=name,
-        status=status,
-        retryable=status is None or status in _RETRYABLE_STATUS or status >= 500,
-    )
-
-
-def _bad_response(name: str, what: str) -> ProviderError:
-    return ProviderError(
-        f"{name}: malformed answer from vLLM: {what}",
-        provider=name,
-        status=None,
-        retryable=False,
-    )
-
-
-def _tool_call(name: str, index: int, wire: Mapping[str, Any]) -> ToolCall:
-    function = wire.get("function") or {}
-    tool = str(function.get("name") or "")
-    if not tool:
-        raise _bad_response(name, f"tool call #{index} has no function name")
-    return ToolCall.parse(str(wire.get("id") or f"call_{index}"), tool, function.get("arguments"))
-
-
-def completion_from_response(data: Any, *, name: str, model_id: str) -> Completion:
-    """A non-streamed ``ChatCompletionResponse`` (or its dict) as our ``Completion``;
-    an error response raises ``ProviderError``."""
-    data = _plain(data)
-    if not isinstance(data, Mapping):
-        raise _bad_response(name, f"expected a chat completion, got {type(data).__name__}")
-    error = _error(name, data)
-    if error is not None:
-        raise error
-    try:
-        choice = data["choices"][0]
-        wire = choice["message"]
-        if not isinstance(wire, Mapping):
-            raise TypeError(wire)
-    except (KeyError, IndexError, TypeError):
-        raise _bad_response(name, f"not a chat completion: {str(data)[:200]!r}") from None
-    calls = [_tool_call(name, i, c) for i, c in enumerate(wire.get("tool_calls") or [])]
-    return Completion(
-        message=Message(role="assistant", content=wire.get("content"), tool_calls=calls),
-        usage=_usage(data.get("usage")),
-        model=str(data.get("model") or model_id),
-        provider=name,
-        finish_reason=str(choice.get("finish_reason") or ("tool_calls" if calls else "stop")),
-    )
-
-
-class ChatStreamDecoder:
-    """Turns what ``LLMServer.chat`` streams into our ``CompletionChunk``s.
-
-    Ray batches vLLM's server-sent events into lists of ``"data: {...}\\n\\n"``
-    strings; an item may also be a response or error object.  ``feed`` returns the
-    text deltas an item carries; tool-call fragments and usage accumulate, and
-    ``finish`` returns the last chunk with whole tool calls, usage and finish reason.
-    """
-
-    def __init__(self, *, name: str, model_id: str) -> None:
-        self.name = name
-        self.model = model_id
-        self._calls: dict[int, dict[str, str]] = {}
-        self._usage: Any = None
-        self._finish: str | None = None
-
-    def feed(self, item: Any) -> list[CompletionChunk]:
-        """The text chunks in ``item``; raises ``ProviderError`` on an error event."""
-        item = _plain(item)
-        if isinstance(item, list):
-            return [chunk for part in item for chunk in self.feed(part)]
-        if isinstance(item, str):
-            return [chunk for event in _sse_events(self.name, item) for chunk in self.feed(event)]
-        if not isinstance(item, Mapping):
-            raise _bad_response(self.name, f"unexpected stream item {type(item).__name__}")
-        error = _error(self.name, item)
-        if error is not None:
-            raise error
-        self.model = str(item.get("model") or self.model)
-        self._usage = item.get("usage") or self._usage
-        chunks = []
-        for choice in item.get("choices") or []:
-            self._finish = choice.get("finish_reason") or self._finish
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                chunks.append(CompletionChunk(text=str(delta["content"])))
-            for position, fragment in enumerate(delta.get("tool_calls") or []):
-                self._merge(position, fragment)
-        return chunks
-
-    def _merge(self, position: int, fragment: Any) -> None:
-        # vLLM sends a call's id and name first, then its arguments in pieces.
-        if not isinstance(fragment, Mapping):
-            return
-        index = fragment.get("index")
-        entry = self._calls.setdefault(
-            index if isinstance(index, int) else position, {"id": "", "name": "", "arguments": ""}
-        )
-        if fragment.get("id"):
-            entry["id"] = str(fragment["id"])
-        function = fragment.get("function") or {}
-        if function.get("name"):
-            entry["name"] = str(function["name"])
-        arguments = function.get("arguments")
-        if isinstance(arguments, Mapping):
-            entry["arguments"] += json.dumps(arguments)
-        elif arguments:
-            entry["arguments"] += str(arguments)
-
-    def finish(self) -> CompletionChunk:
-        """The last chunk: whole tool calls, usage and finish reason."""
-        calls = [
-            _tool_call(self.name, i, {"id": c["id"], "function": c})
-            for i, c in sorted(self._calls.items())
-        ]
-        return CompletionChunk(
-            tool_calls=calls,
-            usage=_usage(self._usage),
-            finish_reason=self._finish or ("tool_calls" if calls else "stop"),
-            model=self.model,
-        )
-
-
-def _sse_events(name: str, text: str) -> list[dict[str, Any]]:
-    events = []
-    for line in text.splitlines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments, event names
-        payload = line[5:].strip()
-        if not payload or payload == "[DONE]":
-            continue
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            raise _bad_response(name, f"undecodable stream event {payload[:200]!r}") from None
-        if not isinstance(event, dict):
-            raise _bad_response(name, f"stream event is not an object: {payload[:200]!r}")
-        events.append(event)
-    return events
+        raise decoder.wire.malformed(f"unexpected stream item {type(item).__name__}")
+    return [chunk for chunk in found if chunk is not None]
 
 
 # -- the replica side ---------------------------------------------------------------
@@ -262,8 +66,8 @@ class VLLMChatAdapter:
     """Our provider protocol (``complete`` / ``stream`` / ``health`` on dicts, errors
     as outcome values) over an ``LLMServer``'s ``chat``.
 
-    ``make_request`` builds vLLM's ``ChatCompletionRequest`` from ``chat_body``'s dict;
-    it is injected so this class (and its tests) need no vLLM.
+    ``make_request`` builds vLLM's ``ChatCompletionRequest`` from the wire body's
+    dict; it is injected so this class (and its tests) need no vLLM.
     """
 
     name: str
@@ -273,27 +77,32 @@ class VLLMChatAdapter:
     check_health: Callable[[], Awaitable[Any]]
     timeout_s: float | None = None
     where: dict[str, str] | None = None
+    wire: OpenAIChatWire = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wire = OpenAIChatWire(name=self.name, model=self.model_id, source="vLLM")
 
     async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
         """One whole answer, as ``ok(Completion.to_dict())`` or a failure outcome."""
         try:
-            body = chat_body(CompletionRequest.from_dict(request), self.model_id, stream=False)
+            ask = CompletionRequest.from_dict(request)
+            body = self.wire.body(ask, stream=False)
             async with asyncio.timeout(self.timeout_s):
                 items = [item async for item in self._items(body)]
             if not items:
-                raise _bad_response(self.name, "no response")
-            completion = completion_from_response(items[0], name=self.name, model_id=self.model_id)
+                raise self.wire.malformed("no response")
+            completion = self.wire.completion(_plain(items[0]), ask)
         except Exception as exc:
             return failure(self._as_provider_error(exc))
         completion.location.update(self.where or {})
         return ok(completion.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Text chunks as they come, then the last chunk; a failure ends the stream."""
-        decoder = ChatStreamDecoder(name=self.name, model_id=self.model_id)
+        """Deltas as they come, then the last chunk; a failure ends the stream."""
         try:
-            body = chat_body(CompletionRequest.from_dict(request), self.model_id, stream=True)
-            items = self._items(body).__aiter__()
+            ask = CompletionRequest.from_dict(request)
+            decoder = self.wire.decoder(ask)
+            items = self._items(self.wire.body(ask, stream=True)).__aiter__()
             while True:
                 try:
                     # The timeout bounds each wait (first token, then between tokens),
@@ -301,7 +110,7 @@ class VLLMChatAdapter:
                     item = await asyncio.wait_for(items.__anext__(), self.timeout_s)
                 except StopAsyncIteration:
                     break
-                for chunk in decoder.feed(item):
+                for chunk in stream_chunks(decoder, item):
                     yield ok(chunk.to_dict())
             last = decoder.finish()
             last.location.update(self.where or {})  # where the model ran, for the trace

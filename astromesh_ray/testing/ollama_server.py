@@ -44,7 +44,9 @@ class ScriptedOllamaServer(ScriptedServer):
       then an ``{"error": ...}`` line as Ollama does when a runner dies mid-answer
       (a non-streaming request gets HTTP 500 with that error);
 
-    and optionally ``finish_reason`` (sent as ``done_reason``, default ``stop``, which
+    and optionally ``thinking`` (a thinking model's reasoning: sent only when the
+    request enables ``think``, as ``message.thinking``, streamed word by word before
+    the content), ``finish_reason`` (sent as ``done_reason``, default ``stop``, which
     Ollama also sends for tool calls) and ``delay_s`` (sleep before answering).
 
     ``models`` are the pulled models ``/api/tags`` lists; a chat naming another model
@@ -57,7 +59,7 @@ class ScriptedOllamaServer(ScriptedServer):
     _thread_name = "scripted-ollama-{port}"
     _step_keys = frozenset(
         {"content", "tool_calls", "status", "error", "finish_reason", "delay_s", "stream_error"}
-    )
+    ) | {"thinking"}
     _answer_keys = ("content", "tool_calls", "status", "stream_error")
 
     def __init__(
@@ -150,17 +152,24 @@ class _Reply:
     def __init__(self, step: dict[str, Any], body: dict[str, Any]) -> None:
         self.model = str(body["model"])
         self.content = str(step.get("content") or "")
+        # A thinking model thinks aloud only when asked to (`think`: true or a level).
+        think = body.get("think")
+        self.thinking = str(step.get("thinking") or "") if think not in (None, False) else ""
         self.stream_error: str | None = step.get("stream_error")
         self.calls = [_wire_call(c) for c in step.get("tool_calls") or []]
         self.done_reason = str(step.get("finish_reason") or "stop")
         prompt = sum(count_words(m.get("content")) for m in body["messages"] if isinstance(m, dict))
-        completion = count_words(self.content) + sum(
-            count_words(f"{c['function']['name']} {_args_text(c)}") for c in self.calls
+        completion = (
+            count_words(self.thinking)
+            + count_words(self.content)
+            + sum(count_words(f"{c['function']['name']} {_args_text(c)}") for c in self.calls)
         )
         self.counts = {"prompt_eval_count": prompt, "eval_count": completion}
 
     def whole(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.thinking:
+            message["thinking"] = self.thinking
         if self.calls:
             message["tool_calls"] = self.calls
         return {**_head(self.model), "message": message, **self._done()}
@@ -179,6 +188,14 @@ class _Reply:
 
     def lines(self) -> list[dict[str, Any]]:
         out = [
+            {
+                **_head(self.model),
+                "message": {"role": "assistant", "content": "", "thinking": p},
+                "done": False,
+            }
+            for p in split_words(self.thinking)
+        ]
+        out += [
             {**_head(self.model), "message": {"role": "assistant", "content": p}, "done": False}
             for p in split_words(self.content)
         ]

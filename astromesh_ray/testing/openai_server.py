@@ -41,7 +41,13 @@ class ScriptedOpenAIServer(ScriptedServer):
     - ``{"status": 500, "error": "message"}``: answer that HTTP error instead
       (``"retry_after": 2`` adds a ``Retry-After`` header).
 
-    and optionally ``finish_reason`` (override) and ``delay_s`` (sleep before answering).
+    and optionally ``reasoning`` (the model's reasoning text, sent before the answer as
+    vLLM and DeepSeek do: ``message.<reasoning_field>``, streamed as
+    ``delta.<reasoning_field>`` deltas), ``finish_reason`` (override) and ``delay_s``
+    (sleep before answering).  ``reasoning_field`` is ``reasoning_content`` (vLLM,
+    DeepSeek) by default; newer vLLM also names it ``reasoning``.  ``stream_usage =
+    False`` answers streams as llama-cpp-python does: without the usage chunk that
+    ``stream_options.include_usage`` asks for.
     Every chat-completion body received is appended to ``requests`` (its headers to
     ``request_headers``), whether or not it was answered successfully.  Running out of
     steps answers HTTP 500 saying the script is exhausted.
@@ -51,7 +57,7 @@ class ScriptedOpenAIServer(ScriptedServer):
     _thread_name = "scripted-openai-{port}"
     _step_keys = frozenset(
         {"content", "tool_calls", "status", "error", "finish_reason", "delay_s", "retry_after"}
-    )
+    ) | {"reasoning"}
     _answer_keys = ("content", "tool_calls", "status")
 
     def __init__(
@@ -60,9 +66,13 @@ class ScriptedOpenAIServer(ScriptedServer):
         *,
         model: str = "scripted-model",
         require_api_key: str | None = None,
+        reasoning_field: str = "reasoning_content",
+        stream_usage: bool = True,
     ) -> None:
         self.model = model
         self.require_api_key = require_api_key
+        self.reasoning_field = reasoning_field
+        self.stream_usage = stream_usage
         super().__init__(steps)
 
     @property
@@ -133,11 +143,12 @@ class ScriptedOpenAIServer(ScriptedServer):
             if "retry_after" in step:
                 response.headers["Retry-After"] = str(step["retry_after"])
             return response
-        reply = _Reply(step, body, self._served)
+        reply = _Reply(step, body, self._served, self.reasoning_field)
         if body.get("stream"):
             options = body.get("stream_options") or {}
             return StreamingResponse(
-                reply.sse(bool(options.get("include_usage"))), media_type="text/event-stream"
+                reply.sse(self.stream_usage and bool(options.get("include_usage"))),
+                media_type="text/event-stream",
             )
         return JSONResponse(reply.whole())
 
@@ -145,11 +156,15 @@ class ScriptedOpenAIServer(ScriptedServer):
 class _Reply:
     """One scripted answer rendered as a whole completion or as SSE chunks."""
 
-    def __init__(self, step: dict[str, Any], body: dict[str, Any], serial: int) -> None:
+    def __init__(
+        self, step: dict[str, Any], body: dict[str, Any], serial: int, reasoning_field: str
+    ) -> None:
         self.model = str(body["model"])
         self.id = f"chatcmpl-scripted-{serial}"
         self.created = int(time.time())
         self.content: str | None = step.get("content")
+        self.reasoning: str | None = step.get("reasoning")
+        self.reasoning_field = reasoning_field
         self.calls = [
             {
                 "id": str(c.get("id") or f"call_{serial}_{i}"),
@@ -166,8 +181,11 @@ class _Reply:
         prompt = sum(
             _content_words(m.get("content")) for m in body["messages"] if isinstance(m, dict)
         )
-        completion = count_words(self.content) + sum(
-            count_words(f"{c['name']} {c['arguments']}") for c in self.calls
+        # Reasoning tokens count as completion tokens, as OpenAI and vLLM count them.
+        completion = (
+            count_words(self.reasoning)
+            + count_words(self.content)
+            + sum(count_words(f"{c['name']} {c['arguments']}") for c in self.calls)
         )
         self.usage = {
             "prompt_tokens": prompt,
@@ -177,6 +195,8 @@ class _Reply:
 
     def whole(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.reasoning is not None:
+            message[self.reasoning_field] = self.reasoning
         if self.calls:
             message["tool_calls"] = [_wire_call(c, c["arguments"]) for c in self.calls]
         return {
@@ -209,6 +229,8 @@ class _Reply:
 
     async def sse(self, include_usage: bool) -> AsyncIterator[str]:
         yield self._chunk({"role": "assistant", "content": ""})
+        for piece in split_words(self.reasoning or ""):
+            yield self._chunk({self.reasoning_field: piece})
         for piece in split_words(self.content or ""):
             yield self._chunk({"content": piece})
         for index, call in enumerate(self.calls):

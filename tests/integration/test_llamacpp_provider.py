@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from astromesh_ray.core.build import build_runtime
-from astromesh_ray.core.providers.base import local_provider
+from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.messages import (
     Completion,
     CompletionChunk,
@@ -28,8 +28,8 @@ from astromesh_ray.core.messages import (
     Message,
     ToolSchema,
 )
+from astromesh_ray.core.providers.base import local_provider
 from astromesh_ray.core.providers.openai import OpenAIProvider
-from astromesh_ray.core.runtime import RunRequest
 from astromesh_ray.core.tools.builtin import calculator
 from astromesh_ray.errors import ProviderError
 from astromesh_ray.spec import load_agent, resolve_models
@@ -238,7 +238,7 @@ async def test_react_turn_with_a_real_tool_call(server: LlamaCppServer, tmp_path
     [call] = provider.received[0].message.tool_calls
     assert call.name == "calculator"
     expected = calculator(call.arguments["expression"])  # what the tool really answers
-    [tool_step] = [s for s in result.steps if s["type"] == "tool_call"]
+    [tool_step] = [s for s in result.to_dict()["steps"] if s["type"] == "tool_call"]
     assert tool_step["tool"] == "calculator"
     assert tool_step["arguments"] == call.arguments
     assert tool_step["is_error"] is False
@@ -288,3 +288,30 @@ async def test_health_of_the_running_server(server: LlamaCppServer) -> None:
         assert await provider.health() is True
     finally:
         await provider.aclose()
+
+
+async def test_stream_usage_is_estimated_when_the_server_cannot_count(
+    server: LlamaCppServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real server, through a proxy that resets the connection of the token count
+    request: the stream's usage falls back to the ~4 chars/token estimate (with a
+    warning), never 0."""
+    import logging
+
+    from astromesh_ray.core.providers.openai_wire import estimate_usage
+    from tests.integration.flaky_proxy import FlakyProxy
+
+    with FlakyProxy(server.url.removesuffix("/v1"), ["pass", "reset"]) as proxy:
+        provider = _provider(f"{proxy.url}/v1")
+        request = _ask("Tell me a story.", **GREEDY)
+        try:
+            with caplog.at_level(logging.WARNING, logger="astromesh.providers"):
+                chunks = await _collect(provider.stream(request))
+        finally:
+            await provider.aclose()
+    text = "".join(c.text for c in chunks)
+    assert text, "the tiny model never emits EOS: text is never empty"
+    assert chunks[-1].usage == estimate_usage(request, text, [])
+    assert chunks[-1].usage.input_tokens > 0 and chunks[-1].usage.output_tokens > 0
+    assert [action for _, action in proxy.requests] == ["pass", "reset"]
+    assert any("/extras/tokenize/count" in r.getMessage() for r in caplog.records)

@@ -19,6 +19,8 @@ import ollama
 import pytest
 
 from astromesh_ray.core.build import build_runtime
+from astromesh_ray.core.context import RunRequest
+from astromesh_ray.core.events import RunFinished
 from astromesh_ray.core.messages import (
     CompletionChunk,
     CompletionRequest,
@@ -28,7 +30,6 @@ from astromesh_ray.core.messages import (
 )
 from astromesh_ray.core.providers import Provider, provider_class
 from astromesh_ray.core.providers.ollama import OllamaProvider
-from astromesh_ray.core.runtime import RunRequest
 from astromesh_ray.errors import ConfigError, ProviderError
 from astromesh_ray.spec import load_agent
 from astromesh_ray.testing import ScriptedOllamaServer
@@ -494,8 +495,10 @@ async def test_react_turn_from_agent_yaml(
     request = RunRequest(query="What is (2+3)*4?")
     if streamed:
         events = [e async for e in runtime.stream(request)]
-        assert [e.data["name"] for e in events if e.type == "tool_call"] == ["calculator"]
-        result = events[-1].data["result"]
+        assert [getattr(e, "name", None) for e in events if e.type == "tool_call"] == ["calculator"]
+        last = events[-1]
+        assert isinstance(last, RunFinished)
+        result = last.result.to_dict()
     else:
         result = (await runtime.run(request)).to_dict()
     assert result["answer"] == "The answer is 20"
@@ -512,3 +515,69 @@ async def test_react_turn_from_agent_yaml(
     ]
     assert second["messages"][-1] == {"role": "tool", "content": "20", "tool_name": "calculator"}
     server.assert_consumed()
+
+
+# -- thinking and tool-argument deltas --------------------------------------------------
+
+
+async def test_ollama_client_reads_thinking_only_when_asked(
+    servers: list[ScriptedOllamaServer],
+) -> None:
+    step = {"thinking": "two plus two is four", "content": "4"}
+    server = _serve(servers, step, step, step)
+    client = ollama.AsyncClient(host=server.url)
+    ask = [{"role": "user", "content": "2+2?"}]
+    whole = await client.chat(model=MODEL, messages=ask, think=True)
+    assert whole.message.thinking == "two plus two is four" and whole.message.content == "4"
+    parts = [p async for p in await client.chat(model=MODEL, messages=ask, think=True, stream=True)]
+    assert "".join(p.message.thinking or "" for p in parts) == "two plus two is four"
+    assert [p.message.content for p in parts if p.message.content] == ["4"]
+    plain = await client.chat(model=MODEL, messages=ask)  # a model asked not to think
+    assert plain.message.thinking is None and plain.message.content == "4"
+    assert [r.get("think") for r in server.requests] == [True, True, None]
+
+
+async def test_thinking_streams_as_reasoning_deltas(servers: list[ScriptedOllamaServer]) -> None:
+    server = _serve(servers, {"thinking": "Let me add them up.", "content": "Four."}, "4")
+    provider = _provider(server.url, options={"think": True})
+    try:
+        *deltas, final = await _collect(provider.stream(_ask("2+2?")))
+        whole = await provider.complete(_ask("2+2?"))
+    finally:
+        await provider.aclose()
+    assert [c.reasoning for c in deltas if c.reasoning] == ["Let ", "me ", "add ", "them ", "up."]
+    assert "".join(c.text for c in deltas) == "Four."
+    first_text = next(i for i, c in enumerate(deltas) if c.text)
+    assert not any(c.reasoning for c in deltas[first_text:])
+    assert final.is_last and final.reasoning == "" and final.usage is not None
+    assert final.usage.output_tokens == 6  # thinking counts as generated tokens
+    assert whole.message.content == "4"
+    assert [r["think"] for r in server.requests] == [True, True]
+    with pytest.raises(ConfigError, match=r"options\.think"):
+        OllamaProvider(name="o", model="m", options={"think": "deep"})
+
+
+async def test_each_tool_call_s_arguments_stream_as_it_arrives(
+    servers: list[ScriptedOllamaServer],
+) -> None:
+    server = _serve(
+        servers,
+        {
+            "tool_calls": [
+                {"name": "search", "arguments": {"q": "ray"}},
+                {"id": "srv_7", "name": "get_weather", "arguments": {"city": "Oslo"}},
+            ]
+        },
+    )
+    provider = _provider(server.url)
+    try:
+        *deltas, final = await _collect(provider.stream(_ask("find it", tools=[WEATHER])))
+    finally:
+        await provider.aclose()
+    args = [d for c in deltas for d in c.tool_args]
+    assert [(d.index, d.id, d.name, json.loads(d.arguments)) for d in args] == [
+        (0, "call_0", "search", {"q": "ray"}),
+        (1, "srv_7", "get_weather", {"city": "Oslo"}),
+    ]
+    # The same ids as the whole calls in the last chunk.
+    assert [c.id for c in final.tool_calls] == ["call_0", "srv_7"]

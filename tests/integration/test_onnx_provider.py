@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from astromesh_ray.core.build import build_runtime
+from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.messages import (
     CompletionChunk,
     CompletionRequest,
@@ -37,7 +38,6 @@ from astromesh_ray.core.providers.base import provider_class
 from astromesh_ray.core.providers.chat_format import ChatFormat
 from astromesh_ray.core.providers.onnx import OnnxProvider
 from astromesh_ray.core.providers.onnx_model import OnnxModel, Sampling
-from astromesh_ray.core.runtime import RunRequest
 from astromesh_ray.errors import ConfigError, ProviderError
 from astromesh_ray.spec import load_agent
 from astromesh_ray.testing.tiny_llama import build_tiny_llama
@@ -305,10 +305,10 @@ async def test_react_turn_from_yaml_reaches_the_onnx_session(
     try:
         result = await runtime.run(RunRequest(query="What is 2 + 3?"))
     finally:
-        await runtime.provider.aclose()
+        await runtime.aclose()
 
     assert len(prompts) == 2
-    [step] = [s for s in result.steps if s["type"] == "tool_call"]
+    [step] = [s for s in result.to_dict()["steps"] if s["type"] == "tool_call"]
     assert (step["tool"], step["arguments"], step["is_error"]) == (
         "calculator",
         {"expression": "2 + 3"},

@@ -84,7 +84,7 @@ async def test_react_turn_through_an_external_vllm_server(tmp_path: Any) -> None
     """`provider: vllm` (external mode) is vLLM's OpenAI-compatible server: a full
     ReAct turn with a tool call through the YAML path, against that wire format."""
     from astromesh_ray.core.build import build_runtime
-    from astromesh_ray.core.runtime import RunRequest
+    from astromesh_ray.core.context import RunRequest
     from astromesh_ray.spec import load_agent
 
     steps = [
@@ -103,9 +103,9 @@ async def test_react_turn_through_an_external_vllm_server(tmp_path: Any) -> None
         try:
             result = await runtime.run(RunRequest(query="6*7?"))
         finally:
-            await runtime.provider.aclose()
+            await runtime.aclose()
         assert result.answer == "It is 42."
-        assert result.steps[0]["result"] == "42"
+        assert result.to_dict()["steps"][0]["result"] == "42"
         assert server.requests[-1]["messages"][-1] == {
             "role": "tool",
             "tool_call_id": server.requests[-1]["messages"][-2]["tool_calls"][0]["id"],
@@ -115,8 +115,36 @@ async def test_react_turn_through_an_external_vllm_server(tmp_path: Any) -> None
 
 
 def test_usage_is_estimated_when_a_server_reports_none() -> None:
-    from astromesh_ray.core.providers.openai import _estimate_usage
+    from astromesh_ray.core.messages import Usage
+    from astromesh_ray.core.providers.openai_wire import estimate_usage
 
     request = _ask("x" * 400)
-    usage = _estimate_usage(request, "y" * 80, [])
-    assert usage == {"prompt_tokens": 100, "completion_tokens": 20}
+    usage = estimate_usage(request, "y" * 80, [])
+    assert usage == Usage(input_tokens=100, output_tokens=20, calls=1)
+
+
+async def test_llamacpp_usage_is_estimated_when_the_server_cannot_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """llama-cpp-python streams no usage; when its /extras/tokenize/count fails too
+    (here: a server without it), usage is the ~4 chars/token estimate, with a warning,
+    never 0."""
+    import logging
+
+    from astromesh_ray.core.messages import Usage
+
+    answer = "y" * 80
+    with ScriptedOpenAIServer([answer], stream_usage=False) as server:
+        provider = OpenAIProvider(
+            name="llamacpp:tiny", kind="llamacpp", model="tiny", endpoint=server.url
+        )
+        try:
+            with caplog.at_level(logging.WARNING, logger="astromesh.providers"):
+                chunks = [c async for c in provider.stream(_ask("x" * 400))]
+        finally:
+            await provider.aclose()
+    assert chunks[-1].usage == Usage(input_tokens=100, output_tokens=20, calls=1)
+    [warning] = [r for r in caplog.records if r.name == "astromesh.providers"]
+    assert warning.levelno == logging.WARNING
+    assert "/extras/tokenize/count" in warning.getMessage()
+    assert "llamacpp:tiny" in warning.getMessage()

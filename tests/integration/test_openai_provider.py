@@ -106,7 +106,7 @@ def test_text_completion_and_parameter_merge(servers: list[ScriptedOpenAIServer]
     assert body["model"] == "tiny"  # parameters cannot replace the model
     assert body["temperature"] == 0.0 and body["max_tokens"] == 8  # request wins
     assert body["messages"] == [{"role": "user", "content": "weather in Paris?"}]
-    assert "tools" not in body and "stream" not in body
+    assert "tools" not in body and body["stream"] is False
     # usage is words: prompt "weather in Paris?" = 3, answer = 4
     assert completion.usage.to_dict() == {
         "input_tokens": 3,
@@ -493,3 +493,86 @@ def test_server_validates_requests_and_steps() -> None:
         httpx.get(f"{server.url}/models")
     with pytest.raises(ValueError, match="unknown step keys"):
         ScriptedOpenAIServer([{"contnet": "typo"}])
+
+
+# -- reasoning and tool-argument deltas -----------------------------------------------
+
+THINKING = {
+    "reasoning": "The user wants the weather in two cities.",
+    "content": "Checking both.",
+    "tool_calls": [
+        {"id": "call_w1", "name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}},
+        {"id": "call_w2", "name": "get_weather", "arguments": {"city": "Rome"}},
+    ],
+}
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_stream_reasoning_and_tool_argument_deltas(
+    servers: list[ScriptedOpenAIServer], field: str
+) -> None:
+    server = _serve(servers, THINKING, reasoning_field=field)
+    chunks = asyncio.run(_collect(_provider(server.url).stream(_ask("weather?", tools=[WEATHER]))))
+    *deltas, final = chunks
+    # Reasoning arrives first, word by word, apart from the answer text.
+    assert [c.reasoning for c in deltas if c.reasoning] == [
+        "The ",
+        "user ",
+        "wants ",
+        "the ",
+        "weather ",
+        "in ",
+        "two ",
+        "cities.",
+    ]
+    first_text = next(i for i, c in enumerate(deltas) if c.text)
+    assert not any(c.reasoning for c in deltas[first_text:])
+    assert "".join(c.text for c in deltas) == "Checking both."
+    # Tool-call arguments stream as the server cuts them: id and name first.
+    args = [d for c in deltas for d in c.tool_args]
+    assert [(d.index, d.id, d.name, d.arguments) for d in args if d.name] == [
+        (0, "call_w1", "get_weather", ""),
+        (1, "call_w2", "get_weather", ""),
+    ]
+    assert [d.id for d in args if not d.name] == [""] * (len(args) - 2)
+    for index, call in enumerate(THINKING["tool_calls"]):  # type: ignore[arg-type]
+        pieces = [d.arguments for d in args if d.index == index and d.arguments]
+        assert len(pieces) == 3 and json.loads("".join(pieces)) == call["arguments"]
+    # The last chunk still has the whole calls, and nothing of the deltas.
+    assert final.is_last and final.finish_reason == "tool_calls"
+    assert [(c.id, c.arguments) for c in final.tool_calls] == [
+        ("call_w1", {"city": "Paris", "unit": "C"}),
+        ("call_w2", {"city": "Rome"}),
+    ]
+    assert (final.text, final.reasoning, final.tool_args) == ("", "", [])
+    assert final.usage is not None and final.usage.output_tokens > 0
+
+
+def test_whole_answer_with_reasoning(servers: list[ScriptedOpenAIServer]) -> None:
+    server = _serve(servers, {"reasoning": "two plus two", "content": "4"})
+    completion = asyncio.run(_provider(server.url).complete(_ask("2+2?")))
+    assert completion.message.content == "4"
+    assert completion.usage.output_tokens == 4  # reasoning tokens are completion tokens
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_openai_client_reads_the_reasoning(servers: list[ScriptedOpenAIServer], field: str) -> None:
+    server = _serve(
+        servers, {"reasoning": "hmm, let me see", "content": "yes"}, reasoning_field=field
+    )
+    client = _client(server)
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "well?"}], stream=True
+    )
+    pieces = [
+        (choice.delta.model_extra or {}).get(field) or ""
+        for chunk in stream
+        for choice in chunk.choices
+    ]
+    assert "".join(pieces) == "hmm, let me see"
+    server.add_steps({"reasoning": "again", "content": "no"})
+    whole = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "well?"}]
+    )
+    assert (whole.choices[0].message.model_extra or {})[field] == "again"
+    assert whole.choices[0].message.content == "no"

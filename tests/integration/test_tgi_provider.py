@@ -23,6 +23,7 @@ import text_generation
 from text_generation.types import FinishReason
 
 from astromesh_ray.core.build import build_runtime
+from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.messages import (
     CompletionChunk,
     CompletionRequest,
@@ -32,7 +33,6 @@ from astromesh_ray.core.messages import (
 from astromesh_ray.core.providers import Provider, provider_class
 from astromesh_ray.core.providers.chat_format import ChatFormat
 from astromesh_ray.core.providers.tgi import TGIProvider
-from astromesh_ray.core.runtime import RunRequest
 from astromesh_ray.errors import ConfigError, ProviderError
 from astromesh_ray.spec import load_agent
 from astromesh_ray.testing import ScriptedTGIServer
@@ -561,7 +561,7 @@ def test_react_turn_through_build_runtime(servers: list[ScriptedTGIServer], tmp_
     runtime = build_runtime(load_agent(path))
     result = asyncio.run(runtime.run(RunRequest(query="What is 6*7?")))
     assert result.answer == "6 times 7 is 42."
-    [step] = [s for s in result.steps if s["type"] == "tool_call"]
+    [step] = [s for s in result.to_dict()["steps"] if s["type"] == "tool_call"]
     assert (step["tool"], step["arguments"], step["result"]) == (
         "calculator",
         {"expression": "6*7"},

@@ -36,9 +36,11 @@ from astromesh_ray.core.messages import (
     CompletionChunk,
     CompletionRequest,
     Message,
+    ToolArgsDelta,
     ToolCall,
     ToolSchema,
 )
+from astromesh_ray.core.providers.openai_wire import OpenAIChatWire
 from astromesh_ray.errors import ConfigError, ProviderError
 from astromesh_ray.serve.builders import BUILDERS, deploy_config, plan, provider_endpoints
 from astromesh_ray.serve.outcome import unwrap
@@ -50,13 +52,7 @@ from astromesh_ray.serve.vllm import (
     llm_config,
     vllm_app,
 )
-from astromesh_ray.serve.vllm_chat import (
-    ChatStreamDecoder,
-    ProviderMethods,
-    VLLMChatAdapter,
-    chat_body,
-    completion_from_response,
-)
+from astromesh_ray.serve.vllm_chat import ProviderMethods, VLLMChatAdapter, stream_chunks
 from astromesh_ray.spec import DeploymentSpec, ModelEndpoint, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,6 +270,23 @@ CONVERSATION = [
     ),
     Message(role="tool", content="18C, sunny", tool_call_id="call-1", name="get_weather"),
 ]
+
+
+# The wire format the adapter speaks with Ray's LLMServer (core/providers/openai_wire.py,
+# the same code OpenAIProvider speaks to a vLLM server over HTTP).
+WIRE = OpenAIChatWire(name=NAME, model="served-name", source="vLLM")
+ASK = CompletionRequest(messages=[Message(role="user", content="Weather in Paris?")])
+
+
+def chat_body(request: CompletionRequest, model_id: str, *, stream: bool) -> dict[str, Any]:
+    wire = OpenAIChatWire(name=NAME, model=model_id, source="vLLM")
+    return wire.body(request, stream=stream)
+
+
+def completion_from_response(data: Any, *, name: str, model_id: str) -> Completion:
+    """What the adapter does with a whole answer: dump vLLM's pydantic response, read it."""
+    wire = OpenAIChatWire(name=name, model=model_id, source="vLLM")
+    return wire.completion(data.model_dump() if hasattr(data, "model_dump") else data, ASK)
 
 
 def openai_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -501,9 +514,18 @@ def tool_stream() -> list[list[str]]:
 
 
 def test_streamed_deltas_tool_calls_and_usage() -> None:
-    decoder = ChatStreamDecoder(name=NAME, model_id="m")
-    texts = [c.text for batch in tool_stream() for c in decoder.feed(batch)]
-    assert texts == ["Let me ", "check."]
+    decoder = WIRE.decoder(ASK)
+    chunks = [c for batch in tool_stream() for c in stream_chunks(decoder, batch)]
+    assert [c.text for c in chunks if c.text] == ["Let me ", "check."]
+    # Tool-call arguments also stream as they arrive: id and name on a call's first.
+    assert [d for c in chunks for d in c.tool_args] == [
+        ToolArgsDelta(index=0, arguments="", id="chatcmpl-tool-a", name="get_weather"),
+        ToolArgsDelta(index=0, arguments='{"city": '),
+        ToolArgsDelta(index=0, arguments='"Paris"}'),
+        ToolArgsDelta(
+            index=1, arguments='{"city": "Rome"}', id="chatcmpl-tool-b", name="get_weather"
+        ),
+    ]
     last = decoder.finish()
     assert last.tool_calls == [
         ToolCall(id="chatcmpl-tool-a", name="get_weather", arguments={"city": "Paris"}),
@@ -516,13 +538,45 @@ def test_streamed_deltas_tool_calls_and_usage() -> None:
 
 
 def test_an_error_event_mid_stream_raises() -> None:
-    decoder = ChatStreamDecoder(name=NAME, model_id="m")
-    assert [c.text for c in decoder.feed([chunk({"content": "Hi"})])] == ["Hi"]
+    decoder = WIRE.decoder(ASK)
+    assert [c.text for c in stream_chunks(decoder, [chunk({"content": "Hi"})])] == ["Hi"]
     error = {"message": "engine died", "type": "InternalServerError", "code": 500}
     failure = f"data: {json.dumps({'error': error})}\n\n"
     with pytest.raises(ProviderError, match="engine died") as caught:
-        decoder.feed([failure])
+        stream_chunks(decoder, [failure])
     assert caught.value.retryable is True
+
+
+def test_reasoning_streams_as_reasoning_deltas() -> None:
+    # vLLM's reasoning parsers send reasoning_content; newer vLLM sends the same text
+    # as reasoning too: it must come through once.
+    batches = [
+        [chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "Six "})],
+        [chunk({"reasoning_content": "sevens.", "reasoning": "sevens."})],
+        [chunk({"reasoning": " Done."})],
+        [chunk({"content": "42"}), chunk({}, finish="stop")],
+    ]
+    decoder = WIRE.decoder(ASK)
+    chunks = [c for batch in batches for c in stream_chunks(decoder, batch)]
+    assert [(c.reasoning, c.text) for c in chunks] == [
+        ("Six ", ""),
+        ("sevens.", ""),
+        (" Done.", ""),
+        ("", "42"),
+    ]
+    last = decoder.finish()
+    assert last.reasoning == "" and last.finish_reason == "stop"
+
+
+def test_an_answer_without_usage_is_estimated_not_free() -> None:
+    response = chat_completion(content="x" * 40).model_dump()
+    del response["usage"]
+    completion = completion_from_response(response, name=NAME, model_id="m")
+    assert completion.usage.output_tokens == 10 and completion.usage.input_tokens > 0
+    decoder = WIRE.decoder(ASK)
+    stream_chunks(decoder, [chunk({"content": "x" * 40}), chunk({}, finish="stop")])
+    usage = decoder.finish().usage
+    assert usage is not None and usage.output_tokens == 10 and usage.input_tokens > 0
 
 
 # -- the replica side, in process ------------------------------------------------------
@@ -609,7 +663,10 @@ async def test_adapter_stream_returns_outcomes() -> None:
         [{"text": "It is sunny.", "calls": [("get_weather", {"city": "Rome"})]}]
     )
     chunks = [CompletionChunk.from_dict(unwrap(o)) async for o in adapter(engine).stream(REQUEST)]
-    assert [c.text for c in chunks[:-1]] == ["It", "is", "sunny."]
+    assert [c.text for c in chunks[:-1] if c.text] == ["It", "is", "sunny."]
+    # The call's arguments streamed too, before the whole call in the last chunk.
+    assert "".join(d.arguments for c in chunks[:-1] for d in c.tool_args) == '{"city": "Rome"}'
+    assert chunks[-2].tool_args == [ToolArgsDelta(index=0, arguments='{"city": "Rome"}')]
     assert chunks[-1].tool_calls == [
         ToolCall(id="chatcmpl-tool-0", name="get_weather", arguments={"city": "Rome"})
     ]
@@ -740,7 +797,8 @@ def test_react_turn_through_the_in_cluster_provider(gpu_api: tuple[str, ModelEnd
     assert body["answer"] == "6*7 is 42."
     assert body["steps"][0]["tool"] == "calculator" and body["steps"][0]["result"] == "42"
     assert body["usage"]["calls"] == 2
-    assert body["trace"][0]["where"]["app"] == provider.key
+    # Some span of the trace ran in the provider's app (where the model ran).
+    assert provider.key in {span["where"].get("app") for span in body["trace"]}
 
     seen = serve.get_app_handle(provider.key).seen.remote().result()
     first, second = seen[:2]

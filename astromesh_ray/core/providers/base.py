@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
+from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
 from astromesh_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,9 +60,17 @@ def provider_class(kind: str) -> type[Any]:
     return cls
 
 
-def local_provider(endpoint: ModelEndpoint) -> Provider:
+def local_provider(endpoint: ModelEndpoint, *, max_connections: int | None = None) -> Provider:
     """A provider client for ``endpoint`` living in this process (``astromesh run``,
-    unit tests, and the body of each provider deployment)."""
+    unit tests, and the body of each provider deployment).
+
+    Its connection pool holds ``max_connections``: by default as many requests as the
+    endpoint's deployment takes at once (``deployment.max_ongoing_requests``), else
+    the provider deployment's own default, ``DEFAULT_MAX_CONNECTIONS``.
+    """
+    if max_connections is None:
+        limit = endpoint.deployment.max_ongoing_requests if endpoint.deployment else None
+        max_connections = limit or DEFAULT_MAX_CONNECTIONS
     cls = provider_class(endpoint.provider)
     provider: Provider = cls(
         name=f"{endpoint.provider}:{endpoint.model}",
@@ -72,5 +81,6 @@ def local_provider(endpoint: ModelEndpoint) -> Provider:
         parameters=dict(endpoint.parameters),
         timeout_s=endpoint.timeout_s or 60.0,
         options=dict(endpoint.options),
+        max_connections=max_connections,
     )
     return provider

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,12 +20,15 @@ import httpx
 from astromesh_ray.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
     "ClientPool",
     "api_key",
     "auth_hint",
     "backend_message",
     "bearer_headers",
     "check_options",
+    "connection_lost",
+    "estimate_tokens",
     "header_option",
     "retryable_status",
     "sse_data",
@@ -32,18 +36,31 @@ __all__ = [
     "transport_message",
 ]
 
+# Connections a provider keeps to its backend when nothing says otherwise: the
+# concurrency of one provider deployment replica (ProviderDeployment's
+# max_ongoing_requests), so a replica never waits for, or churns, connections.
+DEFAULT_MAX_CONNECTIONS = 100
+
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# The peer dropped a connection we were using: a keep-alive connection the server had
+# just closed, or a reset.  Worth one immediate retry on a fresh connection; refused
+# connections (the server is down) and timeouts (it is slow) are not.
+_CONNECTION_LOST = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
 class ClientPool:
-    """One pooled ``httpx.AsyncClient`` per event loop.
+    """One pooled ``httpx.AsyncClient`` per event loop, of ``max_connections``
+    connections, all of which stay open (keep-alive) between calls.
 
     A client is bound to the loop it first ran on; ``asyncio.run()`` per call or a
     replica restarting its loop needs a fresh one.  Live clients cannot cross
     processes (Ray pickles providers into replicas), so pickling drops the client.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        self.max_connections = max_connections
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -56,7 +73,12 @@ class ClientPool:
         if self._client is None or self._loop is not loop or self._client.is_closed:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                # As many idle connections kept as may be open: under full load every
+                # call finds one, instead of opening (and closing) a new one.
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                ),
             )
             self._loop = loop
         return self._client
@@ -101,10 +123,29 @@ def bearer_headers(extra: Mapping[str, str], api_key_env: str | None) -> dict[st
 
 
 def transport_message(exc: httpx.TransportError, url: str, timeout_s: float) -> str:
-    """What went wrong reaching ``url``: a timeout or a connection failure."""
+    """What went wrong reaching ``url``: a timeout, a dropped connection or a
+    connection failure."""
     if isinstance(exc, httpx.TimeoutException):
         return f"no answer from {url} within {timeout_s:g}s ({type(exc).__name__})"
-    return f"cannot reach {url}: {str(exc) or type(exc).__name__}"
+    why = str(exc) or type(exc).__name__
+    if connection_lost(exc):
+        return f"connection to {url} lost: {why}"
+    return f"cannot reach {url}: {why}"
+
+
+def connection_lost(exc: httpx.TransportError) -> bool:
+    """Whether ``exc`` means the peer dropped a connection in use (closed or reset it:
+    ``ReadError``, ``WriteError``, ``RemoteProtocolError``), worth one immediate retry.
+
+    Not a refused connection (``ConnectError``: nothing listens) nor a timeout.
+    """
+    return isinstance(exc, _CONNECTION_LOST)
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in ``text`` when the backend does not count them: BPE vocabularies
+    average about 4 characters a token on English text."""
+    return math.ceil(len(text) / 4)
 
 
 def status_message(status: int, url: str, detail: str) -> str:

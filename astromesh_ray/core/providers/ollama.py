@@ -4,7 +4,8 @@ The native API (not Ollama's ``/v1`` OpenAI shim) is what Ollama documents for t
 calling and options: tool calls arrive whole with arguments as JSON objects, streams
 are NDJSON lines rather than SSE, sampling knobs live under ``options`` with Ollama's
 own names (``num_predict``, ``num_ctx``, ...), and ``/api/tags`` tells whether the
-model is actually pulled.  Talks plain ``httpx`` through one pooled client per loop.
+model is actually pulled.  A thinking model's ``message.thinking`` streams as
+reasoning deltas.  Talks plain ``httpx`` through one pooled client per loop.
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ from astromesh_ray.core.messages import (
     CompletionChunk,
     CompletionRequest,
     Message,
+    ToolArgsDelta,
     ToolCall,
     Usage,
 )
 from astromesh_ray.core.providers.http import (
+    DEFAULT_MAX_CONNECTIONS,
     ClientPool,
     auth_hint,
     backend_message,
     bearer_headers,
     check_options,
+    connection_lost,
     header_option,
     retryable_status,
     status_message,
     transport_message,
 )
-from astromesh_ray.core.providers.openai import wire_tool
+from astromesh_ray.core.providers.openai_wire import wire_tool
 from astromesh_ray.errors import ConfigError, ProviderError
 
 __all__ = ["DEFAULT_ENDPOINT", "SAMPLING_PARAMETERS", "OllamaProvider"]
@@ -44,6 +48,8 @@ DEFAULT_ENDPOINT = "http://localhost:11434"
 _OPTIONS = {
     "keep_alive": "how long Ollama keeps the model loaded, e.g. '5m' or seconds",
     "format": "'json' or a JSON schema the answer must follow",
+    "think": "true or false (or 'low', 'medium', 'high' for gpt-oss): whether a thinking "
+    "model thinks; its thinking streams as reasoning",
     "headers": "extra HTTP headers for every request",
 }
 # Our sampling parameter -> Ollama's `options` key.  Names are ours where the OpenAI
@@ -66,6 +72,7 @@ class OllamaProvider:
     ``parameters`` are default sampling options; a request's own ``parameters`` win.
     If ``api_key_env`` names a set variable, its value goes out as a bearer token
     (for an Ollama behind an authenticating proxy); it is read at call time.
+    ``max_connections`` sizes the connection pool (all kept alive).
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class OllamaProvider:
         parameters: dict[str, Any] | None = None,
         timeout_s: float = 60.0,
         options: dict[str, Any] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         opts = dict(options or {})
         check_options(name, kind, opts, _OPTIONS)
@@ -99,8 +107,10 @@ class OllamaProvider:
         self.timeout_s = timeout_s
         self.keep_alive: str | float | None = opts.get("keep_alive")
         self.format: str | dict[str, Any] | None = opts.get("format")
+        self.think: bool | str | None = opts.get("think")
         self.extra_headers: dict[str, str] = header_option(opts)
-        self._pool = ClientPool()  # pickles without its live client
+        self.max_connections = max_connections
+        self._pool = ClientPool(max_connections)  # pickles without its live client
 
     def __repr__(self) -> str:
         return (
@@ -140,7 +150,9 @@ class OllamaProvider:
         )
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
-        """Stream text deltas; tool calls, usage and finish reason come in the last chunk."""
+        """Stream text and reasoning (``message.thinking``) deltas, and each tool call's
+        arguments as it arrives; whole tool calls, usage and finish reason come in the
+        last chunk."""
         body = self._body(request, stream=True)
         url = f"{self.endpoint}/api/chat"
         # Ollama sends each tool call whole, but possibly on any line: hold them so
@@ -161,9 +173,18 @@ class OllamaProvider:
                     model = str(part.get("model") or model)
                     message = part.get("message")
                     message = message if isinstance(message, dict) else {}
-                    if message.get("content"):
-                        yield CompletionChunk(text=str(message["content"]))
-                    wire_calls.extend(message.get("tool_calls") or [])
+                    arrived = list(message.get("tool_calls") or [])
+                    chunk = CompletionChunk(
+                        text=str(message.get("content") or ""),
+                        reasoning=str(message.get("thinking") or ""),
+                        # Ollama sends each call whole: its arguments are one fragment.
+                        tool_args=[
+                            _args_delta(len(wire_calls) + i, call) for i, call in enumerate(arrived)
+                        ],
+                    )
+                    wire_calls.extend(arrived)
+                    if chunk.text or chunk.reasoning or chunk.tool_args:
+                        yield chunk
                     if part.get("done"):
                         final = part
                         break
@@ -227,6 +248,8 @@ class OllamaProvider:
             body["format"] = self.format
         if self.keep_alive is not None:
             body["keep_alive"] = self.keep_alive
+        if self.think is not None:
+            body["think"] = self.think
         return body
 
     def _sampling_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +300,7 @@ class OllamaProvider:
         hint: str | None = None,
         status: int | None = None,
         retry: bool = False,
-        caller_fault: bool = False,
+        **details: Any,
     ) -> ProviderError:
         return ProviderError(
             f"{self.name}: {what}",
@@ -285,7 +308,7 @@ class OllamaProvider:
             provider=self.name,
             status=status,
             retryable=retry,
-            caller_fault=caller_fault,
+            **details,
         )
 
     def _stream_error(self, error: Any) -> ProviderError:
@@ -305,6 +328,7 @@ class OllamaProvider:
             hint=f"start Ollama (`ollama serve`) at {self.endpoint} and pull the model "
             f"(`ollama pull {self.model}`)",
             retry=True,
+            connection_lost=connection_lost(exc),
         )
 
     def _status_error(self, status: int, content: bytes, url: str) -> ProviderError:
@@ -333,8 +357,27 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
         )
     if not (fmt is None or fmt == "json" or isinstance(fmt, dict)):
         raise ConfigError(f"{name}: options.format must be 'json' or a JSON schema, not {fmt!r}")
+    think = opts.get("think")
+    if not (think is None or isinstance(think, bool) or think in ("low", "medium", "high")):
+        raise ConfigError(
+            f"{name}: options.think must be true, false, 'low', 'medium' or 'high', not {think!r}"
+        )
     if not isinstance(opts.get("headers") or {}, dict):
         raise ConfigError(f"{name}: options.headers must map header names to values")
+
+
+def _args_delta(index: int, wire: Any) -> ToolArgsDelta:
+    # The first (and only) fragment of a call: with the id and name the last chunk's
+    # whole call will have.
+    function = wire.get("function") if isinstance(wire, dict) else None
+    function = function if isinstance(function, dict) else {}
+    arguments = function.get("arguments")
+    return ToolArgsDelta(
+        index=index,
+        arguments=arguments if isinstance(arguments, str) else json.dumps(arguments or {}),
+        id=str(wire.get("id") or f"call_{index}") if isinstance(wire, dict) else f"call_{index}",
+        name=str(function.get("name") or ""),
+    )
 
 
 def _usage(final: dict[str, Any]) -> Usage:

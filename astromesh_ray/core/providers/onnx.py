@@ -31,6 +31,7 @@ from astromesh_ray.core.messages import (
     Usage,
 )
 from astromesh_ray.core.providers.chat_format import ChatFormat
+from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
 from astromesh_ray.errors import ConfigError, ProviderError
 
 try:
@@ -84,7 +85,8 @@ class OnnxProvider:
     the variable holding a Hub token (for gated or private repos).  ``parameters``
     are default sampling options; a request's own ``parameters`` win.  Usage counts
     the prompt's tokens and every generated token, the eos token included (as vLLM
-    does).
+    does).  ``max_connections`` is taken for the signature every provider shares; a
+    model in this process opens no connections.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class OnnxProvider:
         parameters: dict[str, Any] | None = None,
         timeout_s: float = 60.0,
         options: dict[str, Any] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         opts = dict(options or {})
         unknown = sorted(set(opts) - set(_OPTIONS))

@@ -3,14 +3,16 @@
 One class serves the YAML providers ``openai``, ``openai_compat``, ``ollama`` (its
 ``/v1`` API), ``vllm`` and ``llamacpp``: they speak the same wire format and differ
 only in default endpoint and whether an API key is needed.  Talks plain ``httpx``
-(no vendor SDK) through one pooled client per event loop.
+(no vendor SDK) through one pooled client per event loop; the wire format itself
+(body, answers, stream deltas, error bodies) is ``openai_wire``, shared with the
+in-cluster vLLM adapter.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlparse
 
@@ -20,27 +22,30 @@ from astromesh_ray.core.messages import (
     Completion,
     CompletionChunk,
     CompletionRequest,
-    Message,
     ToolCall,
-    ToolSchema,
     Usage,
 )
 from astromesh_ray.core.providers.http import (
+    DEFAULT_MAX_CONNECTIONS,
     ClientPool,
     api_key,
     auth_hint,
     backend_message,
     check_options,
+    connection_lost,
     header_option,
     retryable_status,
     sse_data,
     status_message,
     transport_message,
 )
+from astromesh_ray.core.providers.openai_wire import OpenAIChatWire, error_text
 from astromesh_ray.core.providers.retry import parse_retry_after
 from astromesh_ray.errors import ConfigError, ProviderError
 
-__all__ = ["DEFAULT_ENDPOINTS", "OpenAIProvider", "wire_message", "wire_tool"]
+__all__ = ["DEFAULT_ENDPOINTS", "OpenAIProvider"]
+
+_log = logging.getLogger("astromesh.providers")
 
 DEFAULT_ENDPOINTS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
@@ -62,7 +67,8 @@ class OpenAIProvider:
 
     ``parameters`` are default sampling options; a request's own ``parameters`` win.
     The API key is read from the environment variable ``api_key_env`` at call time,
-    so rotating it needs no restart.
+    so rotating it needs no restart.  ``max_connections`` sizes the connection pool
+    (all kept alive).
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class OpenAIProvider:
         parameters: dict[str, Any] | None = None,
         timeout_s: float = 60.0,
         options: dict[str, Any] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         opts = dict(options or {})
         if kind == "vllm" and opts.get("mode") == "in_cluster":
@@ -110,7 +117,14 @@ class OpenAIProvider:
         self._key_required = is_openai
         self.parameters: dict[str, Any] = dict(parameters or {})
         self.timeout_s = timeout_s
-        self._pool = ClientPool()  # pickles without its live client
+        self.max_connections = max_connections
+        self._pool = ClientPool(max_connections)  # pickles without its live client
+        self._wire = OpenAIChatWire(
+            name=name,
+            model=model,
+            source=self.endpoint,
+            hint=f"check that {self.endpoint} is an OpenAI-compatible API",
+        )
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, kind={self.kind!r}, endpoint={self.endpoint!r})"
@@ -119,7 +133,7 @@ class OpenAIProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Send one chat-completion request and return the whole answer."""
-        body = self._body(request, stream=False)
+        body = self._wire.body(request, stream=False, defaults=self.parameters)
         url = f"{self.endpoint}/chat/completions"
         try:
             response = await self._http().post(url, json=body, headers=self._headers())
@@ -131,32 +145,16 @@ class OpenAIProvider:
             )
         try:
             data = response.json()
-            choice = data["choices"][0]
-            wire = choice["message"]
-            if not isinstance(wire, dict):
-                raise TypeError(wire)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise self._bad_response(f"not a chat completion: {response.text[:200]!r}") from exc
-        calls = [self._tool_call(i, c) for i, c in enumerate(wire.get("tool_calls") or [])]
-        usage = data.get("usage") or _estimate_usage(request, wire.get("content") or "", calls)
-        return Completion(
-            message=Message(role="assistant", content=wire.get("content"), tool_calls=calls),
-            usage=_usage(usage),
-            model=str(data.get("model") or self.model),
-            provider=self.name,
-            finish_reason=str(choice.get("finish_reason") or ("tool_calls" if calls else "stop")),
-        )
+        except ValueError:
+            raise self._wire.malformed(f"not JSON: {response.text[:200]!r}") from None
+        return self._wire.completion(data, request)
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
-        """Stream text deltas; tool calls, usage and finish reason come in the last chunk."""
-        body = self._body(request, stream=True)
+        """Stream text, reasoning and tool-argument deltas; whole tool calls, usage and
+        finish reason come in the last chunk."""
+        body = self._wire.body(request, stream=True, defaults=self.parameters)
         url = f"{self.endpoint}/chat/completions"
-        # index -> {"id", "name", "arguments"}: tool calls arrive as fragments.
-        pending: dict[int, dict[str, str]] = {}
-        usage: dict[str, Any] = {}
-        finish: str | None = None
-        model = self.model
-        text: list[str] = []
+        decoder = self._wire.decoder(request)
         try:
             async with self._http().stream(
                 "POST", url, json=body, headers=self._headers()
@@ -174,40 +172,24 @@ class OpenAIProvider:
                         continue
                     if payload == "[DONE]":
                         break
-                    chunk = self._decode_chunk(payload)
-                    model = str(chunk.get("model") or model)
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or []:
-                        finish = choice.get("finish_reason") or finish
-                        delta = choice.get("delta") or {}
-                        if delta.get("content"):
-                            text.append(str(delta["content"]))
-                            yield CompletionChunk(text=text[-1])
-                        for position, frag in enumerate(delta.get("tool_calls") or []):
-                            _merge_fragment(pending, position, frag)
+                    chunk = decoder.decode(payload)
+                    if chunk is not None:
+                        yield chunk
         except httpx.TransportError as exc:
             raise self._transport_error(exc, url) from exc
-        calls = [
-            self._tool_call(i, {"id": p["id"], "function": p}) for i, p in sorted(pending.items())
-        ]
-        if not usage and self.kind == "llamacpp":
+        usage = None
+        if not decoder.usage_reported and self.kind == "llamacpp":
             # llama-cpp-python ignores stream_options.include_usage: count with the
-            # server's own tokenizer instead.
-            usage = await self._count_with_server(request, "".join(text), calls)
-        if not usage:
-            usage = _estimate_usage(request, "".join(text), calls)
-        yield CompletionChunk(
-            tool_calls=calls,
-            usage=_usage(usage),
-            finish_reason=finish or ("tool_calls" if calls else "stop"),
-            model=model,
-        )
+            # server's own tokenizer instead (the decoder estimates if that fails).
+            usage = await self._count_with_server(request, decoder.text, decoder.tool_calls())
+        yield decoder.finish(usage)
 
     async def _count_with_server(
         self, request: CompletionRequest, answer: str, calls: list[ToolCall]
-    ) -> dict[str, int]:
+    ) -> Usage | None:
         """Token counts from llama-cpp-python's ``/extras/tokenize/count``: the prompt
-        side counts the messages' text (not the chat template's markup)."""
+        side counts the messages' text (not the chat template's markup).  None, with
+        a warning, when the server cannot count: the caller estimates instead."""
         root = self.endpoint.removesuffix("/v1")
         prompt = "\n".join(m.content or "" for m in request.messages)
         generated = answer + "".join(f"{c.name}{json.dumps(c.arguments)}" for c in calls)
@@ -217,10 +199,21 @@ class OpenAIProvider:
                 response = await self._http().post(
                     f"{root}/extras/tokenize/count", json={"input": piece}
                 )
-                counts.append(int(response.json()["count"]) if response.status_code == 200 else 0)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                counts.append(0)  # counting is best effort: the answer itself is fine
-        return {"prompt_tokens": counts[0], "completion_tokens": counts[1]}
+                response.raise_for_status()
+                counts.append(int(response.json()["count"]))
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                # Counting is best effort (the answer itself is fine), but a count of 0
+                # would make the call free: estimate it rather.
+                _log.warning(
+                    "%s: cannot count tokens with %s/extras/tokenize/count (%s: %s); "
+                    "estimating usage at about 4 characters a token",
+                    self.name,
+                    root,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None
+        return Usage(input_tokens=counts[0], output_tokens=counts[1], calls=1)
 
     async def health(self) -> bool:
         """Whether ``GET {endpoint}/models`` answers 200; never raises."""
@@ -262,62 +255,7 @@ class OpenAIProvider:
             )
         return headers
 
-    def _body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {**self.parameters, **request.parameters}
-        # Set after the merge so sampling parameters can never replace the payload.
-        body["model"] = self.model
-        body["messages"] = [wire_message(m) for m in request.messages]
-        if request.tools:
-            body["tools"] = [wire_tool(t) for t in request.tools]
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        else:
-            body.pop("stream", None)
-            body.pop("stream_options", None)
-        return body
-
-    # -- response side -----------------------------------------------------------------
-
-    def _tool_call(self, index: int, wire: dict[str, Any]) -> ToolCall:
-        function = wire.get("function") or {}
-        name = str(function.get("name") or "")
-        if not name:
-            raise self._bad_response(f"tool call #{index} has no function name")
-        # llama.cpp and some older servers omit ids; the engine needs one to pair results.
-        return ToolCall.parse(
-            str(wire.get("id") or f"call_{index}"), name, function.get("arguments")
-        )
-
-    def _decode_chunk(self, payload: str) -> dict[str, Any]:
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            raise self._bad_response(f"undecodable stream chunk {payload[:200]!r}") from None
-        if not isinstance(chunk, dict):
-            raise self._bad_response(f"stream chunk is not an object: {payload[:200]!r}")
-        if isinstance(chunk.get("error"), dict):
-            # vLLM and others report failures mid-stream as a data event.
-            err = chunk["error"]
-            status = err.get("code") if isinstance(err.get("code"), int) else None
-            raise ProviderError(
-                f"{self.name}: stream failed: {err.get('message', err)}",
-                provider=self.name,
-                status=status,
-                retryable=status is None or retryable_status(status),
-            )
-        return chunk
-
     # -- errors ------------------------------------------------------------------------
-
-    def _bad_response(self, what: str) -> ProviderError:
-        return ProviderError(
-            f"{self.name}: malformed response from {self.endpoint}: {what}",
-            hint=f"check that {self.endpoint} is an OpenAI-compatible API",
-            provider=self.name,
-            status=None,
-            retryable=False,
-        )
 
     def _transport_error(self, exc: httpx.TransportError, url: str) -> ProviderError:
         return ProviderError(
@@ -326,6 +264,7 @@ class OpenAIProvider:
             provider=self.name,
             status=None,
             retryable=True,
+            connection_lost=connection_lost(exc),
         )
 
     def _reach_hint(self) -> str:
@@ -341,7 +280,7 @@ class OpenAIProvider:
     def _status_error(
         self, status: int, content: bytes, url: str, retry_after: str | None = None
     ) -> ProviderError:
-        detail = backend_message(content, _error_text)
+        detail = backend_message(content, error_text)
         hint: str | None = None
         if status in (401, 403):
             hint = auth_hint(self.api_key_env)
@@ -363,96 +302,9 @@ class OpenAIProvider:
         )
 
 
-def _estimate_usage(
-    request: CompletionRequest, answer: str, calls: list[ToolCall]
-) -> dict[str, int]:
-    """Usage for a server that reports none: about 4 characters per token, so cost
-    and budgets are never silently zero."""
-    prompt = sum(len(m.content or "") for m in request.messages)
-    prompt += sum(len(json.dumps(asdict(t))) for t in request.tools)
-    generated = len(answer) + sum(len(c.name) + len(json.dumps(c.arguments)) for c in calls)
-    return {"prompt_tokens": max(1, prompt // 4), "completion_tokens": max(1, generated // 4)}
-
-
-def _usage(wire: dict[str, Any]) -> Usage:
-    # Servers that do not report usage still made one call.
-    return Usage(
-        input_tokens=int(wire.get("prompt_tokens") or 0),
-        output_tokens=int(wire.get("completion_tokens") or 0),
-        calls=1,
-    )
-
-
 def _normalize_endpoint(kind: str, endpoint: str) -> str:
     endpoint = endpoint.rstrip("/")
     # Ollama users often give the native root (http://localhost:11434); its OpenAI API is /v1.
     if kind == "ollama" and not endpoint.endswith("/v1"):
         endpoint += "/v1"
     return endpoint
-
-
-def _error_text(data: dict[str, Any]) -> str | None:
-    err = data.get("error")
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])
-    if isinstance(err, str):  # Ollama's native shape {"error": "..."}
-        return err
-    if data.get("detail"):  # FastAPI-based servers
-        return str(data["detail"])[:300]
-    return None
-
-
-def _merge_fragment(pending: dict[int, dict[str, str]], position: int, frag: Any) -> None:
-    if not isinstance(frag, dict):
-        return
-    index = frag.get("index")
-    entry = pending.setdefault(
-        index if isinstance(index, int) else position, {"id": "", "name": "", "arguments": ""}
-    )
-    if frag.get("id"):
-        entry["id"] = str(frag["id"])
-    function = frag.get("function") or {}
-    if function.get("name"):
-        entry["name"] = str(function["name"])
-    arguments = function.get("arguments")
-    if isinstance(arguments, dict):
-        entry["arguments"] += json.dumps(arguments)
-    elif arguments:
-        entry["arguments"] += str(arguments)
-
-
-def wire_message(message: Message) -> dict[str, Any]:
-    """A message in the OpenAI chat-completions wire format."""
-    if message.role == "tool":
-        return {
-            "role": "tool",
-            "tool_call_id": message.tool_call_id or "",
-            "content": message.content or "",
-        }
-    # Always a string: llama.cpp's server rejects null content on tool-call turns,
-    # and OpenAI-compatible servers all accept "".
-    wire: dict[str, Any] = {"role": message.role, "content": message.content or ""}
-    if message.role == "assistant" and message.tool_calls:
-        wire["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-            }
-            for c in message.tool_calls
-        ]
-    if message.name:
-        wire["name"] = message.name
-    return wire
-
-
-def wire_tool(tool: ToolSchema) -> dict[str, Any]:
-    """A tool in the OpenAI wire format (also what Ollama and vLLM take)."""
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": tool.parameters,
-        },
-    }

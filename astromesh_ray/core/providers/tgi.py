@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,10 +32,13 @@ from astromesh_ray.core.messages import (
 )
 from astromesh_ray.core.providers.chat_format import DEFAULT_STOP, ChatFormat
 from astromesh_ray.core.providers.http import (
+    DEFAULT_MAX_CONNECTIONS,
     ClientPool,
     auth_hint,
     bearer_headers,
     check_options,
+    connection_lost,
+    estimate_tokens,
     header_option,
     retryable_status,
     status_message,
@@ -84,7 +86,8 @@ class TGIProvider:
     ``parameters`` are default sampling options in OpenAI names (``max_tokens``,
     ``temperature``, ...) or TGI's own; a request's own ``parameters`` win.  The API key
     (TGI's ``--api-key``, or a Hugging Face token for Inference Endpoints) is read from
-    ``api_key_env`` at call time and sent as a Bearer token.
+    ``api_key_env`` at call time and sent as a Bearer token.  ``max_connections``
+    sizes the connection pool (all kept alive).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class TGIProvider:
         parameters: dict[str, Any] | None = None,
         timeout_s: float = 60.0,
         options: dict[str, Any] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         opts = dict(options or {})
         check_options(name, kind, opts, _OPTIONS)
@@ -134,7 +138,8 @@ class TGIProvider:
         # user's own, e.g. "<|eot_id|>" with a Llama 3 template.
         self.stop: tuple[str, ...] = tuple(dict.fromkeys((*DEFAULT_STOP, *stop)))
         self._format = ChatFormat(template, stop=self.stop)  # a bad template fails here
-        self._pool = ClientPool()  # pickles without its live client
+        self.max_connections = max_connections
+        self._pool = ClientPool(max_connections)  # pickles without its live client
         self._messages: OpenAIProvider | None = None
         if self.mode == "messages":
             self._messages = OpenAIProvider(
@@ -146,6 +151,7 @@ class TGIProvider:
                 parameters={**({"stop": stop} if stop else {}), **(parameters or {})},
                 timeout_s=timeout_s,
                 options={"headers": self.extra_headers} if self.extra_headers else None,
+                max_connections=max_connections,
             )
 
     def __repr__(self) -> str:
@@ -195,8 +201,8 @@ class TGIProvider:
         return Completion(
             message=Message(role="assistant", content=content, tool_calls=calls),
             usage=Usage(
-                input_tokens=prompt or _estimate_tokens(body["inputs"]),
-                output_tokens=_estimate_tokens(text) if generated is None else generated,
+                input_tokens=prompt or estimate_tokens(body["inputs"]),
+                output_tokens=estimate_tokens(text) if generated is None else generated,
                 calls=1,
             ),
             model=self.model,
@@ -258,7 +264,7 @@ class TGIProvider:
             tool_calls=calls,
             usage=Usage(
                 # Stream details carry input_length since TGI 2.x; older ones do not.
-                input_tokens=_int(details.get("input_length")) or _estimate_tokens(body["inputs"]),
+                input_tokens=_int(details.get("input_length")) or estimate_tokens(body["inputs"]),
                 # Without details, every SSE event is one generated token: count them.
                 output_tokens=_int(details.get("generated_tokens")) or tokens,
                 calls=1,
@@ -356,11 +362,12 @@ class TGIProvider:
         )
 
     def _transport_error(self, exc: httpx.TransportError, url: str) -> ProviderError:
+        what = transport_message(exc, url, self.timeout_s)
         if isinstance(exc, httpx.TimeoutException):
-            what = transport_message(exc, url, self.timeout_s)
             return self._error(what, hint=_TIMEOUT_HINT, retryable=True)
-        what = f"cannot reach {url}: {str(exc) or type(exc).__name__}"
-        return self._error(what, hint=self._start_hint(), retryable=True)
+        return self._error(
+            what, hint=self._start_hint(), retryable=True, connection_lost=connection_lost(exc)
+        )
 
     def _status_error(self, status: int, content: bytes, url: str) -> ProviderError:
         text = content.decode("utf-8", errors="replace").strip()
@@ -455,10 +462,3 @@ def _int(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
-
-
-def _estimate_tokens(text: str) -> int:
-    # Only when the server reports no count: exact counts need the model's tokenizer,
-    # which lives on the server.  BPE vocabularies average about 4 characters a token
-    # on English text, so this is the usual estimate.
-    return math.ceil(len(text) / 4)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import email.utils
+from typing import Any
 
 import pytest
 
-from astromesh_ray.core.messages import CompletionRequest, Message
+from astromesh_ray.core.messages import CompletionChunk, CompletionRequest, Message
 from astromesh_ray.core.providers.retry import RetryingProvider, parse_retry_after
 from astromesh_ray.errors import ProviderError
 from astromesh_ray.testing import ScriptedProvider
@@ -70,3 +71,47 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     date = email.utils.formatdate(1_000_030, usegmt=True)
     assert parse_retry_after(date, now=1_000_000) == pytest.approx(30)
+
+
+def lost() -> ProviderError:
+    return ProviderError("connection lost", provider="p", status=None, connection_lost=True)
+
+
+async def test_a_lost_connection_is_retried_once_at_once_even_without_retries() -> None:
+    provider, waits = retrying([lost(), "ok"], max_retries=0)
+    completion = await provider.complete(REQ)
+    assert completion.message.content == "ok" and completion.location["retries"] == "1"
+    assert waits == []
+
+
+async def test_a_connection_lost_twice_is_not_retried_again() -> None:
+    provider, waits = retrying([lost(), lost()], max_retries=0)
+    with pytest.raises(ProviderError, match="connection lost") as info:
+        await provider.complete(REQ)
+    assert info.value.details["attempts_made"] == 2 and waits == []
+
+
+async def test_the_reconnect_does_not_use_up_the_backoff_retries() -> None:
+    provider, waits = retrying([lost(), err(503), err(502), "ok"], max_retries=2)
+    completion = await provider.complete(REQ)
+    assert completion.message.content == "ok" and completion.location["retries"] == "3"
+    assert waits == [0.5, 1.0]
+
+
+async def test_stream_reconnects_before_the_first_chunk_only() -> None:
+    provider, waits = retrying([lost(), "streamed text"], max_retries=0)
+    chunks = [c async for c in provider.stream(REQ)]
+    assert "".join(c.text for c in chunks) == "streamed text" and waits == []
+
+    class CutMidStream(ScriptedProvider):
+        async def _chunks(self, request: CompletionRequest, answer: Any) -> Any:
+            yield CompletionChunk(text="partial ")
+            raise lost()
+
+    cut = RetryingProvider(CutMidStream(["never finished"]), max_retries=2)
+    received: list[CompletionChunk] = []
+    with pytest.raises(ProviderError, match="connection lost"):
+        async for chunk in cut.stream(REQ):
+            received.append(chunk)
+    # The caller has part of the answer: no second call (the script has one step).
+    assert [c.text for c in received] == ["partial "]
