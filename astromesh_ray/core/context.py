@@ -129,6 +129,9 @@ class RunContext:
     max_iterations: int
     parameters: Mapping[str, Any]
     stream_tokens: bool
+    # True when one timeout already bounds the whole run (``AgentRuntime.run``): the
+    # steps then skip their own per-wait deadline.
+    bounded: bool
     where: Mapping[str, str]
 
     @property

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from astromesh_ray.core.context import RunContext, RunRequest, TurnState
@@ -28,9 +28,10 @@ from astromesh_ray.core.patterns.base import Pattern
 from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
 from astromesh_ray.core.stages import Stages
+from astromesh_ray.core.steps import deadline_exceeded
 from astromesh_ray.core.tools.base import Toolset
 from astromesh_ray.core.tools.index import ToolIndex
-from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
+from astromesh_ray.core.trace import Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AstromeshError, RunError
 
 log = logging.getLogger("astromesh.runtime")
@@ -94,29 +95,55 @@ class AgentRuntime:
     # -- turns -----------------------------------------------------------------------------
 
     async def run(self, request: RunRequest) -> RunResult:
-        """Run one turn to its answer (no token streaming)."""
-        async for event in self._events(request, stream_tokens=False):
-            if isinstance(event, RunFinished):
-                return event.result
-        raise AssertionError("a run ends with run_finished or raises")
+        """Run one turn to its answer (no token streaming).
+
+        Nobody else reads these events, so one timeout bounds the whole turn here and
+        the steps need no deadline of their own (``RunContext.bounded``).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s(request)
+        turn = _Turn()
+        result: RunResult | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for event in self._events(request, deadline=deadline, turn=turn):
+                    if isinstance(event, RunFinished):
+                        result = event.result
+        except TimeoutError:
+            if turn.ctx is None or turn.state is None or loop.time() < deadline:
+                raise
+            error = deadline_exceeded(turn.ctx)
+            await self._finish(turn.ctx, turn.state, error)
+            _attach(error, turn.ctx.run_id, turn.state, True)
+            raise error from None
+        if result is None:
+            raise AssertionError("a run ends with run_finished or raises")
+        return result
 
     def stream(self, request: RunRequest) -> AsyncIterator[Event]:
-        """Run one turn, yielding events as they happen; the last is ``RunFinished``."""
-        return self._events(request, stream_tokens=True)
+        """Run one turn, yielding events as they happen; the last is ``RunFinished``.
 
-    async def _events(self, request: RunRequest, *, stream_tokens: bool) -> AsyncIterator[Event]:
+        The time the reader takes between events is not the agent's: each step
+        bounds its own waits by the deadline instead."""
+        deadline = asyncio.get_running_loop().time() + self._timeout_s(request)
+        return self._events(request, deadline=deadline, turn=None)
+
+    def _timeout_s(self, request: RunRequest) -> float:
+        if request.deadline_s is not None:  # a sub-run: what its caller has left
+            return min(self.timeout_s, request.deadline_s)
+        return self.timeout_s
+
+    async def _events(
+        self, request: RunRequest, *, deadline: float, turn: _Turn | None
+    ) -> AsyncIterator[Event]:
         if self.tools is None:
             await self.start()
         assert self.tools is not None
         request.check()
-        loop = asyncio.get_running_loop()
-        timeout_s = self.timeout_s
-        if request.deadline_s is not None:
-            timeout_s = min(timeout_s, request.deadline_s)
         parent = TraceContext.parse(request.trace_parent)
         trace = Trace(parent.trace_id if parent else new_trace_id(), self.where)
         run_span = trace.start("run", parent.span_id if parent else None, agent=self.name)
-        run_id = uuid.uuid4().hex
+        run_id = new_run_id()
         run_span.set(run_id=run_id)
         ctx = RunContext(
             run_id=run_id,
@@ -125,15 +152,18 @@ class AgentRuntime:
             models=self.models,
             tools=self.tools,
             peers=self.peers,
-            deadline=loop.time() + timeout_s,
+            deadline=deadline,
             trace=run_span.context,
             lineage=(*request.lineage, self.name),
             max_iterations=self.max_iterations,
             parameters=self.parameters,
-            stream_tokens=stream_tokens,
+            stream_tokens=turn is None,
+            bounded=turn is not None,
             where=trace.where,
         )
         state = TurnState(trace=trace)
+        if turn is not None:
+            turn.ctx, turn.state = ctx, state
         error: AstromeshError | None = None
         started = False
         try:
@@ -173,8 +203,7 @@ class AgentRuntime:
                 run_span.end("abandoned")
         await self._finish(ctx, state, error)
         if error is not None:
-            run_span.end(error.message)
-            _attach(error, run_id, state, run_span, started)
+            _attach(error, run_id, state, started)
             raise error
         run_span.set(usage=state.usage.to_dict())
         run_span.end()
@@ -219,12 +248,25 @@ async def _in_stage(name: str, work: Any) -> None:
         raise RunError(f"stage {name!r} failed: {type(exc).__name__}: {exc}", stage=name) from exc
 
 
-def _attach(
-    error: AstromeshError, run_id: str, state: TurnState, run_span: Span, started: bool
-) -> None:
-    # Keep the partial trace on every error: it is what a user debugs from.
+@dataclass(slots=True)
+class _Turn:
+    """Where ``run`` finds the context and state of the turn it bounds."""
+
+    ctx: RunContext | None = None
+    state: TurnState | None = None
+
+
+def new_run_id() -> str:
+    """A unique run id (32 hex digits)."""
+    return new_trace_id()
+
+
+def _attach(error: AstromeshError, run_id: str, state: TurnState, started: bool) -> None:
+    # The run span (the first) ends with the error, and the partial trace goes with
+    # the error: it is what a user debugs from.
+    state.trace.spans[0].end(error.message)
     error.details.setdefault("run_id", run_id)
-    error.details.setdefault("trace_id", run_span.trace_id)
+    error.details.setdefault("trace_id", state.trace.trace_id)
     if started or state.steps:
         error.details.setdefault("steps", [_step_dict(s) for s in state.steps])
     error.details.setdefault("trace", [s.to_dict() for s in state.trace.spans])

@@ -90,7 +90,10 @@ def iterations_exhausted(ctx: RunContext, state: TurnState) -> RunError:
 
 async def _bounded(ctx: RunContext, awaitable: Awaitable[T], when: float) -> T:
     """``awaitable`` under the deadline ``when``; past the run's own deadline the
-    ``TimeoutError`` becomes ``RunTimeout``."""
+    ``TimeoutError`` becomes ``RunTimeout``.  When one timeout already bounds the
+    whole run, only a tighter ``when`` (a tool's own limit) needs one here."""
+    if ctx.bounded and when >= ctx.deadline:
+        return await awaitable
     try:
         async with asyncio.timeout_at(when):
             return await awaitable

@@ -31,14 +31,28 @@ _INVALID_SPAN = "0" * 16
 # Ids need uniqueness, not secrecy: a private generator seeded from os.urandom,
 # reseeded in a forked child so two processes never draw the same ids.
 _random = random.Random()
-os.register_at_fork(after_in_child=_random.seed)
 
 SpanStatus = Literal["ok", "error"]
+
+os.register_at_fork(after_in_child=lambda: _forked())
+
+
+def _read_location() -> dict[str, str]:
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+_location = _read_location()
+
+
+def _forked() -> None:
+    global _location
+    _location = _read_location()
+    _random.seed()
 
 
 def local_location() -> dict[str, str]:
     """Where this process runs; the serve layer adds replica and node ids."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+    return dict(_location)
 
 
 def new_trace_id() -> str:
@@ -181,7 +195,8 @@ class Trace:
 
     def __init__(self, trace_id: str, where: Mapping[str, str] | None = None) -> None:
         self.trace_id = trace_id
-        self.where: Mapping[str, str] = dict(where) if where else local_location()
+        # Read-only: a span that ran elsewhere gets a new mapping (Span.locate).
+        self.where: Mapping[str, str] = where or _location
         self.spans: list[Span] = []
 
     def start(self, name: str, parent: str | None, **attributes: Any) -> Span:
