@@ -9,9 +9,15 @@ Strategies (``spec.model.routing.strategy`` / ``default.strategy``):
 - ``round_robin``: rotate the starting candidate on every call;
 - none: the declared order (primary, then fallback).
 
-Within one request, when a candidate fails the next one in that order is tried.
-Every decision (candidate, reason, breaker state, outcome) is recorded on the
-``Completion.route`` so the run trace shows it.
+Within one request, when a candidate fails (raises ``ProviderError``) the next one in
+that order is tried.  Any other exception is not the provider failing but a bug or a
+cancellation: it frees the breaker's probe slot and propagates unchanged.  Every
+decision (candidate, reason, breaker state, outcome) is recorded on the
+``Completion.route`` (the last stream chunk's ``route``) so the run trace shows it.
+
+Health checks: with ``health_check_interval_s`` the router probes its candidates
+itself (in-process use).  Under Serve the breaker actor probes each provider
+deployment once for the whole cluster, and routers are built without an interval.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Literal
 
-from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
+from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore, find
 from astromesh_ray.core.messages import (
     Completion,
     CompletionChunk,
@@ -33,7 +41,7 @@ from astromesh_ray.core.messages import (
 )
 from astromesh_ray.core.pricing import Price
 from astromesh_ray.core.providers.base import Provider
-from astromesh_ray.errors import AstromeshError, ProviderError
+from astromesh_ray.errors import ProviderError
 
 Strategy = Literal["cost_optimized", "latency_optimized", "quality_first", "round_robin"]
 
@@ -108,7 +116,7 @@ class ModelRouter:
         results = await asyncio.gather(*(self._probe(c) for c in self.candidates))
         states = await self.breakers.snapshot()
         for candidate, healthy in zip(self.candidates, results, strict=True):
-            state = states.get(candidate.key, {})
+            state = find(states.get(candidate.key, []), self.policy) or {}
             if not healthy:
                 await self.breakers.failure(candidate.key, self.policy, "health check failed")
             elif state.get("state") == "closed" and state.get("consecutive_failures"):
@@ -119,14 +127,19 @@ class ModelRouter:
         timeout = min(self.health_check_interval_s or _PROBE_TIMEOUT_S, _PROBE_TIMEOUT_S)
         try:
             return bool(await asyncio.wait_for(candidate.provider.health(), timeout))
-        except Exception:  # a probe: slow, unreachable or broken all mean "unhealthy"
+        except Exception:
+            # Broad on purpose: this is a probe, not a request.  Slow, unreachable or
+            # broken (even a bug in a client's health()) all mean "unhealthy", and the
+            # loop must go on probing the other candidates.
             return False
 
     async def _health_loop(self, interval_s: float) -> None:
         while True:
             try:
                 await self.check_health()
-            except Exception:  # e.g. the breaker actor restarting: try again next round
+            except Exception:
+                # A background loop nobody awaits: an error here would end it silently,
+                # so log it (with its traceback) and try again next round.
                 _log.warning("health check round failed", exc_info=True)
             await asyncio.sleep(interval_s)
 
@@ -177,72 +190,31 @@ class ModelRouter:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         self.start_health_checks()
-        route: list[dict[str, Any]] = []
-        failures: list[ProviderError] = []
-        for candidate, reason in self._plan(request):
-            step = await self._admit(candidate, reason, route)
-            if "outcome" in step:
-                continue  # skipped: its circuit is open
-            started = time.perf_counter()
-            try:
-                completion = await candidate.provider.complete(request)
-            except asyncio.CancelledError:
-                await self._release(candidate)  # the caller gave up: the call tells nothing
-                raise
-            except Exception as exc:
-                error = _as_provider_error(candidate, exc)
-                step["outcome"] = f"failed: {error.message}"
-                step["breaker"] = await self._record_failure(candidate, error)
-                failures.append(error)
-                continue
-            self._observe(candidate, time.perf_counter() - started)
-            step["outcome"] = "ok"
-            step["breaker"] = await self.breakers.success(candidate.key, self.policy)
-            if candidate.price is not None:
-                completion.usage.cost_usd = candidate.price.cost(completion.usage)
-            completion.route = route
-            return completion
-        raise self._all_failed(failures, route)
+        routing = _Routing(self, request)
+        async with aclosing(routing.attempts()) as attempts:
+            async for attempt in attempts:
+                async with attempt:
+                    completion = await attempt.candidate.provider.complete(request)
+                    await attempt.succeeded(completion.usage)
+                    completion.route = routing.route
+                    return completion
+        raise routing.failed()
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         self.start_health_checks()
-        route: list[dict[str, Any]] = []
-        failures: list[ProviderError] = []
-        for candidate, reason in self._plan(request):
-            step = await self._admit(candidate, reason, route)
-            if "outcome" in step:
-                continue  # skipped: its circuit is open
-            started = time.perf_counter()
-            yielded = False
-            try:
-                async for chunk in candidate.provider.stream(request):
-                    if chunk.usage is not None or chunk.finish_reason is not None:
-                        # The last chunk: account for it before the caller sees it.
-                        self._observe(candidate, time.perf_counter() - started)
-                        step["outcome"] = "ok"
-                        step["breaker"] = await self.breakers.success(candidate.key, self.policy)
-                        if chunk.usage is not None and candidate.price is not None:
-                            chunk.usage.cost_usd = candidate.price.cost(chunk.usage)
-                        chunk.route = route
-                    yielded = True
-                    yield chunk
-                if step.get("outcome") != "ok":
-                    await self.breakers.success(candidate.key, self.policy)
-                return
-            except (asyncio.CancelledError, GeneratorExit):
-                # The consumer went away (timeout, closed stream): unless the outcome
-                # was already recorded, free the breaker's probe slot.
-                if "outcome" not in step:
-                    await self._release(candidate)
-                raise
-            except Exception as exc:
-                error = _as_provider_error(candidate, exc)
-                step["outcome"] = f"failed: {error.message}"
-                step["breaker"] = await self._record_failure(candidate, error)
-                if yielded:
-                    raise error from exc  # the client has seen part of this answer
-                failures.append(error)
-        raise self._all_failed(failures, route)
+        routing = _Routing(self, request)
+        async with aclosing(routing.attempts()) as attempts:
+            async for attempt in attempts:
+                async with attempt:
+                    async for chunk in attempt.candidate.provider.stream(request):
+                        if chunk.usage is not None or chunk.finish_reason is not None:
+                            # The last chunk: account for it before the caller sees it.
+                            await attempt.succeeded(chunk.usage)
+                            chunk.route = routing.route
+                        attempt.yielded = True
+                        yield chunk
+                    return
+        raise routing.failed()
 
     async def health(self) -> bool:
         for candidate in self.candidates:
@@ -263,28 +235,12 @@ class ModelRouter:
         ordered = self.order(request)
         return ordered if self.fallback else ordered[:1]
 
-    async def _admit(
-        self, candidate: Candidate, reason: str, route: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Ask the breaker about ``candidate`` and record the decision on ``route``;
-        the step already has an ``outcome`` when the candidate is skipped."""
-        allowed, state = await self.breakers.allow(candidate.key, self.policy)
-        step: dict[str, Any] = {
-            "candidate": candidate.key,
-            "provider": candidate.provider.name,
-            "reason": reason,
-            "breaker": state,
-        }
-        if not allowed:
-            step["outcome"] = "skipped: circuit open"
-        route.append(step)
-        return step
-
     async def _release(self, candidate: Candidate) -> None:
+        # Shielded: when the caller is being cancelled, the release still completes.
         try:
             await asyncio.shield(self.breakers.release(candidate.key, self.policy))
-        except (Exception, asyncio.CancelledError):
-            _log.warning("could not release the breaker of %s", candidate.key, exc_info=True)
+        except asyncio.CancelledError:
+            _log.warning("cancelled while releasing the breaker of %s", candidate.key)
 
     async def _record_failure(self, candidate: Candidate, exc: ProviderError) -> str:
         status = exc.details.get("status")
@@ -324,17 +280,99 @@ class ModelRouter:
         )
 
 
-def _as_provider_error(candidate: Candidate, exc: Exception) -> ProviderError:
-    # Whatever a candidate raises is that candidate failing: fall back, count it.
-    if isinstance(exc, ProviderError):
-        return exc
-    detail = exc.message if isinstance(exc, AstromeshError) else f"{type(exc).__name__}: {exc}"
-    return ProviderError(
-        f"{candidate.provider.name}: {detail}",
-        provider=candidate.provider.name,
-        status=None,
-        retryable=True,
-    )
+class _Routing:
+    """One request's walk through the candidates: the attempt loop ``complete`` and
+    ``stream`` share (admission, route, fallback, the all-failed error)."""
+
+    def __init__(self, router: ModelRouter, request: CompletionRequest) -> None:
+        self.router = router
+        self.request = request
+        self.route: list[dict[str, Any]] = []
+        self.failures: list[ProviderError] = []
+
+    async def attempts(self) -> AsyncGenerator[_Attempt, None]:
+        """The candidates to call, in order, each admitted by its breaker; a skipped
+        one is recorded on the route.  The caller stops iterating on success; when
+        the iteration ends, every candidate failed or was skipped: ``failed()``."""
+        router = self.router
+        for candidate, reason in router._plan(self.request):
+            allowed, state = await router.breakers.allow(candidate.key, router.policy)
+            step: dict[str, Any] = {
+                "candidate": candidate.key,
+                "provider": candidate.provider.name,
+                "reason": reason,
+                "breaker": state,
+            }
+            self.route.append(step)
+            if not allowed:
+                step["outcome"] = "skipped: circuit open"
+                continue
+            yield _Attempt(self, candidate, step)
+
+    def failed(self) -> ProviderError:
+        """The error once no candidate answered."""
+        return self.router._all_failed(self.failures, self.route)
+
+
+class _Attempt:
+    """One call to one candidate, as an async context manager around the call.
+
+    On leaving it, the outcome goes on the route step and to the breaker:
+
+    - ``succeeded()`` was called: nothing more to do;
+    - the block ended normally without it (a stream with no final chunk): success;
+    - a ``ProviderError``: counted (unless it is the caller's fault) and suppressed,
+      so the request falls back to the next candidate; re-raised when part of the answer
+      was already ``yielded`` to the caller;
+    - anything else (cancellation, a closed stream, a bug such as a ``TypeError``):
+      it says nothing about the provider, so the probe slot is freed and the
+      exception propagates unchanged.
+    """
+
+    def __init__(self, routing: _Routing, candidate: Candidate, step: dict[str, Any]) -> None:
+        self.routing = routing
+        self.candidate = candidate
+        self.step = step
+        self.yielded = False
+        self._recorded = False
+        self._started = time.perf_counter()
+
+    async def __aenter__(self) -> _Attempt:
+        self._started = time.perf_counter()
+        return self
+
+    async def succeeded(self, usage: Usage | None) -> None:
+        """The provider answered: latency, breaker, and the price of ``usage``."""
+        router, candidate = self.routing.router, self.candidate
+        self._recorded = True
+        router._observe(candidate, time.perf_counter() - self._started)
+        self.step["outcome"] = "ok"
+        self.step["breaker"] = await router.breakers.success(candidate.key, router.policy)
+        if usage is not None and candidate.price is not None:
+            usage.cost_usd = candidate.price.cost(usage)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._recorded:
+            return False
+        if exc is None:
+            await self.succeeded(None)
+            return False
+        self._recorded = True
+        router = self.routing.router
+        if isinstance(exc, ProviderError):
+            self.step["outcome"] = f"failed: {exc.message}"
+            self.step["breaker"] = await router._record_failure(self.candidate, exc)
+            if self.yielded:
+                return False  # the client has seen part of this answer: no fallback
+            self.routing.failures.append(exc)
+            return True
+        await router._release(self.candidate)
+        return False
 
 
 def _estimate_input_tokens(request: CompletionRequest) -> int:

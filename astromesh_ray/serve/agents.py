@@ -9,10 +9,11 @@ from typing import Any
 
 from ray import serve
 
+from astromesh_ray.core.breaker import BreakerStore
 from astromesh_ray.core.build import build_runtime
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import event_to_dict
-from astromesh_ray.serve.breaker import ServeBreakerStore
+from astromesh_ray.serve.breaker import ServeBreakerStore, agent_probes
 from astromesh_ray.serve.handles import agent_app_name
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok
@@ -56,6 +57,7 @@ class AgentDeployment:
         providers: Mapping[str, ProviderEntrySpec],
         routing: ProviderRoutingSpec | None = None,
     ) -> None:
+        breakers = await self.make_breakers(agent, providers, routing)
         self._runtime = build_runtime(
             agent,
             providers,
@@ -63,13 +65,24 @@ class AgentDeployment:
             make_peer=ServePeer,
             where=replica_location(),
             routing=routing,
-            breakers=ServeBreakerStore(),
-            # One prober per provider deployment (the breaker actor), not one per
-            # agent replica.
+            breakers=breakers,
             health_checks=False,
         )
         # The replica owns the toolsets' lifecycle: listed now, closed on shutdown.
         await self._runtime.start()
+
+    async def make_breakers(
+        self,
+        agent: AgentSpec,
+        providers: Mapping[str, ProviderEntrySpec],
+        routing: ProviderRoutingSpec | None,
+    ) -> BreakerStore:
+        """The breaker store of this replica: state cached here, fed by the
+        cluster-wide actor, which (not each replica) probes the agent's providers.
+        (``benchmarks/serve_path.py`` overrides it to compare other stores.)"""
+        store = ServeBreakerStore(probes=agent_probes(agent, providers, routing))
+        await store.start()  # subscribe now, not on the first model call
+        return store
 
     async def run(self, request: dict[str, Any]) -> dict[str, Any]:
         # The edge of the replica: every error leaves as a value (a bug as a RunError,

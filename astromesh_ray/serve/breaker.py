@@ -1,94 +1,275 @@
 """Circuit-breaker state shared by the whole cluster: one named Ray actor.
 
-Every agent replica asks the same ``BreakerActor`` before calling a provider
-deployment, so when one replica sees a provider fail, all of them stop calling it
-at once (DESIGN.md §3: cluster-wide state lives in one named actor per concern).
+When one agent replica sees a provider fail, all of them stop calling it (DESIGN.md
+§3: cluster-wide state lives in one named actor per concern).  The actor's body is
+``BreakerBoard`` (``breaker_board.py``): breakers keyed by provider and policy, a
+version number replicas long-poll, and one health-probe loop per provider
+deployment, fed by registrations made at deploy time.
+
+Two ``BreakerStore`` bodies reach it:
+
+- ``ActorBreakerStore``: every call is one actor call (allow, then success or
+  failure: two extra Ray round trips per model call).  The baseline, and what the
+  gateway uses to read snapshots.
+- ``ServeBreakerStore`` (a ``CachedBreakerStore``): a copy in the replica; while
+  breakers are closed a model call makes no extra round trip.  What agent replicas use.
+
+Both fail open: an actor that is gone is recreated on a later call, and meanwhile
+model calls proceed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ray
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
+from ray.serve.handle import DeploymentHandle
 
-from astromesh_ray.core.breaker import BreakerPolicy, CircuitBreakers, State
+from astromesh_ray.core.breaker import BreakerPolicy, State
+from astromesh_ray.core.patterns import pattern_for
+from astromesh_ray.serve.breaker_board import (
+    BoardState,
+    BreakerBoard,
+    BreakerUnavailable,
+    BreakerUpdate,
+    HealthProbe,
+)
+from astromesh_ray.serve.breaker_cache import BreakerRemote, CachedBreakerStore, Outage
+from astromesh_ray.serve.providers import provider_app_name
+from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec, resolve_route
 
 ACTOR_NAME = "astromesh-breakers"
 ACTOR_NAMESPACE = "astromesh"
+# A call on the hot path waits this long for the actor before failing open.
+CALL_TIMEOUT_S = 5.0
+# After a failed call, the link does not try the actor again for this long: during an
+# outage, calls fail open at once instead of each paying a lookup.
+RETRY_AFTER_S = 0.5
+
+_log = logging.getLogger("astromesh.breaker")
 
 
-class _OffsetClock:
-    """``time.monotonic`` plus an offset an operator (or a test) can advance."""
+class ServeAppProbe:
+    """Health of a Serve application: its ingress deployment's ``health`` method."""
 
     def __init__(self) -> None:
-        self.offset = 0.0
+        self._handles: dict[str, DeploymentHandle[Any]] = {}
 
-    def __call__(self) -> float:
-        return time.monotonic() + self.offset
+    async def __call__(self, app: str, timeout_s: float) -> bool | None:
+        handle = self._handles.get(app)
+        if handle is None:
+            try:
+                # A blocking lookup at the controller: off the actor's event loop.
+                handle = await asyncio.to_thread(serve.get_app_handle, app)
+            except RayServeException:
+                return None  # not deployed (yet), or Serve not running: not counted
+            self._handles[app] = handle
+        try:
+            return bool(await asyncio.wait_for(handle.health.remote(), timeout_s))
+        except BaseException:
+            self._handles.pop(app, None)  # look it up again: it may have been redeployed
+            raise
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
-class BreakerActor:
-    """Owns every provider's breaker.  An async actor: calls never block each other."""
+class BreakerActor(BreakerBoard):
+    """The named actor: a ``BreakerBoard`` probing provider applications through
+    Serve.  Async (its methods are coroutines): one pending poll per replica is cheap.
+    Restarted if its process dies; a restarted board has a new epoch."""
 
     def __init__(self) -> None:
-        self._clock = _OffsetClock()
-        self._breakers = CircuitBreakers(clock=self._clock)
-
-    async def allow(self, key: str, policy: BreakerPolicy) -> tuple[bool, State]:
-        return self._breakers.allow(key, policy)
-
-    async def success(self, key: str, policy: BreakerPolicy) -> State:
-        return self._breakers.success(key, policy)
-
-    async def failure(self, key: str, policy: BreakerPolicy, error: str = "") -> State:
-        return self._breakers.failure(key, policy, error)
-
-    async def release(self, key: str, policy: BreakerPolicy) -> None:
-        self._breakers.release(key, policy)
-
-    async def snapshot(self) -> dict[str, dict[str, Any]]:
-        return self._breakers.snapshot()
-
-    async def advance_clock(self, seconds: float) -> None:
-        """Move the breakers' clock forward: ends cooldowns early (operations, tests)."""
-        self._clock.offset += seconds
+        super().__init__(probe=ServeAppProbe())
 
 
 def breaker_actor() -> Any:
-    """The cluster's breaker actor, created by whichever replica asks first."""
-    return BreakerActor.options(  # type: ignore[attr-defined]
+    """The cluster's breaker actor, created if it does not exist (detached, in
+    namespace ``astromesh``, so it outlives whoever created it)."""
+    return BreakerActor.options(  # type: ignore[attr-defined]  # ray.remote wraps the class
         name=ACTOR_NAME, namespace=ACTOR_NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote()
 
 
-class ServeBreakerStore:
-    """``BreakerStore`` over the cluster-wide actor."""
+def ensure_breaker_actor(probes: Sequence[HealthProbe] = ()) -> None:
+    """At deploy time (in the application builders): create the breaker actor and
+    register ``probes``, so neither waits for the first request.  Without a Ray
+    connection (offline builds, unit tests) it does nothing; a failure is logged,
+    never raised: the replicas create the actor and register again when they start."""
+    if not ray.is_initialized():
+        return
+    try:
+        actor = breaker_actor()
+        ray.get(actor.register.remote(list(probes)), timeout=60)
+    except RayError as exc:
+        _log.warning("could not prepare the circuit-breaker actor at deploy time: %s", exc)
 
-    def __init__(self) -> None:
+
+def agent_probes(
+    agent: AgentSpec,
+    providers: Mapping[str, ProviderEntrySpec],
+    routing: ProviderRoutingSpec | None = None,
+    roles: Iterable[str] | None = None,
+) -> list[HealthProbe]:
+    """The health probes ``agent`` asks for: for each of its roles' routes with a
+    ``health_check_interval``, each endpoint's provider application, with the route's
+    breaker policy (the same ``BreakerPolicy`` its router uses).
+
+    ``roles``: the model roles to look at (default: the pattern's roles and every
+    role the agent declares)."""
+    if roles is None:
+        roles = [*pattern_for(agent.spec.orchestration.pattern).roles, *agent.spec.model.roles]
+    found: dict[tuple[str, BreakerPolicy], HealthProbe] = {}
+    for role in roles:
+        route = resolve_route(agent, providers, routing, role=role)
+        if not route.health_check_interval_s:
+            continue
+        policy = BreakerPolicy(route.failure_threshold, route.cooldown_s)
+        for endpoint in route.endpoints:
+            probe = HealthProbe(
+                provider_app_name(endpoint), endpoint.key, policy, route.health_check_interval_s
+            )
+            held = found.get((endpoint.key, policy))
+            if held is None or held.interval_s > probe.interval_s:
+                found[endpoint.key, policy] = probe
+    return list(found.values())
+
+
+class ActorLink:
+    """The breaker actor as a ``BreakerRemote``: looked up (or created) on first use
+    and again after a failure; Ray failures and timeouts become
+    ``BreakerUnavailable``."""
+
+    def __init__(
+        self, *, call_timeout_s: float = CALL_TIMEOUT_S, retry_after_s: float = RETRY_AFTER_S
+    ) -> None:
         self._actor: Any = None
+        self._call_timeout_s = call_timeout_s
+        self._retry_after_s = retry_after_s
+        self._retry_at = 0.0
 
-    def _get(self) -> Any:
-        if self._actor is None:
-            self._actor = breaker_actor()
-        return self._actor
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        try:
+            if self._actor is None:
+                if time.monotonic() < self._retry_at:
+                    raise BreakerUnavailable("the breaker actor failed moments ago")
+                self._actor = breaker_actor()
+            ref = getattr(self._actor, method).remote(*args)
+            return await asyncio.wait_for(ref, timeout_s or self._call_timeout_s)
+        except (RayError, TimeoutError) as exc:
+            # Killed, died, restarting, or hung: find (or create) it again later.
+            self._actor = None
+            self._retry_at = time.monotonic() + self._retry_after_s
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise BreakerUnavailable(f"{type(exc).__name__}: {first_line}") from exc
 
-    async def allow(self, key: str, policy: BreakerPolicy) -> tuple[bool, State]:
-        result: tuple[bool, State] = await self._get().allow.remote(key, policy)
+    async def allow(self, key: str, policy: BreakerPolicy) -> tuple[bool, State, BreakerUpdate]:
+        result: tuple[bool, State, BreakerUpdate] = await self._call("allow", key, policy)
         return result
 
+    async def success(self, key: str, policy: BreakerPolicy) -> tuple[State, BreakerUpdate]:
+        result: tuple[State, BreakerUpdate] = await self._call("success", key, policy)
+        return result
+
+    async def failure(
+        self, key: str, policy: BreakerPolicy, error: str = ""
+    ) -> tuple[State, BreakerUpdate]:
+        result: tuple[State, BreakerUpdate] = await self._call("failure", key, policy, error)
+        return result
+
+    async def release(self, key: str, policy: BreakerPolicy) -> BreakerUpdate:
+        update: BreakerUpdate = await self._call("release", key, policy)
+        return update
+
+    async def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        snap: dict[str, list[dict[str, Any]]] = await self._call("snapshot")
+        return snap
+
+    async def poll(
+        self, subscriber: str, epoch: str | None, version: int, timeout_s: float = 30.0
+    ) -> BoardState:
+        state: BoardState = await self._call(
+            "poll", subscriber, epoch, version, timeout_s, timeout_s=timeout_s + 10.0
+        )
+        return state
+
+    async def register(self, probes: Sequence[HealthProbe]) -> None:
+        await self._call("register", list(probes))
+
+
+class ActorBreakerStore:
+    """``BreakerStore`` with every call going to the actor: two extra Ray round trips
+    per model call (the baseline ``ServeBreakerStore`` is measured against), and
+    what the gateway reads snapshots with.  Fails open."""
+
+    def __init__(self, link: BreakerRemote | None = None) -> None:
+        self.link: BreakerRemote = link or ActorLink()
+        self._outage = Outage()
+
+    async def allow(self, key: str, policy: BreakerPolicy) -> tuple[bool, State]:
+        try:
+            allowed, state, _ = await self.link.allow(key, policy)
+        except BreakerUnavailable as exc:
+            self._outage.failed(exc)
+            return True, "closed"
+        self._outage.recovered()
+        return allowed, state
+
     async def success(self, key: str, policy: BreakerPolicy) -> State:
-        state: State = await self._get().success.remote(key, policy)
+        try:
+            state, _ = await self.link.success(key, policy)
+        except BreakerUnavailable as exc:
+            self._outage.failed(exc)
+            return "closed"
+        self._outage.recovered()
         return state
 
     async def failure(self, key: str, policy: BreakerPolicy, error: str = "") -> State:
-        state: State = await self._get().failure.remote(key, policy, error)
+        try:
+            state, _ = await self.link.failure(key, policy, error)
+        except BreakerUnavailable as exc:
+            self._outage.failed(exc)
+            return "closed"
+        self._outage.recovered()
         return state
 
     async def release(self, key: str, policy: BreakerPolicy) -> None:
-        await self._get().release.remote(key, policy)
+        try:
+            await self.link.release(key, policy)
+        except BreakerUnavailable as exc:
+            self._outage.failed(exc)
+            return
+        self._outage.recovered()
 
-    async def snapshot(self) -> dict[str, dict[str, Any]]:
-        snap: dict[str, dict[str, Any]] = await self._get().snapshot.remote()
+    async def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        try:
+            snap = await self.link.snapshot()
+        except BreakerUnavailable as exc:
+            self._outage.failed(exc)
+            return {}
+        self._outage.recovered()
         return snap
+
+
+class ServeBreakerStore(CachedBreakerStore):
+    """What agent replicas use: the cluster-wide breakers through a copy kept in the
+    replica (``CachedBreakerStore`` over ``ActorLink``).  ``probes``
+    (``agent_probes(...)``) are registered again whenever the actor is new."""
+
+    def __init__(self, probes: Sequence[HealthProbe] = (), *, subscriber: str | None = None):
+        super().__init__(ActorLink(), probes=probes, subscriber=subscriber or _replica_name())
+
+
+def _replica_name() -> str | None:
+    try:
+        context = serve.get_replica_context()
+    except RayServeException:
+        return None  # not in a replica: a unique default name
+    # Unique even when one replica holds two stores.
+    return f"{context.app_name}/{context.replica_id.unique_id}/{uuid.uuid4().hex[:6]}"

@@ -20,6 +20,7 @@ from ray.serve import Application, Deployment
 from astromesh_ray.core.build import check_buildable
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.serve.agents import AgentDeployment, agent_app_name, describe_agent
+from astromesh_ray.serve.breaker import agent_probes, ensure_breaker_actor
 from astromesh_ray.serve.gateway import Gateway
 from astromesh_ray.serve.providers import ProviderDeployment, provider_app_name
 from astromesh_ray.serve.vllm import in_cluster, llm_config_fields, vllm_app
@@ -157,7 +158,10 @@ def agent_app(raw: dict[str, Any]) -> Application:
             hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
         )
     agent = loaded.agents[args.agent]
-    check_buildable([agent], loaded.providers)  # fail the build, not the replica
+    # Fail the build, not the replica; the agents it calls must be in this config.
+    check_buildable([agent], loaded.providers, known=loaded.agents)
+    # The breaker actor exists, and probes this agent's providers, before any request.
+    ensure_breaker_actor(agent_probes(agent, loaded.providers, loaded.routing))
     options = serve_options(AgentDeployment, agent.spec.deployment)
     return (
         _deployment(AgentDeployment)
@@ -171,6 +175,7 @@ def gateway_app(raw: dict[str, Any]) -> Application:
     args = AppArgs.model_validate(raw)
     loaded = _load(args)
     options = serve_options(Gateway, loaded.runtime.spec.gateway)
+    ensure_breaker_actor()  # GET /v1/providers reads it: created now, not on first use
     agents = {name: describe_agent(agent) for name, agent in loaded.agents.items()}
     apps = {name: agent_app_name(name) for name in loaded.agents}
     providers = {

@@ -5,6 +5,10 @@ POST /v1/agents/{name}/stream  same body -> Server-Sent Events, one per run even
 GET  /v1/agents              the loaded agents
 GET  /v1/agents/{name}       one agent
 GET  /health                 liveness
+
+Each request is one trace: a W3C ``traceparent`` header from the client is
+continued, else a new trace starts; the gateway's own span is the parent of the
+agent's run, and the first span of the returned ``trace``.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real annotation
@@ -15,16 +19,21 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from fastapi.responses import StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from ray.serve.schema import ApplicationStatus
 
 from astromesh_ray import __version__
+from astromesh_ray.core.breaker import most_severe
+from astromesh_ray.core.events import ErrorEvent, event_to_dict
+from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError
-from astromesh_ray.serve.breaker import ServeBreakerStore
+from astromesh_ray.serve.breaker import ActorBreakerStore
+from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe
 from astromesh_ray.serve.http import BodySizeLimit, RunBody, install_error_handlers
+from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import unwrap
 
 api = FastAPI(
@@ -39,13 +48,21 @@ install_error_handlers(api)
 # Helpers the routes call are defined before the ingress class: `serve.ingress`
 # pickles the FastAPI app by value when the class is decorated, capturing only
 # the globals that exist at that moment.
-async def _sse_events(first: dict[str, Any], rest: AsyncIterator[Any]) -> AsyncIterator[str]:
+async def _sse_events(
+    first: dict[str, Any], rest: AsyncIterator[Any], span: Span
+) -> AsyncIterator[str]:
     yield _sse(first)
     try:
         async for outcome in rest:
-            yield _sse(unwrap(outcome))
+            event = unwrap(outcome)
+            if event.get("type") == "run_finished":
+                span.end()
+                _prepend(event["result"], span)
+            yield _sse(event)
     except AstromeshError as exc:
-        yield _sse({"type": "error", "data": {"error": exc.to_dict()}})
+        span.end(exc.message)
+        _prepend(exc.details, span)
+        yield _sse(event_to_dict(ErrorEvent.from_error(exc)))
 
 
 async def _guarded(name: str, app: str, outcomes: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -55,10 +72,8 @@ async def _guarded(name: str, app: str, outcomes: AsyncIterator[Any]) -> AsyncIt
             outcome = await outcomes.__anext__()
         except StopAsyncIteration:
             return
-        except AstromeshError:
-            raise
-        except Exception as exc:
-            raise _unavailable(name, app, f"failed: {_describe(exc)}") from None
+        except RAY_FAILURES as exc:
+            raise _unavailable(name, app, f"failed: {describe(exc)}") from None
         yield outcome
 
 
@@ -71,16 +86,12 @@ def _unavailable(name: str, app: str, reason: str) -> AgentUnavailable:
     )
 
 
-def _describe(exc: BaseException) -> str:
-    # Ray's messages can carry whole remote tracebacks: keep the first line.
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
-
-
 # An application in these states has no replica to answer: a call would queue
 # until the client gives up.  (UNHEALTHY may still have serving replicas; if it
 # has none, the call runs into the patience deadline below.)
 _DOWN = frozenset({ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.DELETING})
+# A call to an agent's application that failed to deliver, or took too long.
+_CALL_FAILURES: tuple[type[BaseException], ...] = (*RAY_FAILURES, TimeoutError)
 # How long past the agent's own timeout_seconds the gateway waits for an answer
 # before calling the agent unavailable (a request queued for a replica that
 # never comes up, e.g. after the application failed).
@@ -96,7 +107,22 @@ async def _probe(app: str) -> bool:
 
 
 def _sse(event: dict[str, Any]) -> str:
-    return f"event: {event['type']}\ndata: {json.dumps(event['data'])}\n\n"
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+
+def _prepend(body: dict[str, Any], span: Span) -> None:
+    """Put the gateway's span first in a result's (or an error's) ``trace``."""
+    trace = body.get("trace")
+    if isinstance(trace, list):
+        trace.insert(0, span.to_dict())
+
+
+def _gateway_span(traceparent: str | None, name: str, where: dict[str, str]) -> Span:
+    """The gateway's span of one request: continues the client's trace if it sent a
+    valid ``traceparent``, else starts a new one."""
+    parent = TraceContext.parse(traceparent)
+    trace = Trace(parent.trace_id if parent else new_trace_id(), where)
+    return trace.start("gateway", parent.span_id if parent else None, agent=name)
 
 
 @serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
@@ -114,7 +140,9 @@ class Gateway:
         self._apps = apps
         self._providers = providers
         self._handles: dict[str, DeploymentHandle[Any]] = {}
-        self._breakers = ServeBreakerStore()
+        self._where = replica_location()
+        # Snapshots only: read straight from the breaker actor (no cached copy).
+        self._breakers = ActorBreakerStore()
 
     def _app(self, name: str) -> str:
         """The application of agent ``name``; 404 for unknown names."""
@@ -123,25 +151,27 @@ class Gateway:
             raise AgentNotFound(f"no agent named {name!r}", hint=f"loaded agents: {known}")
         return self._apps[name]
 
-    def _handle(self, name: str) -> DeploymentHandle[Any]:
+    async def _handle(self, name: str) -> DeploymentHandle[Any]:
         app = self._app(name)
-        if name not in self._handles:
+        handle = self._handles.get(name)
+        if handle is None:
             try:
-                status = serve.status().applications.get(app)
-                handle = serve.get_app_handle(app)  # raises when the app does not exist
-            except Exception as exc:
-                raise _unavailable(name, app, f"cannot be reached: {_describe(exc)}") from None
+                # serve.status() blocks on the controller: not on the event loop.
+                status = (await asyncio.to_thread(serve.status)).applications.get(app)
+                handle = AppHandle(app).get()  # raises when the app does not exist
+            except RAY_FAILURES as exc:
+                raise _unavailable(name, app, f"cannot be reached: {describe(exc)}") from None
             if status is not None and status.status in _DOWN:
                 raise _unavailable(name, app, f"is {status.status.value}")
             self._handles[name] = handle
-        return self._handles[name]
+        return handle
 
-    def _failed(self, name: str, exc: Exception, patience_s: float) -> AgentUnavailable:
+    def _failed(self, name: str, exc: BaseException, patience_s: float) -> AgentUnavailable:
         self._handles.pop(name, None)  # look the application up again next time
         if isinstance(exc, TimeoutError):
             reason = f"did not answer within {patience_s:g} s"
         else:
-            reason = f"failed: {_describe(exc)}"
+            reason = f"failed: {describe(exc)}"
         return _unavailable(name, self._apps[name], reason)
 
     def _patience_s(self, name: str) -> float:
@@ -153,7 +183,9 @@ class Gateway:
 
     @api.get("/v1/providers")
     async def list_providers(self) -> dict[str, Any]:
-        """Each provider deployment: what it serves, a live health probe, its breaker."""
+        """Each provider deployment: what it serves, a live health probe, and its
+        breakers (one per breaker policy of the agents using it); ``breaker`` is the
+        most severe of them (open > half-open > closed)."""
         breakers = await self._breakers.snapshot()
         names = sorted(self._providers)
         healthy = await asyncio.gather(*(_probe(name) for name in names))
@@ -164,7 +196,8 @@ class Gateway:
                     "name": name,
                     **self._providers[name],
                     "healthy": ok,
-                    "breaker": breakers.get(name, closed),
+                    "breaker": most_severe(breakers.get(name, [])) or closed,
+                    "breakers": breakers.get(name, []),
                 }
                 for name, ok in zip(names, healthy, strict=True)
             ]
@@ -180,31 +213,53 @@ class Gateway:
         return self._agents[name]
 
     @api.post("/v1/agents/{name}/run")
-    async def run(self, name: str, body: RunBody) -> dict[str, Any]:
-        handle = self._handle(name)
+    async def run(
+        self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
+    ) -> dict[str, Any]:
+        handle = await self._handle(name)
         patience_s = self._patience_s(name)
+        span = _gateway_span(traceparent, name, self._where)
+        request = {**body.model_dump(), "trace_parent": span.context.traceparent}
         try:
-            outcome = await asyncio.wait_for(handle.run.remote(body.model_dump()), patience_s)
-        except Exception as exc:  # DeploymentUnavailableError, RayActorError, timeout, ...
+            outcome = await asyncio.wait_for(handle.run.remote(request), patience_s)
+        except _CALL_FAILURES as exc:
+            span.end(exc)
             raise self._failed(name, exc, patience_s) from None
-        result: dict[str, Any] = unwrap(outcome)
+        try:
+            result: dict[str, Any] = unwrap(outcome)
+        except AstromeshError as exc:
+            span.end(exc.message)
+            _prepend(exc.details, span)
+            raise
+        span.end()
+        _prepend(result, span)
         return result
 
     @api.post("/v1/agents/{name}/stream")
-    async def stream(self, name: str, body: RunBody) -> StreamingResponse:
-        handle = self._handle(name)
+    async def stream(
+        self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
+    ) -> StreamingResponse:
+        handle = await self._handle(name)
         patience_s = self._patience_s(name)
+        span = _gateway_span(traceparent, name, self._where)
+        request = {**body.model_dump(), "trace_parent": span.context.traceparent}
         try:
             events = cast(
                 DeploymentResponseGenerator[Any],
-                handle.options(stream=True).stream.remote(body.model_dump()),
+                handle.options(stream=True).stream.remote(request),
             )
             iterator = events.__aiter__()
             # Errors before the first event (bad prompt context, ...) still get their
             # HTTP status; later ones arrive as an `error` event.
             outcome = await asyncio.wait_for(iterator.__anext__(), patience_s)
-        except Exception as exc:
+        except _CALL_FAILURES as exc:
+            span.end(exc)
             raise self._failed(name, exc, patience_s) from None
-        first = unwrap(outcome)
+        try:
+            first = unwrap(outcome)
+        except AstromeshError as exc:
+            span.end(exc.message)
+            _prepend(exc.details, span)
+            raise
         rest = _guarded(name, self._apps[name], iterator)
-        return StreamingResponse(_sse_events(first, rest), media_type="text/event-stream")
+        return StreamingResponse(_sse_events(first, rest, span), media_type="text/event-stream")

@@ -127,9 +127,11 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "Agent",
         ("spec.tools.*",),
-        lambda tool: isinstance(tool, Mapping)
-        and tool.get("type") == "agent"
-        and tool.get("parameters") is not None,
+        lambda tool: (
+            isinstance(tool, Mapping)
+            and tool.get("type") == "agent"
+            and tool.get("parameters") is not None
+        ),
         "agent tools take one argument, query: parameters cannot be declared",
         "remove parameters from this agent tool",
     ),

@@ -46,8 +46,7 @@ class ToolSpecBase(StrictModel):
     max_result_chars: int = Field(
         default=20_000,
         ge=100,
-        description="A longer result is cut to this many characters before the model "
-        "reads it.",
+        description="A longer result is cut to this many characters before the model reads it.",
     )
 
     def json_schema(self) -> dict[str, Any] | None:

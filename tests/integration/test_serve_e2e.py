@@ -105,10 +105,20 @@ def test_react_turn_with_a_tool_call_over_http(api: str, llm: ScriptedOpenAIServ
     assert second["messages"][-1]["role"] == "tool" and second["messages"][-1]["content"] == "20"
 
     # The trace shows the model ran in the provider app and the tool in the agent app.
-    model_span, tool_span = body["trace"][0], body["trace"][1]
-    assert model_span["name"] == "model_call" and model_span["where"]["app"].startswith("provider-")
-    assert tool_span["name"] == "tool_call" and tool_span["where"]["app"] == "agent-calc"
+    spans = {s["name"]: s for s in reversed(body["trace"])}  # the first of each name
+    model_span, tool_span = spans["model_call"], spans["tool_call"]
+    assert model_span["where"]["app"].startswith("provider-")
+    assert tool_span["where"]["app"] == "agent-calc"
     assert model_span["where"]["replica"] != tool_span["where"]["replica"]
+    # One trace across the gateway, the agent and the provider replicas, parented.
+    gateway, run = body["trace"][0], body["trace"][1]
+    assert gateway["name"] == "gateway" and gateway["where"]["app"] == "gateway"
+    assert run["name"] == "run" and run["parent_id"] == gateway["span_id"]
+    assert {s["trace_id"] for s in body["trace"]} == {body["trace_id"]}
+    provider_span = spans["provider.complete"]
+    assert provider_span["parent_id"] == model_span["span_id"]
+    assert provider_span["where"]["app"] == model_span["where"]["app"]
+    assert model_span["parent_id"] == run["span_id"] == tool_span["parent_id"]
 
 
 def test_agent_listing_and_health(api: str) -> None:
@@ -226,8 +236,10 @@ def test_timeout_is_504_with_the_partial_trace(api: str, llm: ScriptedOpenAIServ
     )
     assert reply.status_code == 504
     error = reply.json()["error"]
-    assert error["code"] == "run_timeout" and "timeout_seconds=1" in error["message"]
-    assert [s["name"] for s in error["trace"]] == ["model_call", "tool_call"]
+    assert error["code"] == "run_timeout" and "timeout_seconds" in error["message"]
+    names = [s["name"] for s in error["trace"]]
+    assert names == ["gateway", "run", "model_call", "provider.complete", "tool_call"]
+    assert error["trace"][-1]["status"] == "error"
 
 
 def test_stream_sends_server_sent_events(api: str, llm: ScriptedOpenAIServer) -> None:
@@ -254,12 +266,20 @@ def test_stream_sends_server_sent_events(api: str, llm: ScriptedOpenAIServer) ->
                 events.append((kind, json.loads(line.removeprefix("data: "))))
     kinds = [k for k, _ in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
-    assert "tool_result" in kinds and "answer" in kinds
-    assert "".join(str(d["text"]) for k, d in events if k == "token") == "six times seven is 42"
+    assert all(k == d["type"] for k, d in events)
+    assert "tool_result" in kinds and "step" in kinds
+    assert [d["step"]["type"] for k, d in events if k == "step"] == ["tool_call", "answer"]
+    tokens = [d for k, d in events if k == "token"]
+    answer = "".join(str(d["text"]) for d in tokens if d["channel"] == "answer")
+    assert answer == "six times seven is 42"
+    # The tool call's arguments streamed too, on their own channel, as the model wrote them.
+    arguments = "".join(str(d["text"]) for d in tokens if d["channel"] == "tool_args")
+    assert json.loads(arguments) == {"expression": "6*7"}
     assert llm.requests[-1]["stream"] is True  # tokens really streamed from the provider
 
     # Streamed model calls, too, are traced where the provider replica ran them.
     result: Any = events[-1][1]["result"]
+    assert result["trace"][0]["name"] == "gateway"
     model_spans = [s for s in result["trace"] if s["name"] == "model_call"]
     tool_span = next(s for s in result["trace"] if s["name"] == "tool_call")
     assert len(model_spans) == 2
@@ -284,3 +304,32 @@ def test_readme_routes_are_the_served_routes(api: str) -> None:
     paths = httpx.get(f"{api}/openapi.json").json()["paths"]
     served = {(method.upper(), path) for path, ops in paths.items() for method in ops}
     assert documented == served
+
+
+def test_a_client_traceparent_is_continued(api: str, llm: ScriptedOpenAIServer) -> None:
+    llm.add_steps("traced")
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    reply = httpx.post(
+        f"{api}/v1/agents/calc/run",
+        json={"query": "hi", "context": {"customer": "x"}},
+        headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["trace_id"] == trace_id
+    assert body["trace"][0]["name"] == "gateway" and body["trace"][0]["parent_id"] == parent
+    assert {s["trace_id"] for s in body["trace"]} == {trace_id}
+    # What went to the model server carried no trace data: it is ours, not the model's.
+    assert "trace_parent" not in llm.requests[-1]
+
+
+def test_reserved_context_keys_are_422(api: str) -> None:
+    reply = httpx.post(
+        f"{api}/v1/agents/calc/run",
+        json={"query": "hi", "context": {"customer": "x", "query": "shadow"}},
+        timeout=60,
+    )
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_request" and error["field"] == "context.query"

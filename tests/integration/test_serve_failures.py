@@ -131,7 +131,8 @@ def test_deleted_primary_provider_app_falls_back_and_counts_a_failure(
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["answer"] == "from the backup"
-    first, second = body["trace"][0]["route"]
+    model_call = next(s for s in body["trace"] if s["name"] == "model_call")
+    first, second = model_call["attributes"]["route"]
     assert first["candidate"] == names["primary"]
     assert first["outcome"].startswith("failed: ")
     assert f"provider deployment {names['primary']!r} unavailable" in first["outcome"]

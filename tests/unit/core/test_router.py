@@ -10,10 +10,10 @@ from astromesh_ray.core.breaker import (
     LocalBreakerStore,
     ManualClock,
 )
-from astromesh_ray.core.messages import CompletionRequest, Message
+from astromesh_ray.core.messages import CompletionChunk, CompletionRequest, Message
 from astromesh_ray.core.pricing import Price, price_for
 from astromesh_ray.core.router import Candidate, ModelRouter
-from astromesh_ray.errors import ProviderError
+from astromesh_ray.errors import ProviderError, RunError
 from astromesh_ray.testing import ScriptedProvider
 
 REQ = CompletionRequest(messages=[Message("user", "hello there")], parameters={"max_tokens": 100})
@@ -69,20 +69,22 @@ async def test_latency_optimized_probes_untried_then_prefers_fastest() -> None:
             await asyncio.sleep(0.05)
             return await super().complete(request)
 
-    slow = Candidate("slow", Slow(["s1", "s2"], name="slow"))
+    slow = Candidate("slow", Slow(["s1"], name="slow"))
     fast = cand("fast", ["f1", "f2"])
     router = ModelRouter([slow, fast], strategy="latency_optimized")
     assert (await router.complete(REQ)).message.content == "s1"  # untried: declared order
     assert (await router.complete(REQ)).message.content == "f1"  # fast is still untried
     assert [c.key for c, _ in router.order(REQ)] == ["fast", "slow"]
-    assert (await router.complete(REQ)).message.content == "f2"
+    third = await router.complete(REQ)
+    assert third.message.content == "f2"
+    assert [s["candidate"] for s in third.route] == ["fast"]  # slow is not asked again
 
 
 async def test_quality_first_and_round_robin() -> None:
-    low, high = cand("low", ["low"], quality=1), cand("high", ["high"], quality=9)
-    assert (
-        await ModelRouter([low, high], strategy="quality_first").complete(REQ)
-    ).message.content == "high"
+    low, high = cand("low", [], quality=1), cand("high", ["high"], quality=9)
+    completion = await ModelRouter([low, high], strategy="quality_first").complete(REQ)
+    assert completion.message.content == "high"
+    assert [s["candidate"] for s in completion.route] == ["high"]  # low is never asked
     rr = ModelRouter([cand("x", ["x1", "x2"]), cand("y", ["y1"])], strategy="round_robin")
     answers = [(await rr.complete(REQ)).message.content for _ in range(3)]
     assert answers == ["x1", "y1", "x2"]
@@ -101,13 +103,13 @@ async def test_breaker_opens_after_threshold_then_half_open_probe_closes_it() ->
     for _ in range(3):
         assert (await router.complete(REQ)).message.content.startswith("b")
     snap = await store.snapshot()
-    assert snap["p"]["state"] == "open" and snap["p"]["trips"] == 1
+    assert snap["p"][0]["state"] == "open" and snap["p"][0]["trips"] == 1
     # Open: the primary is not called at all (its script would be consumed otherwise).
     completion = await router.complete(REQ)
     assert completion.message.content == "b4"
     assert completion.route[0]["outcome"] == "skipped: circuit open"
     clock.advance(59.9)
-    assert (await store.snapshot())["p"]["cooldown_remaining_s"] == pytest.approx(0.1)
+    assert (await store.snapshot())["p"][0]["cooldown_remaining_s"] == pytest.approx(0.1)
     clock.advance(0.2)
     completion = await router.complete(REQ)  # half-open: one probe, which succeeds
     assert completion.message.content == "p is back"
@@ -141,7 +143,7 @@ async def test_caller_faults_do_not_trip_the_breaker() -> None:
     for _ in range(4):
         completion = await router.complete(REQ)
         assert completion.route[0]["breaker"].startswith("closed (caller's fault")
-    assert (await store.snapshot())["p"]["state"] == "closed"
+    assert (await store.snapshot())["p"][0]["state"] == "closed"
 
 
 async def test_no_fallback_when_disabled() -> None:
@@ -172,7 +174,7 @@ async def test_health_checks_feed_the_breaker() -> None:
     assert await router.check_health() == {"dead": False, "ok": True}
     assert router.start_health_checks()
     for _ in range(100):
-        if (await store.snapshot())["dead"]["state"] == "open":
+        if (await store.snapshot())["dead"][0]["state"] == "open":
             break
         await asyncio.sleep(0.01)
     completion = await router.complete(REQ)  # the dead one is skipped, never called
@@ -209,20 +211,119 @@ def _opened(clock: ManualClock) -> tuple[LocalBreakerStore, BreakerPolicy]:
     return store, policy
 
 
-async def test_any_exception_from_a_candidate_falls_back_and_counts() -> None:
-    from astromesh_ray.errors import RunError
+async def test_a_bug_in_a_provider_propagates_uncounted_and_frees_the_probe_slot() -> None:
+    class Buggy(ScriptedProvider):
+        async def complete(self, request: CompletionRequest):  # type: ignore[no-untyped-def]
+            raise TypeError("unsupported operand")
 
     clock = ManualClock()
     store, policy = _opened(clock)
+    backup = cand("b", [])  # never called: a bug is not a reason to fall back
     router = ModelRouter(
-        [cand("a", [RunError("internal error: boom")]), cand("b", ["from b"])],
+        [Candidate("a", Buggy([], name="a")), backup], breakers=store, policy=policy
+    )
+    with pytest.raises(TypeError, match="unsupported operand"):
+        await router.complete(REQ)
+    snap = (await store.snapshot())["a"][0]
+    assert snap["state"] == "half_open" and snap["consecutive_failures"] == 1  # not counted
+    assert await store.allow("a", policy) == (True, "half_open")  # the slot was freed
+
+
+async def test_a_bug_in_a_stream_propagates_uncounted() -> None:
+    class Buggy(ScriptedProvider):
+        async def stream(self, request: CompletionRequest):  # type: ignore[no-untyped-def,override]
+            yield CompletionChunk(text="par")
+            raise KeyError("oops")
+
+    store = LocalBreakerStore()
+    policy = BreakerPolicy(failure_threshold=1)
+    router = ModelRouter(
+        [Candidate("a", Buggy([], name="a")), cand("b", [])], breakers=store, policy=policy
+    )
+    with pytest.raises(KeyError):
+        _ = [c async for c in router.stream(REQ)]
+    snap = (await store.snapshot())["a"][0]
+    assert snap["state"] == "closed" and snap["consecutive_failures"] == 0  # not counted
+
+
+async def test_other_astromesh_errors_are_not_provider_failures() -> None:
+    store = LocalBreakerStore()
+    policy = BreakerPolicy(failure_threshold=1)
+    router = ModelRouter(
+        [cand("a", [RunError("internal error: boom")]), cand("b", [])],
         breakers=store,
         policy=policy,
     )
+    with pytest.raises(RunError, match="boom"):
+        await router.complete(REQ)
+    assert await store.allow("a", policy) == (True, "closed")
+
+
+async def test_a_failed_probe_falls_back_and_reopens() -> None:
+    clock = ManualClock()
+    store, policy = _opened(clock)
+    router = ModelRouter(
+        [cand("a", [down("a")]), cand("b", ["from b"])], breakers=store, policy=policy
+    )
     completion = await router.complete(REQ)
     assert completion.message.content == "from b"
-    assert completion.route[0]["outcome"] == "failed: a: internal error: boom"
-    assert (await store.snapshot())["a"]["state"] == "open"  # the failed probe reopened it
+    assert completion.route[0]["outcome"] == "failed: a: down"
+    assert completion.route[0]["breaker"] == "open"
+    assert (await store.snapshot())["a"][0]["state"] == "open"
+
+
+async def test_stream_failure_after_chunks_is_reraised_not_fallen_back() -> None:
+    class Breaks(ScriptedProvider):
+        async def stream(self, request: CompletionRequest):  # type: ignore[no-untyped-def,override]
+            yield CompletionChunk(text="half an ")
+            raise down("a")
+
+    store = LocalBreakerStore()
+    policy = BreakerPolicy(failure_threshold=1)
+    router = ModelRouter(
+        [Candidate("a", Breaks([], name="a")), cand("b", [])], breakers=store, policy=policy
+    )
+    seen: list[str] = []
+    with pytest.raises(ProviderError, match="a: down"):
+        async for chunk in router.stream(REQ):
+            seen.append(chunk.text)
+    assert seen == ["half an "]
+    assert (await store.snapshot())["a"][0]["state"] == "open"  # it did count
+
+
+async def test_stream_prices_and_routes_the_last_chunk() -> None:
+    store = LocalBreakerStore()
+    router = ModelRouter([cand("a", ["some streamed answer"], price=Price(1, 2))], breakers=store)
+    chunks = [c async for c in router.stream(REQ)]
+    last = chunks[-1]
+    assert last.usage is not None and last.usage.cost_usd == pytest.approx(
+        (last.usage.input_tokens * 1 + last.usage.output_tokens * 2) / 1e6
+    )
+    assert [(s["candidate"], s["outcome"], s["breaker"]) for s in last.route] == [
+        ("a", "ok", "closed")
+    ]
+
+
+async def test_breakers_with_different_policies_do_not_share_state() -> None:
+    store = LocalBreakerStore()
+    strict = ModelRouter(
+        [cand("p", [down("p")]), cand("b", ["b1"])],
+        breakers=store,
+        policy=BreakerPolicy(failure_threshold=1, cooldown_s=60),
+    )
+    lenient = ModelRouter(
+        [cand("p", ["p answers"]), cand("b", [])],
+        breakers=store,
+        policy=BreakerPolicy(failure_threshold=5, cooldown_s=10),
+    )
+    assert (await strict.complete(REQ)).message.content == "b1"
+    # The strict agent's breaker is open; the lenient agent's is its own, still closed.
+    assert (await lenient.complete(REQ)).message.content == "p answers"
+    entries = (await store.snapshot())["p"]
+    assert sorted((e["failure_threshold"], e["state"]) for e in entries) == [
+        (1, "open"),
+        (5, "closed"),
+    ]
 
 
 async def test_a_cancelled_probe_frees_the_slot_at_once() -> None:
@@ -272,8 +373,8 @@ async def test_health_probes_count_only_consecutive_failures_and_survive_errors(
         health = await router.check_health()
         assert health["broken"] is False  # a crashing probe is just "unhealthy"
     snap = await store.snapshot()
-    assert snap["flaky"]["state"] == "closed"  # never two failures in a row
-    assert snap["broken"]["state"] == "open"
+    assert snap["flaky"][0]["state"] == "closed"  # never two failures in a row
+    assert snap["broken"][0]["state"] == "open"
 
 
 async def test_config_faults_without_a_status_do_not_trip_the_breaker() -> None:
@@ -287,4 +388,4 @@ async def test_config_faults_without_a_status_do_not_trip_the_breaker() -> None:
     for _ in range(2):
         completion = await router.complete(REQ)
         assert completion.route[0]["breaker"].startswith("closed (caller's fault")
-    assert (await store.snapshot())["p"]["state"] == "closed"
+    assert (await store.snapshot())["p"][0]["state"] == "closed"
