@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from astromesh_ray.errors import AstromeshError, ConfigError
+
+if TYPE_CHECKING:
+    from astromesh_ray.spec.directory import AgentCheck
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +51,26 @@ def _parser() -> argparse.ArgumentParser:
             "--agents", help="agents directory (default: $ASTROMESH_AGENTS_DIR, <config>/agents)"
         )
 
-    p = sub.add_parser("validate", help="check YAML files or directories; list every error")
-    p.add_argument("paths", nargs="+", type=Path)
+    p = sub.add_parser(
+        "validate",
+        help="check YAML files or directories as serve and run would; list every error",
+        description="Check what serve and run check before they start: every YAML error, "
+        "then, for every Agent document read (whatever its file is called), its tools, "
+        "prompts, pattern and provider clients.  A configuration directory is loaded as "
+        "serve loads it; agents in its agents/ directory get its providers.  With no "
+        "paths: the directories `astromesh serve` would load.",
+    )
+    p.add_argument("paths", nargs="*", type=Path)
+    with_config(p)
     p.set_defaults(handler=_validate)
 
     p = sub.add_parser("schema", help="print the JSON Schema of a YAML kind")
-    p.add_argument("--kind", default="Agent", choices=["Agent", "ProviderConfig", "RuntimeConfig"])
+    p.add_argument(
+        "--kind",
+        default="Agent",
+        choices=["Agent", "ProviderConfig", "RuntimeConfig", "Event"],
+        help="a YAML kind, or Event: one event of a run's stream (SSE, WebSocket)",
+    )
     p.set_defaults(handler=_schema)
 
     p = sub.add_parser("run", help="run one turn of an agent in this process (no Ray)")
@@ -84,28 +102,60 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from astromesh_ray.core.build import check_buildable
-    from astromesh_ray.spec import load_agent, validate_paths
+    from astromesh_ray.spec.directory import resolve_dirs, validate_dirs, validate_files
 
-    issues = validate_paths(list(args.paths))
-    for issue in issues:
+    if args.paths and (args.config or args.agents):
+        print("error: give paths, or --config/--agents, not both", file=sys.stderr)
+        return 2
+    if args.paths:
+        validation = validate_files(list(args.paths))
+    else:
+        validation = validate_dirs(*resolve_dirs(args.config, args.agents))
+    for issue in validation.issues:
         print(issue.render(), file=sys.stderr)
-    if issues:
-        print(f"{len(issues)} error(s)", file=sys.stderr)
+    if validation.issues:
+        print(f"{len(validation.issues)} error(s)", file=sys.stderr)
         return 1
-    # The YAML is valid: now check what needs the code (tool imports, templates).
-    files = [
-        found
-        for path in args.paths
-        for found in (sorted(path.rglob("*.agent.y*ml")) if path.is_dir() else [path])
-        if found.name.endswith((".agent.yaml", ".agent.yml"))
-    ]
-    check_buildable(load_agent(f) for f in files)
-    print(f"ok: {len(files)} agent(s)" if files else "ok")
+    # The YAML is valid: now what needs the code, as serve and run check it.
+    problems: list[str] = []
+    for check in validation.checks:
+        problems += _build_problems(check)
+    if problems:
+        unique = list(dict.fromkeys(problems))  # a file given twice is reported once
+        raise ConfigError("\n".join(unique), problems=unique)
+    print(f"ok: {len(validation.agents)} agent(s) checked")
     return 0
 
 
+def _build_problems(check: AgentCheck) -> list[str]:
+    """What ``serve`` would refuse in ``check`` before deploying: ``check_buildable``
+    (tools, peers, prompts, pattern roles, provider clients when the providers are
+    known) and, with a configuration, the deployment plan (provider deployments
+    declared twice, in-cluster vLLM options)."""
+    from astromesh_ray.core.build import check_buildable
+
+    if not check.agents:
+        return []
+    providers = check.config.providers if check.config is not None else None
+    try:
+        check_buildable(check.agents, providers, known=check.known)
+        if check.config is not None:
+            from astromesh_ray.serve.builders import plan  # imports Ray: only when needed
+
+            agents = {agent.name: agent for agent in check.agents}
+            plan(dataclasses.replace(check.config, agents=agents), None)
+    except ConfigError as exc:
+        found = exc.details.get("problems")
+        return [str(p) for p in found] if isinstance(found, list) else [exc.message]
+    return []
+
+
 def _schema(args: argparse.Namespace) -> int:
+    if args.kind == "Event":
+        from astromesh_ray.core.events import event_json_schema
+
+        print(json.dumps(event_json_schema(), indent=2))
+        return 0
     from astromesh_ray.spec import json_schema
 
     print(json.dumps(json_schema(args.kind), indent=2))
@@ -113,8 +163,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from astromesh_ray.core.build import build_runtime
-    from astromesh_ray.core.runtime import RunRequest
+    from astromesh_ray.core.build import LocalAgents, check_buildable
+    from astromesh_ray.core.context import RunRequest
     from astromesh_ray.errors import AgentNotFound, InvalidRequest
     from astromesh_ray.spec import load_from_environment
 
@@ -130,14 +180,18 @@ def _run(args: argparse.Namespace) -> int:
             f"no agent named {args.agent!r}",
             hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
         )
-    runtime = build_runtime(loaded.agents[args.agent], loaded.providers)
+    check_buildable([loaded.agents[args.agent]], loaded.providers, known=loaded.agents)
+    # Every agent of the configuration, built on first use: the one asked for, and
+    # the ones it calls as tools.  Routing defaults come from providers.yaml.
+    agents = LocalAgents(loaded.agents, loaded.providers, routing=loaded.routing)
     request = RunRequest(query=args.query, session_id=args.session_id, context=context)
 
     async def once() -> dict[str, Any]:
         try:
+            runtime = await agents.runtime(args.agent)
             return (await runtime.run(request)).to_dict()
         finally:
-            await runtime.provider.aclose()
+            await agents.aclose()
 
     result = asyncio.run(once())
     print(json.dumps(result, indent=2) if args.json else result["answer"])

@@ -1,17 +1,47 @@
-"""``astromesh serve``: start (or join) a Ray cluster and run every application."""
+"""``astromesh serve``: start (or join) a Ray cluster and run every application.
+
+A redeploy (``deploy_apps`` again, on the same Serve instance) also deletes the
+applications an earlier deployment of this runtime left that the new plan no longer
+has: an agent removed from the config, a provider no agent uses any more (an
+in-cluster vLLM one included, which holds GPUs).  Serve has no labels on
+applications, so ours are recognised by name *and* by the deployments inside them,
+as ``serve/builders.py`` makes them (``is_runtime_app``):
+
+- ``gateway`` holding exactly the ``gateway`` deployment;
+- ``agent-<name>`` holding exactly the ``agent`` deployment (``AgentDeployment``);
+- ``provider-<...>`` holding exactly one deployment, ``provider``
+  (``ProviderDeployment``) or ``AstromeshLLMServer:<model id>`` (Ray's ``LLMServer``
+  as ``serve/vllm.py`` builds it).
+
+Any other application on a joined cluster is left alone, even one whose name looks
+like ours.  One Serve instance runs one astromesh configuration (the gateway owns
+``/``), so every application of that shape is this runtime's.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import ray
 from ray import serve
 
 from astromesh_ray.core.build import check_buildable
-from astromesh_ray.serve.builders import BUILDERS, plan
+from astromesh_ray.serve.builders import BUILDERS, GATEWAY_APP, plan
 from astromesh_ray.spec import LoadedConfig
+
+logger = logging.getLogger(__name__)
+
+# The deployment names inside our applications (see the module docstring); keep in
+# step with the @serve.deployment names in serve/agents.py, providers.py, gateway.py
+# and the server class name in serve/vllm.py.
+_AGENT_DEPLOYMENT = "agent"
+_PROVIDER_DEPLOYMENT = "provider"
+_GATEWAY_DEPLOYMENT = "gateway"
+_VLLM_DEPLOYMENT_PREFIX = "AstromeshLLMServer:"
 
 
 def cluster_address(loaded: LoadedConfig, address: str | None = None) -> str | None:
@@ -57,7 +87,9 @@ def start(
 def deploy_apps(
     loaded: LoadedConfig, *, config_dir: Path | None, agents_dir: Path | None = None
 ) -> list[str]:
-    """Run every application of ``plan`` on the running Serve instance, in order."""
+    """Run every application of ``plan`` on the running Serve instance, in order;
+    then delete the applications of an earlier deployment that the plan no longer
+    has (``delete_stale_apps``).  Returns the names of the applications run."""
     names = []
     resolved_config = str(config_dir.resolve()) if config_dir else None
     resolved_agents = str(agents_dir.resolve()) if agents_dir else None
@@ -69,7 +101,46 @@ def deploy_apps(
             blocking=False,
         )
         names.append(app.name)
+    # After the new gateway is up: it no longer routes to what is deleted here.
+    delete_stale_apps(keep=names)
     return names
+
+
+def is_runtime_app(name: str, deployments: Iterable[str]) -> bool:
+    """Whether the Serve application ``name``, holding ``deployments``, is one this
+    runtime deploys (the module docstring says how they are recognised)."""
+    inside = set(deployments)
+    if name == GATEWAY_APP:
+        return inside == {_GATEWAY_DEPLOYMENT}
+    if name.startswith("agent-"):
+        return inside == {_AGENT_DEPLOYMENT}
+    if name.startswith("provider-") and len(inside) == 1:
+        (only,) = inside
+        return only == _PROVIDER_DEPLOYMENT or only.startswith(_VLLM_DEPLOYMENT_PREFIX)
+    return False
+
+
+def stale_apps(keep: Collection[str], running: Mapping[str, Iterable[str]]) -> list[str]:
+    """The applications of ``running`` (name → deployment names) that are this
+    runtime's and not in ``keep``, in the order to delete them: the gateway, then
+    agents (the callers), then providers."""
+    stale = [n for n, inside in running.items() if n not in keep and is_runtime_app(n, inside)]
+    return sorted(stale, key=lambda n: (n != GATEWAY_APP, n.startswith("provider-"), n))
+
+
+def delete_stale_apps(keep: Collection[str]) -> list[str]:
+    """Delete this runtime's applications that are not in ``keep`` from the running
+    Serve instance; returns their names.  Other applications are left alone.
+
+    Call from the driver's sync code: ``serve.status`` and ``serve.delete`` block."""
+    status = serve.status()
+    running = {name: list(app.deployments) for name, app in status.applications.items()}
+    stale = stale_apps(keep, running)
+    for name in stale:
+        serve.delete(name)
+    if stale:  # a warning: seen without logging set up, as it changes the cluster
+        logger.warning("astromesh: deleted applications no longer configured: %s", ", ".join(stale))
+    return stale
 
 
 def serve_forever(

@@ -5,16 +5,21 @@ with no step left fails the test, and ``assert_consumed`` fails on steps nobody
 asked for, so a test pins down precisely how many model calls the engine makes
 (the openai-agents idea, DESIGN.md §6-7).
 
+``track_scripted`` records every ``ScriptedProvider`` created while it is active, so
+that leftover steps are caught even where a test forgets ``assert_consumed``: the
+pytest plugin ``astromesh_ray.testing.pytest_plugin`` does that around each test.
+
 Token usage is counted in whitespace-separated words, the same rule the loopback
 ``ScriptedOpenAIServer`` uses, so usage assertions hold for both fakes.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from astromesh_ray.core.messages import (
     Completion,
@@ -29,7 +34,15 @@ from astromesh_ray.core.messages import (
 Answer = str | ToolCall | list[ToolCall] | BaseException
 Step = Answer | Callable[[CompletionRequest], Answer]
 
-__all__ = ["Answer", "ScriptedProvider", "Step", "count_words", "split_words"]
+__all__ = [
+    "Answer",
+    "ScriptedProvider",
+    "ScriptedTracker",
+    "Step",
+    "count_words",
+    "split_words",
+    "track_scripted",
+]
 
 
 def count_words(text: str | None) -> int:
@@ -64,7 +77,12 @@ class ScriptedProvider:
     - a callable ``(CompletionRequest) -> any of the above``: lets the test assert
       on what the engine sent before answering.
 
-    ``requests`` records a snapshot of every request received, including unexpected ones.
+    ``requests`` records a snapshot of every request received, including unexpected ones:
+    its own lists of messages and tools and its own parameters dict, so an engine that
+    keeps appending to its message list does not change what was recorded.  The
+    messages themselves are shared: the engine treats them as values.
+
+    A test that leaves steps on purpose says so with ``discard_remaining``.
     """
 
     def __init__(
@@ -77,6 +95,8 @@ class ScriptedProvider:
         self._total = len(self._steps)
         self._calls = 0
         self.closed = False
+        for tracker in _trackers:
+            tracker.providers.append(self)
 
     @property
     def remaining(self) -> int:
@@ -91,11 +111,23 @@ class ScriptedProvider:
     def assert_consumed(self) -> None:
         """Fail if some scripted steps were never asked for."""
         if self._steps:
-            listed = "\n".join(f"  - {_describe(s)}" for s in self._steps)
-            raise AssertionError(
-                f"ScriptedProvider {self.name!r}: {len(self._steps)} of {self._total} steps "
-                f"not consumed after {self._calls} call(s):\n{listed}"
-            )
+            raise AssertionError(self.leftover_report())
+
+    def leftover_report(self) -> str:
+        """Which steps were never asked for (empty when all were)."""
+        if not self._steps:
+            return ""
+        listed = "\n".join(f"  - {_describe(s)}" for s in self._steps)
+        return (
+            f"ScriptedProvider {self.name!r}: {len(self._steps)} of {self._total} steps "
+            f"not consumed after {self._calls} call(s):\n{listed}"
+        )
+
+    def discard_remaining(self) -> list[Step]:
+        """Drop the steps not asked for and return them: the test leaves them on
+        purpose (and may assert on what they were).  A later call fails as unexpected."""
+        left, self._steps = self._steps, []
+        return left
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer with the next step as one whole ``Completion``."""
@@ -133,7 +165,16 @@ class ScriptedProvider:
     def _take(self, request: CompletionRequest) -> Step:
         self._calls += 1
         # Snapshot: engines often keep appending to the same message list after a call.
-        self.requests.append(copy.deepcopy(request))
+        # Shallow copies of the containers are enough (messages are values) and cost
+        # ~2 µs where a deep copy cost ~50 µs, most of a scripted call.
+        self.requests.append(
+            dataclasses.replace(
+                request,
+                messages=list(request.messages),
+                tools=list(request.tools),
+                parameters=dict(request.parameters),
+            )
+        )
         if not self._steps:
             last = request.messages[-1] if request.messages else None
             shown = f"{last.role}: {last.content!r}" if last else "(no messages)"
@@ -169,6 +210,48 @@ class ScriptedProvider:
             finish_reason="tool_calls" if calls else "stop",
             model=self.model,
         )
+
+
+class ScriptedTracker:
+    """The ``ScriptedProvider``s created while a ``track_scripted`` block was active."""
+
+    def __init__(self) -> None:
+        self.providers: list[ScriptedProvider] = []
+
+    def leftovers(self) -> list[ScriptedProvider]:
+        """The tracked providers that still have steps nobody asked for."""
+        return [p for p in self.providers if p.remaining]
+
+    def leftover_report(self) -> str:
+        """Each provider with steps left and those steps (empty when none are)."""
+        left = self.leftovers()
+        if not left:
+            return ""
+        return (
+            "\n".join(p.leftover_report() for p in left)
+            + "\n(consume them, or call discard_remaining() if they are left on purpose)"
+        )
+
+    def assert_consumed(self) -> None:
+        """Fail, naming each provider and its leftover steps, if any step is left."""
+        report = self.leftover_report()
+        if report:
+            raise AssertionError(report)
+
+
+# Active trackers, innermost last; a provider registers with each.
+_trackers: list[ScriptedTracker] = []
+
+
+@contextmanager
+def track_scripted() -> Iterator[ScriptedTracker]:
+    """Record every ``ScriptedProvider`` created inside the block (any thread)."""
+    tracker = ScriptedTracker()
+    _trackers.append(tracker)
+    try:
+        yield tracker
+    finally:
+        _trackers.remove(tracker)
 
 
 def _split_answer(answer: str | ToolCall | list[ToolCall]) -> tuple[str | None, list[ToolCall]]:

@@ -109,6 +109,7 @@ def test_run_reports_errors_with_hints(tmp_path: Path) -> None:
 def test_validate_ok_and_errors(tmp_path: Path) -> None:
     proc = astromesh("validate", "config")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok: 1 agent(s) checked"
     bad = tmp_path / "bad.agent.yaml"
     bad.write_text(
         AGENT.replace("  tools:", "  toolz:").replace("providerRef", "provider: olama\n      model")
@@ -235,3 +236,87 @@ def test_validate_and_run_catch_tools_that_do_not_import(tmp_path: Path) -> None
     assert str(agent) in proc.stderr and "cannot import 'no_such_pkg.mod:fn'" in proc.stderr
     proc = astromesh("run", "helper", "hi", "--config", str(tmp_path))
     assert proc.returncode == 2 and "cannot import 'no_such_pkg.mod:fn'" in proc.stderr
+
+
+def _config_dir(root: Path, *agents: str, options: str = "") -> Path:
+    (root / "agents").mkdir(parents=True)
+    for name in agents:
+        (root / "agents" / f"{name}.agent.yaml").write_text(AGENT.replace("helper", name))
+    providers = PROVIDERS.format(url="http://127.0.0.1:9/v1")
+    (root / "providers.yaml").write_text(
+        providers + (f"      options: {options}\n" if options else "")
+    )
+    return root
+
+
+def test_validate_builds_every_agent_document_whatever_its_file_is_called(
+    tmp_path: Path,
+) -> None:
+    # An Agent written for the original Astromesh, in a file not named *.agent.yaml,
+    # using a builtin this runtime does not have: serve and run refuse it, so must validate.
+    support = tmp_path / "loose" / "support.yaml"
+    support.parent.mkdir()
+    support.write_text(
+        AGENT.replace("name: helper", "name: support")
+        + "    - name: read_file\n      type: builtin\n"
+    )
+    (tmp_path / "loose" / "fine.yml").write_text(AGENT.replace("name: helper", "name: fine"))
+    for target in (support, support.parent):
+        proc = astromesh("validate", str(target))
+        assert proc.returncode == 2, proc.stdout
+        assert f"{support}: internal tool 'read_file' is not registered" in proc.stderr
+        assert "fine.yml" not in proc.stderr
+
+
+def test_validate_checks_provider_clients_as_serve_does(tmp_path: Path) -> None:
+    conf = _config_dir(tmp_path / "conf", "helper", options="{organisation: acme}")
+    agent = conf / "agents" / "helper.agent.yaml"
+    refused = "unknown options 'organisation' for provider 'openai'"
+    # The config directory, its agents/ directory, one agent in it, or --config: the
+    # agents are checked with the providers serve would give them.
+    for args in ([str(conf)], [str(conf / "agents")], [str(agent)], ["--config", str(conf)]):
+        proc = astromesh("validate", *args)
+        assert proc.returncode == 2, (args, proc.stdout)
+        assert f"{agent}: openai:scripted-model: {refused}" in proc.stderr, args
+    proc = astromesh("run", "helper", "hi", "--config", str(conf), "--context", '{"name": "Bo"}')
+    assert proc.returncode == 2 and refused in proc.stderr
+    # A providerRef the configuration does not define: refused next to it, as by serve.
+    (conf / "agents" / "stray.agent.yaml").write_text(
+        AGENT.replace("helper", "stray").replace("local-llm", "local-lm")
+    )
+    proc = astromesh("validate", str(conf / "agents"))
+    assert proc.returncode == 1
+    assert (
+        "unknown provider 'local-lm'" in proc.stderr and "did you mean 'local-llm'" in proc.stderr
+    )
+
+
+def test_validate_counts_the_agents_it_checked(tmp_path: Path) -> None:
+    conf = _config_dir(tmp_path / "conf", "helper", "other")
+    loose = tmp_path / "support.yaml"
+    loose.write_text(AGENT.replace("name: helper", "name: support"))
+    proc = astromesh("validate", str(conf), str(loose))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok: 3 agent(s) checked"
+    # A file given twice (on its own and in its directory) is one agent.
+    proc = astromesh("validate", str(conf), str(conf / "agents" / "helper.agent.yaml"))
+    assert proc.stdout.strip() == "ok: 2 agent(s) checked", proc.stderr
+    proc = astromesh("validate", str(conf), "--config", str(conf))
+    assert proc.returncode == 2 and "not both" in proc.stderr
+
+
+def test_validate_one_agent_knows_its_peers_from_the_config(tmp_path: Path) -> None:
+    conf = _config_dir(tmp_path / "conf", "helper")
+    caller = AGENT.replace("helper", "caller") + (
+        "    - name: ask_helper\n      type: agent\n      agent: helper\n"
+        '      description: "Ask the helper."\n'
+    )
+    (conf / "agents" / "caller.agent.yaml").write_text(caller)
+    proc = astromesh("validate", str(conf / "agents" / "caller.agent.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok: 1 agent(s) checked"
+    # Away from that configuration, the peer is not there: serve would refuse it.
+    (tmp_path / "caller.yaml").write_text(caller)
+    proc = astromesh("validate", str(tmp_path / "caller.yaml"))
+    assert proc.returncode == 2
+    assert "agent 'caller' calls agent 'helper', which is not loaded" in proc.stderr

@@ -18,7 +18,7 @@ from astromesh_ray.core.messages import (
 )
 from astromesh_ray.core.providers import Provider
 from astromesh_ray.errors import ProviderError
-from astromesh_ray.testing import ScriptedProvider
+from astromesh_ray.testing import ScriptedProvider, track_scripted
 from astromesh_ray.testing.scripted import count_words, split_words
 
 
@@ -111,20 +111,138 @@ def test_unexpected_call_names_call_number_and_last_message() -> None:
 
 
 def test_assert_consumed_lists_leftover_steps() -> None:
-    provider = ScriptedProvider(["a", ToolCall(id="c", name="lookup", arguments={"q": 1})])
+    lookup = ToolCall(id="c", name="lookup", arguments={"q": 1})
+    provider = ScriptedProvider(["a", lookup])
     asyncio.run(provider.complete(_request()))
     assert provider.remaining == 1
     with pytest.raises(AssertionError, match=r"(?s)1 of 2 steps not consumed.*lookup"):
         provider.assert_consumed()
+    assert provider.discard_remaining() == [lookup]  # left on purpose: this test's point
+    provider.assert_consumed()
+
+
+def test_discard_remaining_then_a_call_is_unexpected() -> None:
+    provider = ScriptedProvider(["a", "b"], name="p")
+    assert provider.discard_remaining() == ["a", "b"]
+    assert provider.remaining == 0
+    with pytest.raises(AssertionError, match="unexpected call #1"):
+        asyncio.run(provider.complete(_request()))
 
 
 def test_requests_are_snapshots() -> None:
     provider = ScriptedProvider(["one", "two"])
     messages = [Message(role="user", content="first")]
-    asyncio.run(provider.complete(CompletionRequest(messages=messages)))
+    tools = [ToolSchema(name="weather", description="d", parameters={"type": "object"})]
+    parameters: dict[str, object] = {"temperature": 0.0}
+    request = CompletionRequest(messages=messages, tools=tools, parameters=parameters)
+    asyncio.run(provider.complete(request))
+    # The engine keeps appending to its lists and may adjust parameters between calls.
     messages.append(Message(role="assistant", content="one"))
-    asyncio.run(provider.complete(CompletionRequest(messages=messages)))
+    tools.clear()
+    parameters["max_tokens"] = 5
+    asyncio.run(provider.complete(request))
+    first, second = provider.requests
     assert [len(r.messages) for r in provider.requests] == [1, 2]
+    assert [t.name for t in first.tools] == ["weather"] and second.tools == []
+    assert first.parameters == {"temperature": 0.0}
+    assert second.parameters == {"temperature": 0.0, "max_tokens": 5}
+    assert first.messages[0] is messages[0]  # messages are values: shared, not copied
+
+
+def test_track_scripted_records_providers_created_inside() -> None:
+    before = ScriptedProvider(["outside"])
+    with track_scripted() as outer:
+        done = ScriptedProvider(["x"], name="done")
+        with track_scripted() as inner:
+            left = ScriptedProvider(["y", "z"], name="left")
+        asyncio.run(done.complete(_request()))
+        asyncio.run(left.complete(_request()))
+    assert outer.providers == [done, left] and inner.providers == [left]
+    assert outer.leftovers() == [left]
+    report = outer.leftover_report()
+    assert "ScriptedProvider 'left': 1 of 2 steps not consumed after 1 call(s)" in report
+    assert "'z'" in report and "'done'" not in report and "discard_remaining()" in report
+    with pytest.raises(AssertionError, match="'left'"):
+        inner.assert_consumed()
+    left.discard_remaining()
+    outer.assert_consumed()
+    assert outer.leftover_report() == ""
+    assert before.discard_remaining() == ["outside"]  # created before: not tracked above
+
+
+PLUGIN_TESTS = """
+import asyncio
+
+import pytest
+
+from astromesh_ray.core.messages import CompletionRequest, Message
+from astromesh_ray.testing import ScriptedProvider, track_scripted
+
+REQUEST = CompletionRequest(messages=[Message(role="user", content="hi")])
+
+
+@pytest.fixture
+def planner() -> ScriptedProvider:
+    return ScriptedProvider(["plan", "unused plan"], name="planner")
+
+
+def test_leftover_in_test() -> None:
+    provider = ScriptedProvider(["a", "never asked"], name="worker")
+    asyncio.run(provider.complete(REQUEST))
+
+
+def test_leftover_in_fixture(planner: ScriptedProvider) -> None:
+    asyncio.run(planner.complete(REQUEST))
+
+
+def test_all_consumed() -> None:
+    provider = ScriptedProvider(["a"])
+    asyncio.run(provider.complete(REQUEST))
+
+
+def test_discarded() -> None:
+    provider = ScriptedProvider(["a", "b"])
+    asyncio.run(provider.complete(REQUEST))
+    assert provider.discard_remaining() == ["b"]
+
+
+@pytest.mark.allow_unconsumed_steps(reason="shows the opt-out")
+def test_marked() -> None:
+    ScriptedProvider(["left on purpose"])
+
+
+@pytest.mark.allow_unconsumed_steps
+def test_marked_without_reason() -> None:
+    pass
+
+
+def test_failing_is_reported_once() -> None:
+    ScriptedProvider(["x"], name="quiet")
+    assert False, "the real failure"
+"""
+
+
+def test_pytest_plugin_fails_tests_that_leave_steps(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["astromesh_ray.testing.pytest_plugin"]')
+    pytester.makepyfile(test_plugin=PLUGIN_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+    # The two leftover tests pass, then error at teardown; the one without a reason
+    # errors at setup.
+    result.assert_outcomes(passed=5, failed=1, errors=3)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leftover_in_test*",
+            "ScriptedProvider 'worker': 1 of 2 steps not consumed after 1 call(s):",
+            "  - 'never asked'",
+            "*ERROR at teardown of test_leftover_in_fixture*",
+            "ScriptedProvider 'planner': 1 of 2 steps not consumed after 1 call(s):",
+            "  - 'unused plan'",
+            "*ERROR at setup of test_marked_without_reason*",
+            "*allow_unconsumed_steps needs a reason*",
+        ]
+    )
+    assert "the real failure" in out and "'quiet'" not in out
 
 
 def test_stream_text_in_word_chunks_then_final_chunk() -> None:

@@ -1,0 +1,85 @@
+"""`astromesh run` and `astromesh schema --kind Event`, run as a user runs them
+(a subprocess) against real OpenAI-compatible servers on loopback.  No Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+
+from astromesh_ray.core.events import event_json_schema
+from astromesh_ray.testing import ScriptedOpenAIServer
+
+from .conftest import free_port
+from .test_cli import astromesh
+
+BOSS = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata: {name: boss}
+spec:
+  model:
+    primary: {provider: openai_compat, model: boss-model, endpoint: "URL"}
+  tools:
+    - {name: ask_helper, type: agent, agent: helper}
+"""
+HELPER = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata: {name: helper}
+spec:
+  model:
+    primary: {provider: openai_compat, model: primary-model, endpoint: "DOWN"}
+    fallback: {provider: openai_compat, model: backup-model, endpoint: "URL"}
+"""
+PROVIDERS = """\
+apiVersion: astromesh/v1
+kind: ProviderConfig
+metadata: {name: providers}
+spec:
+  routing: {fallback_enabled: false}
+"""
+
+
+def test_run_calls_other_agents_and_honours_routing_defaults(tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with ScriptedOpenAIServer() as llm:
+        agents = tmp_path / "agents"
+        agents.mkdir()
+        (agents / "boss.agent.yaml").write_text(BOSS.replace("URL", llm.url))
+        (agents / "helper.agent.yaml").write_text(
+            HELPER.replace("DOWN", down).replace("URL", llm.url)
+        )
+        (tmp_path / "providers.yaml").write_text(PROVIDERS)
+        llm.add_steps(
+            {"tool_calls": [{"name": "ask_helper", "arguments": {"query": "hi"}}]},
+            "the helper could not answer",
+        )
+        proc = astromesh("run", "boss", "ask", "--config", str(tmp_path), "--json")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        llm.assert_consumed()
+        # providers.yaml turns fallback off: the helper's primary failed and its
+        # backup was never called (the boss's model read the helper's failure).
+        assert [r["model"] for r in llm.requests] == ["boss-model", "boss-model"]
+        tool_result = llm.requests[-1]["messages"][-1]["content"]
+        assert "agent 'helper' failed" in tool_result and "cannot reach" in tool_result
+        step = result["steps"][0]
+        assert step["tool"] == "ask_helper" and step["is_error"] is True
+        helper_runs = [
+            s
+            for s in result["trace"]
+            if s["name"] == "run" and s["attributes"]["agent"] == "helper"
+        ]
+        assert len(helper_runs) == 1 and helper_runs[0]["status"] == "error"
+
+
+def test_schema_prints_the_event_contract() -> None:
+    proc = astromesh("schema", "--kind", "Event")
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    assert schema == json.loads(json.dumps(event_json_schema()))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["discriminator"]["propertyName"] == "type"
+    assert "token" in schema["discriminator"]["mapping"]
