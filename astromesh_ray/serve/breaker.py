@@ -31,7 +31,6 @@ import ray
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
-from ray.serve.handle import DeploymentHandle
 
 from astromesh_ray.core.breaker import BreakerPolicy, State
 from astromesh_ray.core.patterns import pattern_for
@@ -43,6 +42,7 @@ from astromesh_ray.serve.breaker_board import (
     HealthProbe,
 )
 from astromesh_ray.serve.breaker_cache import BreakerRemote, CachedBreakerStore, Outage
+from astromesh_ray.serve.handles import AppHandle
 from astromesh_ray.serve.providers import provider_app_name
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec, resolve_route
 
@@ -61,21 +61,18 @@ class ServeAppProbe:
     """Health of a Serve application: its ingress deployment's ``health`` method."""
 
     def __init__(self) -> None:
-        self._handles: dict[str, DeploymentHandle[Any]] = {}
+        self._apps: dict[str, AppHandle] = {}
 
     async def __call__(self, app: str, timeout_s: float) -> bool | None:
-        handle = self._handles.get(app)
-        if handle is None:
-            try:
-                # A blocking lookup at the controller: off the actor's event loop.
-                handle = await asyncio.to_thread(serve.get_app_handle, app)
-            except RayServeException:
-                return None  # not deployed (yet), or Serve not running: not counted
-            self._handles[app] = handle
+        found = self._apps.setdefault(app, AppHandle(app))
+        try:
+            handle = await found.get()
+        except RayServeException:
+            return None  # not deployed (yet), or Serve not running: not counted
         try:
             return bool(await asyncio.wait_for(handle.health.remote(), timeout_s))
         except BaseException:
-            self._handles.pop(app, None)  # look it up again: it may have been redeployed
+            found.forget()  # look it up again: it may have been redeployed
             raise
 
 

@@ -17,12 +17,12 @@ agent's run, and the first span of the returned ``trace``.
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from fastapi import FastAPI, Header
 from fastapi.responses import StreamingResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from astromesh_ray import __version__
@@ -31,7 +31,7 @@ from astromesh_ray.core.events import ErrorEvent, event_to_dict
 from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError
 from astromesh_ray.serve.breaker import ActorBreakerStore
-from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe
+from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe, stream_outcomes
 from astromesh_ray.serve.http import BodySizeLimit, RunBody, install_error_handlers
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import unwrap
@@ -65,18 +65,6 @@ async def _sse_events(
         yield _sse(event_to_dict(ErrorEvent.from_error(exc)))
 
 
-async def _guarded(name: str, app: str, outcomes: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """``outcomes`` with Ray/Serve failures turned into ``AgentUnavailable``."""
-    while True:
-        try:
-            outcome = await outcomes.__anext__()
-        except StopAsyncIteration:
-            return
-        except RAY_FAILURES as exc:
-            raise _unavailable(name, app, f"failed: {describe(exc)}") from None
-        yield outcome
-
-
 def _unavailable(name: str, app: str, reason: str) -> AgentUnavailable:
     return AgentUnavailable(
         f"agent {name!r} is unavailable: its application {app!r} {reason}",
@@ -98,10 +86,11 @@ _CALL_FAILURES: tuple[type[BaseException], ...] = (*RAY_FAILURES, TimeoutError)
 GRACE_S = 30.0
 
 
-async def _probe(app: str) -> bool:
+async def _probe(app: AppHandle) -> bool:
     try:
-        healthy = await asyncio.wait_for(serve.get_app_handle(app).health.remote(), 5)
-    except Exception:  # a probe: unreachable, missing or slow all mean "not healthy"
+        healthy = await asyncio.wait_for((await app.get()).health.remote(), 5)
+    except _CALL_FAILURES:  # a probe: unreachable, missing or slow mean "not healthy"
+        app.forget()
         return False
     return bool(healthy)
 
@@ -141,6 +130,7 @@ class Gateway:
         self._providers = providers
         self._handles: dict[str, DeploymentHandle[Any]] = {}
         self._where = replica_location()
+        self._provider_apps = {name: AppHandle(name) for name in providers}
         # Snapshots only: read straight from the breaker actor (no cached copy).
         self._breakers = ActorBreakerStore()
 
@@ -158,7 +148,7 @@ class Gateway:
             try:
                 # serve.status() blocks on the controller: not on the event loop.
                 status = (await asyncio.to_thread(serve.status)).applications.get(app)
-                handle = AppHandle(app).get()  # raises when the app does not exist
+                handle = await AppHandle(app).get()  # raises when the app does not exist
             except RAY_FAILURES as exc:
                 raise _unavailable(name, app, f"cannot be reached: {describe(exc)}") from None
             if status is not None and status.status in _DOWN:
@@ -188,7 +178,7 @@ class Gateway:
         most severe of them (open > half-open > closed)."""
         breakers = await self._breakers.snapshot()
         names = sorted(self._providers)
-        healthy = await asyncio.gather(*(_probe(name) for name in names))
+        healthy = await asyncio.gather(*(_probe(self._provider_apps[name]) for name in names))
         closed = {"state": "closed", "consecutive_failures": 0, "trips": 0}
         return {
             "providers": [
@@ -243,23 +233,27 @@ class Gateway:
         patience_s = self._patience_s(name)
         span = _gateway_span(traceparent, name, self._where)
         request = {**body.model_dump(), "trace_parent": span.context.traceparent}
+        app = self._apps[name]
+
+        def failed(exc: BaseException) -> AgentUnavailable:
+            return _unavailable(name, app, f"failed: {describe(exc)}")
+
+        outcomes = stream_outcomes(handle, "stream", request, failed)
         try:
-            events = cast(
-                DeploymentResponseGenerator[Any],
-                handle.options(stream=True).stream.remote(request),
-            )
-            iterator = events.__aiter__()
             # Errors before the first event (bad prompt context, ...) still get their
             # HTTP status; later ones arrive as an `error` event.
-            outcome = await asyncio.wait_for(iterator.__anext__(), patience_s)
-        except _CALL_FAILURES as exc:
+            outcome = await asyncio.wait_for(anext(outcomes), patience_s)
+        except TimeoutError as exc:
             span.end(exc)
             raise self._failed(name, exc, patience_s) from None
+        except AgentUnavailable as exc:
+            span.end(exc.message)
+            self._handles.pop(name, None)  # look the application up again next time
+            raise
         try:
             first = unwrap(outcome)
         except AstromeshError as exc:
             span.end(exc.message)
             _prepend(exc.details, span)
             raise
-        rest = _guarded(name, self._apps[name], iterator)
-        return StreamingResponse(_sse_events(first, rest, span), media_type="text/event-stream")
+        return StreamingResponse(_sse_events(first, outcomes, span), media_type="text/event-stream")

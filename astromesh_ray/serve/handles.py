@@ -1,20 +1,25 @@
-"""The one place a Serve application is looked up by name and its failures named.
+"""The one place a Serve application is looked up by name, called, and its failures
+named.
 
-Provider deployments, peer agents and the gateway's agents are all reached through
-``AppHandle``: looked up on first use (``serve deploy`` starts applications in any
-order), forgotten after a failure so a redeployed application is found again.
-``RAY_FAILURES`` are the exceptions that mean "the application could not be
-reached or its replica died", as opposed to a bug in our own code.
+Provider deployments, peer agents, the gateway's agents and the breaker actor's
+health probes all reach applications through ``AppHandle``: looked up on first use
+(``serve deploy`` starts applications in any order; the lookup asks the controller,
+so it runs off the event loop), forgotten after a failure so a redeployed application
+is found again.  ``RAY_FAILURES`` are the exceptions that mean "the application
+could not be reached or its replica died", as opposed to a bug in our own code;
+``stream`` guards a streamed call the same way everywhere.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 RAY_FAILURES: tuple[type[BaseException], ...] = (RayError, RayServeException)
 """Ray or Serve failing to deliver a call (no such application, no replica,
@@ -37,10 +42,11 @@ class AppHandle:
         self.app = app
         self._handle: DeploymentHandle[Any] | None = None
 
-    def get(self) -> DeploymentHandle[Any]:
+    async def get(self) -> DeploymentHandle[Any]:
         """The handle; raises ``RayServeException`` when the application does not exist."""
         if self._handle is None:
-            self._handle = serve.get_app_handle(self.app)
+            # A lookup at the Serve controller blocks: not on the event loop.
+            self._handle = await asyncio.to_thread(serve.get_app_handle, self.app)
         return self._handle
 
     def forget(self) -> None:
@@ -53,6 +59,30 @@ class AppHandle:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.app = state["app"]
         self._handle = None
+
+
+async def stream_outcomes(
+    handle: DeploymentHandle[Any],
+    method: str,
+    body: Any,
+    failed: Callable[[BaseException], Exception],
+) -> AsyncIterator[Any]:
+    """The outcomes ``handle.<method>`` streams for ``body``.  A Ray failure while
+    starting or waiting becomes ``failed(exc)``; what the consumer throws in at
+    ``yield`` is not guarded (it is not the application failing)."""
+    try:
+        call = getattr(handle.options(stream=True), method)
+        outcomes = cast(DeploymentResponseGenerator[Any], call.remote(body)).__aiter__()
+    except RAY_FAILURES as exc:
+        raise failed(exc) from None
+    while True:
+        try:
+            outcome = await outcomes.__anext__()
+        except StopAsyncIteration:
+            return
+        except RAY_FAILURES as exc:
+            raise failed(exc) from None
+        yield outcome
 
 
 def agent_app_name(agent: str) -> str:

@@ -8,14 +8,17 @@ back as a value (``serve/outcome.py``) and is typed again.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, cast
-
-from ray.serve.handle import DeploymentResponseGenerator
 
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import Event, RunResult, event_from_dict
 from astromesh_ray.errors import AgentUnavailable
-from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, agent_app_name, describe
+from astromesh_ray.serve.handles import (
+    RAY_FAILURES,
+    AppHandle,
+    agent_app_name,
+    describe,
+    stream_outcomes,
+)
 from astromesh_ray.serve.outcome import unwrap
 
 
@@ -38,24 +41,18 @@ class ServePeer:
 
     async def run(self, request: RunRequest) -> RunResult:
         try:
-            outcome = await self._app.get().run.remote(request.to_dict())
+            handle = await self._app.get()
+            outcome = await handle.run.remote(request.to_dict())
         except RAY_FAILURES as exc:
             raise self._unavailable(exc) from None
         return RunResult.from_dict(unwrap(outcome))
 
     async def stream(self, request: RunRequest) -> AsyncIterator[Event]:
         try:
-            handle = self._app.get().options(stream=True)
-            outcomes = cast(
-                DeploymentResponseGenerator[Any], handle.stream.remote(request.to_dict())
-            ).__aiter__()
+            handle = await self._app.get()
         except RAY_FAILURES as exc:
             raise self._unavailable(exc) from None
-        while True:
-            try:
-                outcome = await outcomes.__anext__()
-            except StopAsyncIteration:
-                return
-            except RAY_FAILURES as exc:
-                raise self._unavailable(exc) from None
+        async for outcome in stream_outcomes(
+            handle, "stream", request.to_dict(), self._unavailable
+        ):
             yield event_from_dict(unwrap(outcome))

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
 from astromesh_ray.core.providers.base import local_provider
 from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
 from astromesh_ray.core.trace import Span, child_span
 from astromesh_ray.errors import ProviderError
-from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe
+from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe, stream_outcomes
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok, unwrap
 from astromesh_ray.spec import ModelEndpoint
@@ -111,9 +111,9 @@ class ServeProvider:
         self.name = f"{endpoint.provider}:{endpoint.model}"
         self._app = AppHandle(provider_app_name(endpoint))
 
-    def _get_handle(self) -> DeploymentHandle[Any]:
+    async def _get_handle(self) -> DeploymentHandle[Any]:
         try:
-            return self._app.get()
+            return await self._app.get()
         except RAY_FAILURES as exc:
             raise self._unavailable(exc) from None
 
@@ -135,7 +135,7 @@ class ServeProvider:
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        handle = self._get_handle()
+        handle = await self._get_handle()
         try:
             outcome = await handle.complete.remote(self._request(request))
         except RAY_FAILURES as exc:  # DeploymentUnavailableError, RayActorError, ...
@@ -143,27 +143,14 @@ class ServeProvider:
         return Completion.from_dict(unwrap(outcome))
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
-        handle = self._get_handle().options(stream=True)
-        try:
-            outcomes = cast(
-                DeploymentResponseGenerator[Any], handle.stream.remote(self._request(request))
-            ).__aiter__()
-        except RAY_FAILURES as exc:
-            raise self._unavailable(exc) from None
-        while True:
-            # Only the handle's own calls are guarded: what the consumer throws in at
-            # `yield` is not a provider failure.
-            try:
-                outcome = await outcomes.__anext__()
-            except StopAsyncIteration:
-                return
-            except RAY_FAILURES as exc:
-                raise self._unavailable(exc) from None
+        handle = await self._get_handle()
+        body = self._request(request)
+        async for outcome in stream_outcomes(handle, "stream", body, self._unavailable):
             yield CompletionChunk.from_dict(unwrap(outcome))
 
     async def health(self) -> bool:
         try:
-            return bool(await self._get_handle().health.remote())
+            return bool(await (await self._get_handle()).health.remote())
         except _PROBE_FAILURES:  # a probe: unreachable means unhealthy
             return False
 
