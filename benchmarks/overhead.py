@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import os
 
+import harness
+
 # No tracing to LangSmith (it is off unless asked for; this makes sure).
 os.environ["LANGSMITH_TRACING"] = "false"
 os.environ["LANGCHAIN_TRACING_V2"] = "false"
@@ -48,17 +50,13 @@ os.environ["LANGCHAIN_TRACING_V2"] = "false"
 import argparse
 import asyncio
 import cProfile
-import datetime
 import functools
 import gc
 import importlib.metadata
-import platform
 import pstats
 import random
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -557,22 +555,7 @@ def load_frameworks() -> tuple[list[Variant], list[str], list[str]]:
 
 
 def machine() -> list[str]:
-    gpu = "none"
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
-            )
-            gpu = "; ".join(out.stdout.splitlines()[:4]) or "none (nvidia-smi lists no GPU)"
-        except (OSError, subprocess.SubprocessError) as exc:
-            gpu = f"unknown (nvidia-smi failed: {exc})"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [
-        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"machine: {os.cpu_count()} cores, {platform.machine()} {platform.system()}, "
-        f"Python {platform.python_version()}, load average {load}",
-        f"GPU: {gpu}",
-    ]
+    return harness.machine()
 
 
 def find(variants: list[Variant], framework: str, tool: str, turn: str) -> Variant | None:

@@ -34,23 +34,21 @@ without it the comparison is reported as skipped and the rest still runs.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import gc
 import importlib.metadata
 import logging
 import multiprocessing
 import os
-import platform
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
+
+import harness
 
 # LiteLLM reads these at import: the bundled model cost map instead of fetching it from
 # GitHub, errors-only logging, no feedback banner.  LITELLM_TELEMETRY (and
@@ -597,21 +595,7 @@ async def failing_runs(host: ServerHost, litellm: Any) -> dict[str, dict[str, Fa
 
 
 def machine() -> list[str]:
-    gpu = "none"
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
-            )
-            gpu = "; ".join(out.stdout.splitlines()[:4]) or "none (nvidia-smi lists no GPU)"
-        except (OSError, subprocess.SubprocessError) as exc:
-            gpu = f"unknown (nvidia-smi failed: {exc})"
-    return [
-        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"machine: {os.cpu_count()} cores, {platform.machine()} {platform.system()}, "
-        f"Python {platform.python_version()}",
-        f"GPU: {gpu}",
-    ]
+    return harness.machine()
 
 
 def _us(value: float, width: int, sign: bool = False) -> str:

@@ -40,22 +40,20 @@ from __future__ import annotations
 
 import os
 
+import harness
+
 # Before Ray is imported: every listener on loopback, no usage stats (DESIGN.md §7).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import argparse
 import asyncio
-import datetime
 import gc
 import importlib
 import logging
 import multiprocessing
-import platform
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -657,26 +655,7 @@ def schedule(names: list[str], rounds: int) -> list[list[str]]:
 
 
 def machine() -> list[str]:
-    gpu = "none"
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
-            )
-            gpu = "; ".join(out.stdout.splitlines()[:4]) or "none (nvidia-smi lists no GPU)"
-        except (OSError, subprocess.SubprocessError) as exc:
-            gpu = f"unknown (nvidia-smi failed: {exc})"
-    return [
-        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"machine: {os.cpu_count()} cores, {platform.machine()} {platform.system()}, "
-        f"Python {platform.python_version()}, Ray {ray.__version__}, "
-        f"load average {load_average()}",
-        f"GPU: {gpu} (not used)",
-    ]
-
-
-def load_average() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return harness.machine(f", Ray {ray.__version__}", gpu_note=" (not used)")
 
 
 def ratio(value: float, base: float) -> str:
@@ -837,7 +816,7 @@ def main(argv: Sequence[str]) -> int:
         model.close()
         load.close()
     report(run.figures)
-    print(f"\nload average at the end: {load_average()}")
+    print(f"\nload average at the end: {harness.load_average()}")
     print(f"run took {time.perf_counter() - started:.0f} s")
     return 0
 
