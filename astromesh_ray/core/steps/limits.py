@@ -1,0 +1,55 @@
+"""The run's limits, as every step enforces them: the deadline and ``max_iterations``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from astromesh_ray.core.context import RunContext, TurnState
+from astromesh_ray.errors import RunError, RunTimeout
+
+T = TypeVar("T")
+
+
+def deadline_exceeded(ctx: RunContext) -> RunTimeout:
+    """The error for a run whose deadline passed (the runtime adds the partial trace)."""
+    request = ctx.request
+    inherited = request.deadline_s is not None and request.parent_run_id is not None
+    within = (
+        f"the {request.deadline_s:.3g} s its caller had left"
+        if inherited
+        else "its timeout_seconds"
+    )
+    return RunTimeout(
+        f"agent {ctx.agent!r} did not answer within {within}",
+        hint="raise spec.orchestration.timeout_seconds or use a faster model",
+        run_id=ctx.run_id,
+    )
+
+
+def iterations_exhausted(ctx: RunContext, state: TurnState) -> RunError:
+    """The error for a run that spent ``max_iterations`` model calls without answering."""
+    return RunError(
+        f"no final answer after max_iterations={ctx.max_iterations} model calls",
+        hint="raise spec.orchestration.max_iterations, or make the tools answer "
+        "what the model needs",
+        run_id=ctx.run_id,
+        step=len(state.steps),
+        reason="max_iterations",
+    )
+
+
+async def bounded(ctx: RunContext, awaitable: Awaitable[T], when: float) -> T:
+    """``awaitable`` under the deadline ``when``; past the run's own deadline the
+    ``TimeoutError`` becomes ``RunTimeout``.  When one timeout already bounds the
+    whole run, only a tighter ``when`` (a tool's own limit) needs one here."""
+    if ctx.bounded and when >= ctx.deadline:
+        return await awaitable
+    try:
+        async with asyncio.timeout_at(when):
+            return await awaitable
+    except TimeoutError:
+        if ctx.remaining_s() <= 0:
+            raise deadline_exceeded(ctx) from None
+        raise

@@ -1,0 +1,170 @@
+"""``ModelStep``: one routed model call for a role."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from astromesh_ray.core.context import RunContext, TurnState
+from astromesh_ray.core.events import Event, ModelCall, Token
+from astromesh_ray.core.messages import (
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    Message,
+    Usage,
+)
+from astromesh_ray.core.steps.limits import bounded, iterations_exhausted
+
+
+class ModelStep:
+    """One routed model call of ``role``; iterate it for its events, then read
+    ``completion``.
+
+        step = ModelStep(ctx, state, role="reasoner")
+        async for event in step:
+            yield event
+        message = step.message
+    """
+
+    __slots__ = ("_completion", "ctx", "iteration", "messages", "parent", "role", "state", "tools")
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        state: TurnState,
+        *,
+        role: str,
+        messages: Sequence[Message] | None = None,
+        tools: bool = True,
+        parent: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.state = state
+        self.role = role
+        self.messages = messages  # default: the run's transcript
+        self.tools = tools  # offer the run's tools
+        self.parent = parent
+        self.iteration = 0
+        self._completion: Completion | None = None
+
+    @property
+    def completion(self) -> Completion:
+        if self._completion is None:
+            raise RuntimeError("ModelStep.completion read before the step ran")
+        return self._completion
+
+    @property
+    def message(self) -> Message:
+        """The assistant message the model answered."""
+        return self.completion.message
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Event]:
+        ctx, state = self.ctx, self.state
+        if state.iterations >= ctx.max_iterations:
+            raise iterations_exhausted(ctx, state)
+        state.iterations += 1
+        self.iteration = iteration = state.iterations
+        provider = ctx.model(self.role)
+        span = state.trace.start(
+            "model_call", self.parent or ctx.trace.span_id, role=self.role, iteration=iteration
+        )
+        request = CompletionRequest(
+            messages=list(state.messages if self.messages is None else self.messages),
+            tools=ctx.tools.schemas if self.tools else [],
+            parameters=dict(ctx.parameters),
+            trace_parent=span.context.traceparent,
+        )
+        try:
+            if ctx.stream_tokens:
+                parts: list[CompletionChunk] = []
+                stream = provider.stream(request)
+                try:
+                    while True:
+                        try:
+                            chunk = await bounded(ctx, anext(stream), ctx.deadline)
+                        except StopAsyncIteration:
+                            break
+                        parts.append(chunk)
+                        for token in _tokens(chunk, iteration, self.role):
+                            yield token
+                finally:
+                    closing = getattr(stream, "aclose", None)
+                    if closing is not None:
+                        await closing()
+                completion = assemble(parts, provider.name)
+            else:
+                completion = await bounded(ctx, provider.complete(request), ctx.deadline)
+        except BaseException as exc:
+            span.end(exc)
+            raise
+        state.usage = state.usage + completion.usage
+        span.set(
+            provider=completion.provider,
+            model=completion.model,
+            usage=completion.usage.to_dict(),
+            finish_reason=completion.finish_reason,
+        )
+        if completion.route:
+            span.set(route=list(completion.route))
+        if completion.location:
+            span.locate(completion.location)  # the call ran where the provider ran
+        if completion.spans:
+            state.trace.extend(completion.spans)
+        span.end()
+        self._completion = completion
+        yield ModelCall(
+            iteration=iteration,
+            role=self.role,
+            provider=completion.provider,
+            model=completion.model,
+            usage=completion.usage,
+            finish_reason=completion.finish_reason,
+            duration_ms=span.duration_ms or 0.0,
+            span_id=span.span_id,
+            where=dict(span.where),
+        )
+
+
+def _tokens(chunk: CompletionChunk, iteration: int, role: str) -> list[Token]:
+    tokens = []
+    if chunk.reasoning:
+        tokens.append(
+            Token(text=chunk.reasoning, channel="reasoning", iteration=iteration, role=role)
+        )
+    if chunk.text:
+        tokens.append(Token(text=chunk.text, channel="answer", iteration=iteration, role=role))
+    for delta in chunk.tool_args:
+        tokens.append(
+            Token(
+                text=delta.arguments,
+                channel="tool_args",
+                iteration=iteration,
+                role=role,
+                tool_index=delta.index,
+            )
+        )
+    return tokens
+
+
+def assemble(chunks: list[CompletionChunk], provider: str) -> Completion:
+    """One ``Completion`` from a stream: text concatenated, tool calls, usage, route,
+    location and remote spans from the chunks."""
+    text = "".join(c.text for c in chunks)
+    calls = [call for c in chunks for call in c.tool_calls]
+    usage = next((c.usage for c in reversed(chunks) if c.usage), None) or Usage(calls=1)
+    finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), "stop")
+    model = next((c.model for c in chunks if c.model), "")
+    location = next((c.location for c in reversed(chunks) if c.location), {})
+    return Completion(
+        route=[step for c in chunks for step in c.route],
+        location=dict(location),
+        spans=[span for c in chunks for span in c.spans],
+        message=Message(role="assistant", content=text or None, tool_calls=calls),
+        usage=usage,
+        model=model,
+        provider=provider,
+        finish_reason=finish,
+    )
