@@ -163,7 +163,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from astromesh_ray.core.build import LocalAgents, check_buildable
+    from astromesh_ray.core.build import LocalAgents, check_buildable, reachable
     from astromesh_ray.core.context import RunRequest
     from astromesh_ray.errors import AgentNotFound, InvalidRequest
     from astromesh_ray.spec import load_from_environment
@@ -180,7 +180,8 @@ def _run(args: argparse.Namespace) -> int:
             f"no agent named {args.agent!r}",
             hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
         )
-    check_buildable([loaded.agents[args.agent]], loaded.providers, known=loaded.agents)
+    # The agent and every agent it can reach as a tool are checked as serve checks them.
+    check_buildable(reachable(args.agent, loaded.agents), loaded.providers, known=loaded.agents)
     # Every agent of the configuration, built on first use: the one asked for, and
     # the ones it calls as tools.  Routing defaults come from providers.yaml.
     agents = LocalAgents(loaded.agents, loaded.providers, routing=loaded.routing)

@@ -31,12 +31,15 @@ from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec import (
     AgentSpec,
     AgentToolSpec,
+    InternalToolSpec,
     ModelEndpoint,
     ProviderEntrySpec,
     ProviderRoutingSpec,
     resolve_models,
     resolve_route,
 )
+from astromesh_ray.spec.resolve import resolve_block
+from astromesh_ray.spec.tools import ToolSpecBase
 
 ProviderFactory = Callable[[ModelEndpoint], Provider]
 PeerFactory = Callable[[str], Peer]
@@ -117,11 +120,21 @@ def peer_names(agent: AgentSpec) -> set[str]:
     return {t.agent for t in agent.spec.tools if isinstance(t, AgentToolSpec)}
 
 
-def _limits(spec: object) -> ToolLimits:
-    return ToolLimits(
-        timeout_s=getattr(spec, "timeout_s", None),
-        max_result_chars=int(getattr(spec, "max_result_chars", 20_000)),
-    )
+def reachable(name: str, agents: Mapping[str, AgentSpec]) -> list[AgentSpec]:
+    """Agent ``name`` and every agent it can reach through agent tools (the known ones)."""
+    found: dict[str, AgentSpec] = {}
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in found or current not in agents:
+            continue
+        found[current] = agents[current]
+        todo.extend(sorted(peer_names(agents[current])))
+    return list(found.values())
+
+
+def _limits(spec: ToolSpecBase) -> ToolLimits:
+    return ToolLimits(timeout_s=spec.timeout_s, max_result_chars=spec.max_result_chars)
 
 
 def build_toolsets(agent: AgentSpec, peers: Mapping[str, Peer] | None = None) -> list[Toolset]:
@@ -144,7 +157,7 @@ def build_toolsets(agent: AgentSpec, peers: Mapping[str, Peer] | None = None) ->
         if spec.type not in ("internal", "builtin"):
             # The loader's support check refuses these; reaching here is a bug.
             raise ConfigError(f"tool {spec.name!r}: type {spec.type!r} is not supported yet")
-        function = getattr(spec, "function", None)
+        function = spec.function if isinstance(spec, InternalToolSpec) else None
         tool: Tool = resolve_python_tool(spec.name, function)
         declared_parameters = spec.json_schema()
         if declared_parameters is not None:
@@ -293,7 +306,8 @@ def check_buildable(
     known: Mapping[str, AgentSpec] | None = None,
 ) -> None:
     """Raise one ``ConfigError`` listing every agent whose tools, prompts, pattern,
-    peers or (given ``providers``) provider clients cannot be built: a ``function:``
+    peers or provider clients cannot be built (without ``providers``: the model blocks
+    written out in the agent, not ``providerRef`` ones): a ``function:``
     that does not import, an unknown builtin, an agent tool naming an agent that is
     not loaded or closing a cycle, provider ``options`` or ``parameters`` a backend
     does not take, ...
@@ -313,10 +327,9 @@ def check_buildable(
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
             pattern = pattern_for(agent.spec.orchestration.pattern)
             _check_roles(agent, pattern.roles)
-            if providers is not None:
-                for endpoint in resolve_models(agent, providers):
-                    if endpoint.options.get("mode") != "in_cluster":  # built by Serve
-                        local_provider(endpoint)
+            for endpoint in _endpoints(agent, providers):
+                if endpoint.options.get("mode") != "in_cluster":  # built by Serve
+                    local_provider(endpoint)
         except ConfigError as exc:
             problems.append(f"{agent.source or agent.name}: {exc}")
     calls = {name: peer_names(spec) for name, spec in known.items()}
@@ -327,6 +340,19 @@ def check_buildable(
         problems.extend(exc.details.get("problems") or [exc.message])
     if problems:
         raise ConfigError("\n".join(problems), problems=problems)
+
+
+def _endpoints(
+    agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec] | None
+) -> list[ModelEndpoint]:
+    """The model endpoints to build-check: all of them given ``providers``; without
+    them, those written out in the agent itself (``providerRef`` needs providers)."""
+    if providers is not None:
+        return resolve_models(agent, providers)
+    model = agent.spec.model
+    blocks = [*model.blocks(), *(b for role in model.roles.values() for b in role.candidates)]
+    where = f"{agent.source or agent.name}: "
+    return [resolve_block(b, {}, where=where) for b in blocks if b.provider_ref is None]
 
 
 class _Unreachable:

@@ -5,13 +5,13 @@ a sub-run where it comes from).  ``RunContext`` is fixed for the whole run: mode
 role, the tool index, peers, session, caller, deadline and trace position.
 ``TurnState`` is what the run builds up: the transcript, the steps, usage and the
 answer.  Patterns read the context and change only the state, through the shared
-steps (``core/steps.py``).
+steps (``core/steps/``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +132,8 @@ class RunContext:
     # True when one timeout already bounds the whole run (``AgentRuntime.run``): the
     # steps then skip their own per-wait deadline.
     bounded: bool
+    # True when the deadline is what a calling agent had left, not timeout_seconds.
+    deadline_from_caller: bool
     where: Mapping[str, str]
 
     @property
@@ -180,3 +182,13 @@ class TurnState:
     usage: Usage = field(default_factory=Usage)
     answer: str | None = None
     iterations: int = 0  # model calls made, counted against max_iterations
+    # Streams a step has open: the runtime closes them if the run is abandoned.
+    open_streams: list[AsyncIterator[Any]] = field(default_factory=list)
+
+    def on_abandon(self, stream: AsyncIterator[Any]) -> None:
+        """Have the runtime close ``stream`` if the run ends while it is open."""
+        self.open_streams.append(stream)
+
+    def forget(self, stream: AsyncIterator[Any]) -> None:
+        """``stream`` was closed by its step."""
+        self.open_streams.remove(stream)

@@ -6,7 +6,7 @@ contract for every stream a client sees: SSE, WebSocket and OpenAI-style streams
 adapters over it at the API edge.  ``Step`` is the union of what a run records in
 ``RunResult.steps``; every recorded step is also streamed as a ``step`` event.
 
-Patterns never build these by hand: the shared steps (``core/steps.py``) and the
+Patterns never build these by hand: the shared steps (``core/steps/``) and the
 runtime do.  Events are frozen slotted dataclasses (cheap to create: a run makes
 several per model call); they become JSON only at the edge (``event_to_dict``).
 """

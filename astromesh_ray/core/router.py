@@ -40,7 +40,7 @@ from astromesh_ray.core.messages import (
     Usage,
 )
 from astromesh_ray.core.pricing import Price
-from astromesh_ray.core.providers.base import Provider
+from astromesh_ray.core.providers.base import Provider, closing_stream
 from astromesh_ray.errors import ProviderError
 
 Strategy = Literal["cost_optimized", "latency_optimized", "quality_first", "round_robin"]
@@ -205,9 +205,12 @@ class ModelRouter:
         routing = _Routing(self, request)
         async with aclosing(routing.attempts()) as attempts:
             async for attempt in attempts:
-                async with attempt:
-                    async for chunk in attempt.candidate.provider.stream(request):
-                        if chunk.usage is not None or chunk.finish_reason is not None:
+                async with (
+                    attempt,
+                    closing_stream(attempt.candidate.provider.stream(request)) as chunks,
+                ):
+                    async for chunk in chunks:
+                        if chunk.is_last:
                             # The last chunk: account for it before the caller sees it.
                             await attempt.succeeded(chunk.usage)
                             chunk.route = routing.route

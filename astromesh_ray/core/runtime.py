@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from astromesh_ray.core.context import RunContext, RunRequest, TurnState
@@ -28,7 +29,8 @@ from astromesh_ray.core.patterns.base import Pattern
 from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
 from astromesh_ray.core.stages import Stages
-from astromesh_ray.core.steps import deadline_exceeded
+from astromesh_ray.core.steps import bounded, deadline_exceeded
+from astromesh_ray.core.streams import aclose, closing_stream
 from astromesh_ray.core.tools.base import Toolset
 from astromesh_ray.core.tools.index import ToolIndex
 from astromesh_ray.core.trace import Trace, TraceContext, new_trace_id
@@ -56,15 +58,16 @@ class AgentRuntime:
         where: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.models = dict(models)
+        # Shared by every concurrent run: read-only views.
+        self.models: Mapping[str, Provider] = MappingProxyType(dict(models))
         self.pattern = pattern
         self.stages = stages
         self.max_iterations = max_iterations
         self.timeout_s = timeout_s
         self.toolsets = list(toolsets)
         self.allowed_tools = list(allowed_tools) if allowed_tools is not None else None
-        self.peers = dict(peers or {})
-        self.parameters = dict(parameters or {})
+        self.peers: Mapping[str, Peer] = MappingProxyType(dict(peers or {}))
+        self.parameters: Mapping[str, Any] = MappingProxyType(dict(parameters or {}))
         # Where this runtime runs (process, or Ray replica and node): spans carry it.
         self.where = dict(where) if where else None
         self.tools: ToolIndex | None = None
@@ -83,39 +86,52 @@ class AgentRuntime:
                 self.tools = await ToolIndex.build(self.toolsets, self.allowed_tools)
 
     async def aclose(self) -> None:
-        """Close the toolsets and the model clients (each once)."""
-        for toolset in self.toolsets:
-            await toolset.aclose()
-        closed: set[int] = set()
+        """Close the toolsets and the model clients (each once).  One that fails to
+        close is logged, and the others are still closed."""
+        closing: list[tuple[str, Awaitable[None]]] = [
+            (f"toolset {t.name!r}", t.aclose()) for t in self.toolsets
+        ]
+        seen: set[int] = set()
         for provider in self.models.values():
-            if id(provider) not in closed:
-                closed.add(id(provider))
-                await provider.aclose()
+            if id(provider) not in seen:
+                seen.add(id(provider))
+                closing.append((f"model {provider.name!r}", provider.aclose()))
+        for what, close in closing:
+            try:
+                await close
+            except Exception:  # shutting down: release everything else regardless
+                log.warning("agent %r: closing %s failed", self.name, what, exc_info=True)
 
     # -- turns -----------------------------------------------------------------------------
 
     async def run(self, request: RunRequest) -> RunResult:
         """Run one turn to its answer (no token streaming).
 
-        Nobody else reads these events, so one timeout bounds the whole turn here and
-        the steps need no deadline of their own (``RunContext.bounded``).
+        Nobody else reads these events, so one timeout bounds the turn here and the
+        steps need no deadline of their own (``RunContext.bounded``).  The finish
+        stages run after the answer, outside that timeout: a turn that answered in
+        time is not failed by the saving of it.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s(request)
         turn = _Turn()
         result: RunResult | None = None
-        try:
-            async with asyncio.timeout_at(deadline):
-                async for event in self._events(request, deadline=deadline, turn=turn):
-                    if isinstance(event, RunFinished):
-                        result = event.result
-        except TimeoutError:
-            if turn.ctx is None or turn.state is None or loop.time() < deadline:
-                raise
-            error = deadline_exceeded(turn.ctx)
-            await self._finish(turn.ctx, turn.state, error)
-            _attach(error, turn.ctx.run_id, turn.state, True)
-            raise error from None
+        async with closing_stream(self._events(request, deadline=deadline, turn=turn)) as events:
+            try:
+                async with asyncio.timeout_at(deadline) as timeout:
+                    turn.timeout = timeout
+                    async for event in events:
+                        if isinstance(event, RunFinished):
+                            result = event.result
+            except TimeoutError:
+                if turn.ctx is None or turn.state is None or turn.finishing:
+                    raise
+                if loop.time() < deadline:
+                    raise
+                error = deadline_exceeded(turn.ctx)
+                await self._finish(turn.ctx, turn.state, error)
+                _attach(error, turn.ctx.run_id, turn.state)
+                raise error from None
         if result is None:
             raise AssertionError("a run ends with run_finished or raises")
         return result
@@ -123,8 +139,9 @@ class AgentRuntime:
     def stream(self, request: RunRequest) -> AsyncIterator[Event]:
         """Run one turn, yielding events as they happen; the last is ``RunFinished``.
 
-        The time the reader takes between events is not the agent's: each step
-        bounds its own waits by the deadline instead."""
+        The time the reader takes between events is not the agent's: each step (and
+        each prepare stage) bounds its own waits by the deadline instead.  Close the
+        stream (``aclose``) to abandon the run: what it has open is closed."""
         deadline = asyncio.get_running_loop().time() + self._timeout_s(request)
         return self._events(request, deadline=deadline, turn=None)
 
@@ -141,7 +158,11 @@ class AgentRuntime:
         assert self.tools is not None
         request.check()
         parent = TraceContext.parse(request.trace_parent)
-        trace = Trace(parent.trace_id if parent else new_trace_id(), self.where)
+        trace = Trace(
+            parent.trace_id if parent else new_trace_id(),
+            self.where,
+            sampled=parent.sampled if parent else True,
+        )
         run_span = trace.start("run", parent.span_id if parent else None, agent=self.name)
         run_id = new_run_id()
         run_span.set(run_id=run_id)
@@ -159,16 +180,19 @@ class AgentRuntime:
             parameters=self.parameters,
             stream_tokens=turn is None,
             bounded=turn is not None,
+            deadline_from_caller=(
+                request.deadline_s is not None and request.deadline_s < self.timeout_s
+            ),
             where=trace.where,
         )
         state = TurnState(trace=trace)
         if turn is not None:
             turn.ctx, turn.state = ctx, state
         error: AstromeshError | None = None
-        started = False
+        layers: list[AsyncIterator[Event]] = []
         try:
             for stage in self.stages.prepare:
-                await _in_stage(stage.name, stage.prepare(ctx, state))
+                await _in_stage(stage.name, bounded(ctx, stage.prepare(ctx, state), deadline))
             yield RunStarted(
                 run_id=run_id,
                 agent=self.name,
@@ -176,10 +200,13 @@ class AgentRuntime:
                 trace_id=trace.trace_id,
                 parent_run_id=request.parent_run_id,
             )
-            started = True
             events = self.pattern.run(ctx, state)
-            for transformer in self.stages.transformers:
-                events = transformer.transform(ctx, state, events)
+            layers.append(events)
+            if self.stages.transformers:
+                events = _layer(None, events)
+                for transformer in self.stages.transformers:
+                    events = _layer(transformer.name, transformer.transform(ctx, state, events))
+                    layers.append(events)
             async for event in events:
                 yield event
             if state.answer is None:
@@ -190,20 +217,31 @@ class AgentRuntime:
             error = exc
         except Exception as exc:  # a bug: report it as one, with the partial trace
             log.exception("run %s of agent %r failed", run_id, self.name)
-            error = RunError(
-                f"internal error in agent {self.name!r}: {type(exc).__name__}: {exc}",
-                run_id=run_id,
-                step=len(state.steps),
-            )
-            error.__cause__ = exc
+            error = _internal(self.name, exc, run_id, state)
         finally:
+            # The pattern, the transformers and the streams the steps have open are
+            # closed now, not when the garbage collector finds them: a run abandoned
+            # by its reader, cancelled or failed leaves no stream behind.
+            for layer in reversed(layers):
+                await aclose(layer)
+            for stream in reversed(state.open_streams):
+                await aclose(stream)
+            for span in trace.spans[1:]:
+                if span.duration_ms is None:  # its step never resumed to end it
+                    span.end("abandoned")
             if error is None and state.answer is None:
-                # The consumer stopped early (closed the stream) or the task was
-                # cancelled: the run span still ends.
-                run_span.end("abandoned")
-        await self._finish(ctx, state, error)
+                run_span.end("abandoned")  # the reader stopped, or the task was cancelled
+        if turn is not None:
+            # The turn answered (or failed) in time: what follows is not bounded.
+            turn.finishing = True
+            if turn.timeout is not None:
+                turn.timeout.reschedule(None)
+        try:
+            await self._finish(ctx, state, error)
+        except AstromeshError as exc:  # only raised when the run itself succeeded
+            error = exc
         if error is not None:
-            _attach(error, run_id, state, started)
+            _attach(error, run_id, state)
             raise error
         run_span.set(usage=state.usage.to_dict())
         run_span.end()
@@ -237,15 +275,54 @@ class AgentRuntime:
                 log.warning("finish stage %r failed after a failed run: %s", stage.name, exc)
 
 
-async def _in_stage(name: str, work: Any) -> None:
-    """Await a stage's coroutine; its errors name the stage."""
+def _stage_error(name: str, exc: Exception) -> AstromeshError:
+    """``exc``, raised inside stage ``name``, as an error naming the stage."""
+    if isinstance(exc, AstromeshError):
+        exc.details.setdefault("stage", name)
+        return exc
+    # A bug in a stage: say which one.
+    error = RunError(f"stage {name!r} failed: {type(exc).__name__}: {exc}", stage=name)
+    error.__cause__ = exc
+    return error
+
+
+async def _in_stage(name: str, work: Awaitable[None]) -> None:
+    """Await a stage's work; its errors name the stage."""
     try:
         await work
-    except AstromeshError as exc:
-        exc.details.setdefault("stage", name)
-        raise
-    except Exception as exc:  # a bug in a stage: say which one
-        raise RunError(f"stage {name!r} failed: {type(exc).__name__}: {exc}", stage=name) from exc
+    except Exception as exc:
+        raise _stage_error(name, exc) from exc
+
+
+# Set on an error that came up through a transformer from below it (the pattern or
+# an earlier transformer): it is not that transformer's failure.
+_FROM_BELOW = "__astromesh_from_below__"
+
+
+async def _layer(name: str | None, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """``events`` with what goes wrong in them named: by transformer ``name``, unless
+    it came from below (``name`` None: the pattern, only marked)."""
+    try:
+        async with closing_stream(events) as inner:
+            async for event in inner:
+                yield event
+    except Exception as exc:
+        if name is None or getattr(exc, _FROM_BELOW, False):
+            setattr(exc, _FROM_BELOW, True)
+            raise
+        error = _stage_error(name, exc)
+        setattr(error, _FROM_BELOW, True)
+        raise error from exc
+
+
+def _internal(agent: str, exc: Exception, run_id: str, state: TurnState) -> RunError:
+    error = RunError(
+        f"internal error in agent {agent!r}: {type(exc).__name__}: {exc}",
+        run_id=run_id,
+        step=len(state.steps),
+    )
+    error.__cause__ = exc
+    return error
 
 
 @dataclass(slots=True)
@@ -254,6 +331,8 @@ class _Turn:
 
     ctx: RunContext | None = None
     state: TurnState | None = None
+    timeout: asyncio.Timeout | None = None
+    finishing: bool = False
 
 
 def new_run_id() -> str:
@@ -261,15 +340,26 @@ def new_run_id() -> str:
     return new_trace_id()
 
 
-def _attach(error: AstromeshError, run_id: str, state: TurnState, started: bool) -> None:
-    # The run span (the first) ends with the error, and the partial trace goes with
-    # the error: it is what a user debugs from.
+def _attach(error: AstromeshError, run_id: str, state: TurnState) -> None:
+    """End the run span with ``error`` and give the error this run's id, steps and
+    partial trace: what a user debugs from.  An error that came up from a sub-run
+    (another agent) carries that run's details: its spans join this run's trace (one
+    trace id) and its run id moves to ``sub_run_id``."""
+    details = error.details
+    child_run = details.get("run_id")
+    if child_run is not None and child_run != run_id:
+        seen = {span.span_id for span in state.trace.spans}
+        child_trace = details.get("trace")
+        if isinstance(child_trace, list):
+            state.trace.extend(
+                s for s in child_trace if isinstance(s, dict) and s.get("span_id") not in seen
+            )
+        details.setdefault("sub_run_id", child_run)
     state.trace.spans[0].end(error.message)
-    error.details.setdefault("run_id", run_id)
-    error.details.setdefault("trace_id", state.trace.trace_id)
-    if started or state.steps:
-        error.details.setdefault("steps", [_step_dict(s) for s in state.steps])
-    error.details.setdefault("trace", [s.to_dict() for s in state.trace.spans])
+    details["run_id"] = run_id
+    details["trace_id"] = state.trace.trace_id
+    details["steps"] = [_step_dict(s) for s in state.steps]
+    details["trace"] = [s.to_dict() for s in state.trace.spans]
 
 
 def _step_dict(step: Any) -> dict[str, Any]:

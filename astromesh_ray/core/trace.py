@@ -114,11 +114,12 @@ class Span:
     status: SpanStatus = "ok"
     error: str | None = None
     _started: float = field(default=0.0, repr=False)  # perf_counter at start
+    sampled: bool = field(default=True, repr=False)  # the W3C flag, passed on as received
 
     @property
     def context(self) -> TraceContext:
         """The position under this span (for work it starts elsewhere)."""
-        return TraceContext(self.trace_id, self.span_id)
+        return TraceContext(self.trace_id, self.span_id, self.sampled)
 
     def set(self, **attributes: Any) -> None:
         """Add attributes."""
@@ -185,16 +186,20 @@ def child_span(
         where=where,
         attributes=attributes,
         _started=time.perf_counter(),
+        sampled=parent.sampled,
     )
 
 
 class Trace:
     """The spans of one run, in start order, under one trace id."""
 
-    __slots__ = ("spans", "trace_id", "where")
+    __slots__ = ("sampled", "spans", "trace_id", "where")
 
-    def __init__(self, trace_id: str, where: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, trace_id: str, where: Mapping[str, str] | None = None, *, sampled: bool = True
+    ) -> None:
         self.trace_id = trace_id
+        self.sampled = sampled
         # Read-only: a span that ran elsewhere gets a new mapping (Span.locate).
         self.where: Mapping[str, str] = where or _location
         self.spans: list[Span] = []
@@ -210,6 +215,7 @@ class Trace:
             where=self.where,
             attributes=attributes,
             _started=time.perf_counter(),
+            sampled=self.sampled,
         )
         self.spans.append(span)
         return span

@@ -57,7 +57,7 @@ class AgentDeployment:
         providers: Mapping[str, ProviderEntrySpec],
         routing: ProviderRoutingSpec | None = None,
     ) -> None:
-        breakers = await self.make_breakers(agent, providers, routing)
+        self._breakers = breakers = await self.make_breakers(agent, providers, routing)
         self._runtime = build_runtime(
             agent,
             providers,
@@ -101,4 +101,11 @@ class AgentDeployment:
             yield failure(exc)
 
     async def __del__(self) -> None:
-        await self._runtime.aclose()
+        # Serve calls this on shutdown; a replica whose constructor failed has less
+        # to close.
+        runtime = getattr(self, "_runtime", None)
+        if runtime is not None:
+            await runtime.aclose()
+        breakers = getattr(self, "_breakers", None)
+        if isinstance(breakers, ServeBreakerStore):
+            await breakers.aclose()  # ends the long poll

@@ -29,7 +29,12 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+)
 from ray.serve.exceptions import RayServeException
 
 from astromesh_ray.core.breaker import BreakerPolicy, State
@@ -138,6 +143,16 @@ def agent_probes(
     return list(found.values())
 
 
+# The actor killed, dead, restarting or hung.  Not RayTaskError: our own code raising
+# inside the actor is a bug, which must surface, not switch the breakers off.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    RayActorError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    TimeoutError,
+)
+
+
 class ActorLink:
     """The breaker actor as a ``BreakerRemote``: looked up (or created) on first use
     and again after a failure; Ray failures and timeouts become
@@ -156,10 +171,11 @@ class ActorLink:
             if self._actor is None:
                 if time.monotonic() < self._retry_at:
                     raise BreakerUnavailable("the breaker actor failed moments ago")
-                self._actor = breaker_actor()
+                # Looking up (or creating) a named actor blocks on the GCS: off the loop.
+                self._actor = await asyncio.to_thread(breaker_actor)
             ref = getattr(self._actor, method).remote(*args)
             return await asyncio.wait_for(ref, timeout_s or self._call_timeout_s)
-        except (RayError, TimeoutError) as exc:
+        except _UNREACHABLE as exc:
             # Killed, died, restarting, or hung: find (or create) it again later.
             self._actor = None
             self._retry_at = time.monotonic() + self._retry_after_s

@@ -28,10 +28,17 @@ from ray.serve.schema import ApplicationStatus
 from astromesh_ray import __version__
 from astromesh_ray.core.breaker import most_severe
 from astromesh_ray.core.events import ErrorEvent, event_to_dict
+from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError
 from astromesh_ray.serve.breaker import ActorBreakerStore
-from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe, stream_outcomes
+from astromesh_ray.serve.handles import (
+    RAY_FAILURES,
+    AppHandle,
+    describe,
+    failure,
+    stream_outcomes,
+)
 from astromesh_ray.serve.http import BodySizeLimit, RunBody, install_error_handlers
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import unwrap
@@ -51,18 +58,21 @@ install_error_handlers(api)
 async def _sse_events(
     first: dict[str, Any], rest: AsyncIterator[Any], span: Span
 ) -> AsyncIterator[str]:
-    yield _sse(first)
-    try:
-        async for outcome in rest:
-            event = unwrap(outcome)
-            if event.get("type") == "run_finished":
-                span.end()
-                _prepend(event["result"], span)
-            yield _sse(event)
-    except AstromeshError as exc:
-        span.end(exc.message)
-        _prepend(exc.details, span)
-        yield _sse(event_to_dict(ErrorEvent.from_error(exc)))
+    # Closing `rest` when the client goes away (Starlette stops iterating) cancels the
+    # run in the agent replica, and with it the model call it was streaming.
+    async with closing_stream(rest) as outcomes:
+        yield _sse(first)
+        try:
+            async for outcome in outcomes:
+                event = unwrap(outcome)
+                if event.get("type") == "run_finished":
+                    span.end()
+                    _prepend(event["result"], span)
+                yield _sse(event)
+        except AstromeshError as exc:
+            span.end(exc.message)
+            _prepend(exc.details, span)
+            yield _sse(event_to_dict(ErrorEvent.from_error(exc)))
 
 
 def _unavailable(name: str, app: str, reason: str) -> AgentUnavailable:
@@ -110,7 +120,11 @@ def _gateway_span(traceparent: str | None, name: str, where: dict[str, str]) -> 
     """The gateway's span of one request: continues the client's trace if it sent a
     valid ``traceparent``, else starts a new one."""
     parent = TraceContext.parse(traceparent)
-    trace = Trace(parent.trace_id if parent else new_trace_id(), where)
+    trace = Trace(
+        parent.trace_id if parent else new_trace_id(),
+        where,
+        sampled=parent.sampled if parent else True,
+    )
     return trace.start("gateway", parent.span_id if parent else None, agent=name)
 
 
@@ -150,19 +164,21 @@ class Gateway:
                 status = (await asyncio.to_thread(serve.status)).applications.get(app)
                 handle = await AppHandle(app).get()  # raises when the app does not exist
             except RAY_FAILURES as exc:
-                raise _unavailable(name, app, f"cannot be reached: {describe(exc)}") from None
+                raise failure(
+                    exc, lambda e: _unavailable(name, app, f"cannot be reached: {describe(e)}")
+                ) from None
             if status is not None and status.status in _DOWN:
                 raise _unavailable(name, app, f"is {status.status.value}")
             self._handles[name] = handle
         return handle
 
-    def _failed(self, name: str, exc: BaseException, patience_s: float) -> AgentUnavailable:
+    def _failed(self, name: str, exc: BaseException, patience_s: float) -> Exception:
         self._handles.pop(name, None)  # look the application up again next time
         if isinstance(exc, TimeoutError):
-            reason = f"did not answer within {patience_s:g} s"
-        else:
-            reason = f"failed: {describe(exc)}"
-        return _unavailable(name, self._apps[name], reason)
+            return _unavailable(name, self._apps[name], f"did not answer within {patience_s:g} s")
+        return failure(
+            exc, lambda e: _unavailable(name, self._apps[name], f"failed: {describe(e)}")
+        )
 
     def _patience_s(self, name: str) -> float:
         return float(self._agents[name].get("timeout_seconds") or 0) + GRACE_S
@@ -246,13 +262,17 @@ class Gateway:
         except TimeoutError as exc:
             span.end(exc)
             raise self._failed(name, exc, patience_s) from None
-        except AgentUnavailable as exc:
+        except AstromeshError as exc:
             span.end(exc.message)
-            self._handles.pop(name, None)  # look the application up again next time
+            if isinstance(exc, AgentUnavailable):
+                self._handles.pop(name, None)  # look the application up again next time
+            _prepend(exc.details, span)
             raise
         try:
             first = unwrap(outcome)
         except AstromeshError as exc:
+            async with closing_stream(outcomes):  # the run already ended: release it
+                pass
             span.end(exc.message)
             _prepend(exc.details, span)
             raise

@@ -17,13 +17,29 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 RAY_FAILURES: tuple[type[BaseException], ...] = (RayError, RayServeException)
-"""Ray or Serve failing to deliver a call (no such application, no replica,
-back-pressure, a replica that died mid-call)."""
+"""Ray or Serve failing a call: no such application, no replica, back-pressure, a
+replica that died mid-call, or (``RayTaskError``) code raising in the replica.
+``failure`` tells them apart."""
+
+
+def failure(exc: BaseException, unavailable: Callable[[BaseException], Exception]) -> Exception:
+    """What a Ray failure means for the caller: ``unavailable(exc)`` when the
+    application could not be reached or its replica died (a provider to fall back
+    from, an agent to report as 503); a ``RunError`` when our own code raised inside
+    the replica, which is a bug, not the application being away."""
+    from astromesh_ray.errors import RunError
+
+    if isinstance(exc, RayTaskError):
+        return RunError(
+            f"internal error in a Serve replica: {describe(exc)}",
+            hint="see the replica's log for the traceback",
+        )
+    return unavailable(exc)
 
 
 def describe(exc: BaseException) -> str:
@@ -68,21 +84,31 @@ async def stream_outcomes(
     failed: Callable[[BaseException], Exception],
 ) -> AsyncIterator[Any]:
     """The outcomes ``handle.<method>`` streams for ``body``.  A Ray failure while
-    starting or waiting becomes ``failed(exc)``; what the consumer throws in at
-    ``yield`` is not guarded (it is not the application failing)."""
+    starting or waiting becomes ``failure(exc, failed)``; what the consumer throws in
+    at ``yield`` is not guarded (it is not the application failing).  A consumer that
+    stops early (and closes this generator) cancels the remote call."""
     try:
         call = getattr(handle.options(stream=True), method)
-        outcomes = cast(DeploymentResponseGenerator[Any], call.remote(body)).__aiter__()
+        outcomes = cast(DeploymentResponseGenerator[Any], call.remote(body))
     except RAY_FAILURES as exc:
-        raise failed(exc) from None
-    while True:
-        try:
-            outcome = await outcomes.__anext__()
-        except StopAsyncIteration:
-            return
-        except RAY_FAILURES as exc:
-            raise failed(exc) from None
-        yield outcome
+        raise failure(exc, failed) from None
+    done = False
+    try:
+        while True:
+            try:
+                outcome = await outcomes.__anext__()
+            except StopAsyncIteration:
+                done = True
+                return
+            except RAY_FAILURES as exc:
+                done = True
+                raise failure(exc, failed) from None
+            yield outcome
+    finally:
+        if not done:
+            # The consumer stopped early: stop the replica's generator too (a model
+            # generating for nobody, a peer running on).
+            outcomes.cancel()  # type: ignore[no-untyped-call]
 
 
 def agent_app_name(agent: str) -> str:

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import Event, RunResult, event_from_dict
+from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.errors import AgentUnavailable
 from astromesh_ray.serve.handles import (
     RAY_FAILURES,
     AppHandle,
     agent_app_name,
     describe,
+    failure,
     stream_outcomes,
 )
 from astromesh_ray.serve.outcome import unwrap
@@ -44,15 +46,15 @@ class ServePeer:
             handle = await self._app.get()
             outcome = await handle.run.remote(request.to_dict())
         except RAY_FAILURES as exc:
-            raise self._unavailable(exc) from None
+            raise failure(exc, self._unavailable) from None
         return RunResult.from_dict(unwrap(outcome))
 
     async def stream(self, request: RunRequest) -> AsyncIterator[Event]:
         try:
             handle = await self._app.get()
         except RAY_FAILURES as exc:
-            raise self._unavailable(exc) from None
-        async for outcome in stream_outcomes(
-            handle, "stream", request.to_dict(), self._unavailable
-        ):
-            yield event_from_dict(unwrap(outcome))
+            raise failure(exc, self._unavailable) from None
+        outcomes = stream_outcomes(handle, "stream", request.to_dict(), self._unavailable)
+        async with closing_stream(outcomes):  # stopped early: the peer's run stops too
+            async for outcome in outcomes:
+                yield event_from_dict(unwrap(outcome))

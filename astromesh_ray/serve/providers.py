@@ -18,9 +18,11 @@ from ray.serve.handle import DeploymentHandle
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
 from astromesh_ray.core.providers.base import local_provider
 from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
+from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.trace import Span, child_span
 from astromesh_ray.errors import ProviderError
 from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe, stream_outcomes
+from astromesh_ray.serve.handles import failure as ray_failure
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok, unwrap
 from astromesh_ray.spec import ModelEndpoint
@@ -57,9 +59,9 @@ class ProviderDeployment:
     # failing from this replica dying.
 
     async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
-        parsed = CompletionRequest.from_dict(request)
-        span = child_span(parsed.trace_parent, "provider.complete", self._where)
         try:
+            parsed = CompletionRequest.from_dict(request)
+            span = child_span(parsed.trace_parent, "provider.complete", self._where)
             completion = await self._provider.complete(parsed)
         except Exception as exc:
             return failure(exc)
@@ -71,10 +73,10 @@ class ProviderDeployment:
         return ok(completion.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        parsed = CompletionRequest.from_dict(request)
-        span = child_span(parsed.trace_parent, "provider.stream", self._where)
         located = False
         try:
+            parsed = CompletionRequest.from_dict(request)
+            span = child_span(parsed.trace_parent, "provider.stream", self._where)
             async for chunk in self._provider.stream(parsed):
                 if chunk.is_last:
                     self._locate(chunk, span)
@@ -115,7 +117,7 @@ class ServeProvider:
         try:
             return await self._app.get()
         except RAY_FAILURES as exc:
-            raise self._unavailable(exc) from None
+            raise ray_failure(exc, self._unavailable) from None
 
     def _unavailable(self, exc: BaseException) -> ProviderError:
         """A Ray/Serve failure reaching the deployment, as the ``ProviderError`` the
@@ -139,14 +141,16 @@ class ServeProvider:
         try:
             outcome = await handle.complete.remote(self._request(request))
         except RAY_FAILURES as exc:  # DeploymentUnavailableError, RayActorError, ...
-            raise self._unavailable(exc) from None
+            raise ray_failure(exc, self._unavailable) from None
         return Completion.from_dict(unwrap(outcome))
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         handle = await self._get_handle()
         body = self._request(request)
-        async for outcome in stream_outcomes(handle, "stream", body, self._unavailable):
-            yield CompletionChunk.from_dict(unwrap(outcome))
+        outcomes = stream_outcomes(handle, "stream", body, self._unavailable)
+        async with closing_stream(outcomes):  # stopped early: the replica stops too
+            async for outcome in outcomes:
+                yield CompletionChunk.from_dict(unwrap(outcome))
 
     async def health(self) -> bool:
         try:

@@ -24,6 +24,7 @@ from typing import Any
 from astromesh_ray.core.messages import CompletionChunk, CompletionRequest
 from astromesh_ray.core.providers.http import sse_data
 from astromesh_ray.core.providers.openai_wire import OpenAIChatWire, OpenAIStreamDecoder
+from astromesh_ray.core.trace import child_span
 from astromesh_ray.errors import AstromeshError, ProviderError
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok
@@ -86,21 +87,28 @@ class VLLMChatAdapter:
         """One whole answer, as ``ok(Completion.to_dict())`` or a failure outcome."""
         try:
             ask = CompletionRequest.from_dict(request)
+            span = child_span(ask.trace_parent, "provider.complete", self.where or {})
             body = self.wire.body(ask, stream=False)
             async with asyncio.timeout(self.timeout_s):
                 items = [item async for item in self._items(body)]
             if not items:
                 raise self.wire.malformed("no response")
             completion = self.wire.completion(_plain(items[0]), ask)
-        except Exception as exc:
-            return failure(self._as_provider_error(exc))
+        except TimeoutError:
+            return failure(self._timed_out())
+        except Exception as exc:  # the edge of the replica: a bug leaves as a RunError
+            return failure(exc)
         completion.location.update(self.where or {})
+        if span is not None:
+            span.end()
+            completion.spans.append(span.to_dict())
         return ok(completion.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Deltas as they come, then the last chunk; a failure ends the stream."""
         try:
             ask = CompletionRequest.from_dict(request)
+            span = child_span(ask.trace_parent, "provider.stream", self.where or {})
             decoder = self.wire.decoder(ask)
             items = self._items(self.wire.body(ask, stream=True)).__aiter__()
             while True:
@@ -114,9 +122,14 @@ class VLLMChatAdapter:
                     yield ok(chunk.to_dict())
             last = decoder.finish()
             last.location.update(self.where or {})  # where the model ran, for the trace
+            if span is not None:
+                span.end()
+                last.spans.append(span.to_dict())
             yield ok(last.to_dict())
-        except Exception as exc:
-            yield failure(self._as_provider_error(exc))
+        except TimeoutError:
+            yield failure(self._timed_out())
+        except Exception as exc:  # the edge of the replica: a bug leaves as a RunError
+            yield failure(exc)
 
     async def health(self) -> bool:
         """Whether the engine answers its health check; never raises."""
@@ -127,6 +140,8 @@ class VLLMChatAdapter:
         return True
 
     async def _items(self, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """What the engine answers for ``body``; whatever the engine raises is a
+        ``ProviderError`` (our own code around it is not wrapped: its bugs surface)."""
         try:
             request = self.make_request(body)
         except ValueError as exc:  # pydantic: a parameter vLLM does not accept
@@ -137,29 +152,29 @@ class VLLMChatAdapter:
                 status=400,
                 retryable=False,
             ) from None
-        result = self.chat(request)
-        if inspect.isawaitable(result):
-            result = await result
-        if hasattr(result, "__aiter__"):
+        try:
+            result = self.chat(request)
+            if inspect.isawaitable(result):
+                result = await result
+            if not hasattr(result, "__aiter__"):
+                yield result
+                return
             async for item in result:
                 yield item
-        else:
-            yield result
-
-    def _as_provider_error(self, exc: Exception) -> AstromeshError:
-        if isinstance(exc, AstromeshError):
-            return exc
-        if isinstance(exc, TimeoutError) and self.timeout_s is not None:
-            return ProviderError(
-                f"{self.name}: no answer from vLLM within {self.timeout_s:g}s",
-                hint="raise the model block's timeout, or add replicas",
+        except (AstromeshError, TimeoutError):
+            raise
+        except Exception as exc:  # the engine failed (died, out of memory, ...)
+            raise ProviderError(
+                f"{self.name}: vLLM engine error: {type(exc).__name__}: {exc}",
                 provider=self.name,
                 status=None,
-                retryable=True,
-            )
-        # The engine failed (died, ran out of memory, ...): another replica may not.
+                retryable=True,  # another replica may not fail
+            ) from exc
+
+    def _timed_out(self) -> ProviderError:
         return ProviderError(
-            f"{self.name}: vLLM engine error: {type(exc).__name__}: {exc}",
+            f"{self.name}: no answer from vLLM within {self.timeout_s or 0:g}s",
+            hint="raise the model block's timeout, or add replicas",
             provider=self.name,
             status=None,
             retryable=True,

@@ -83,3 +83,15 @@ def test_schema_prints_the_event_contract() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["discriminator"]["propertyName"] == "type"
     assert "token" in schema["discriminator"]["mapping"]
+
+
+def test_validate_checks_model_blocks_written_in_a_lone_file(tmp_path: Path) -> None:
+    lone = tmp_path / "support.yaml"
+    lone.write_text(
+        "apiVersion: astromesh/v1\nkind: Agent\nmetadata: {name: lone}\nspec:\n"
+        "  model:\n    primary: {provider: openai_compat, model: m, "
+        "endpoint: 'http://127.0.0.1:9/v1', options: {bogus: 1}}\n"
+    )
+    proc = astromesh("validate", str(lone))
+    assert proc.returncode != 0
+    assert "unknown options 'bogus'" in proc.stderr

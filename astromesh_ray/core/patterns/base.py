@@ -14,7 +14,7 @@ class Pattern(Protocol):
 
     ``run`` yields events as they happen and sets ``state.answer`` before it ends.
     It calls models, tools and peers only through the shared steps
-    (``core/steps.py``), which record usage, spans, steps and the transcript, and
+    (``core/steps/``), which record usage, spans, steps and the transcript, and
     bound every wait by the run's deadline.  ``roles`` are the model roles it asks
     ``ctx.model`` for (``spec.model.roles`` / ``orchestration.role_map``).
     """

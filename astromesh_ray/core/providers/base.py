@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
 from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
+from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.errors import ConfigError
+
+__all__ = ["Provider", "closing_stream", "local_provider", "provider_class"]
 
 if TYPE_CHECKING:
     from astromesh_ray.spec import ModelEndpoint

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
-from astromesh_ray.core.providers.base import Provider
+from astromesh_ray.core.providers.base import Provider, closing_stream
 from astromesh_ray.errors import ProviderError
 
 
@@ -128,9 +128,10 @@ class RetryingProvider:
         while True:
             started = False
             try:
-                async for chunk in self.inner.stream(request):
-                    started = True
-                    yield chunk
+                async with closing_stream(self.inner.stream(request)) as chunks:
+                    async for chunk in chunks:
+                        started = True
+                        yield chunk
                 return
             except ProviderError as exc:
                 # Mid-stream the caller already has part of the answer: never again.

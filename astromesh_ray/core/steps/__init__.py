@@ -19,13 +19,19 @@ client takes to read events is never charged to the agent.
 from __future__ import annotations
 
 from astromesh_ray.core.steps.delegation import Delegation
-from astromesh_ray.core.steps.limits import bounded, deadline_exceeded, iterations_exhausted
+from astromesh_ray.core.steps.limits import (
+    LimitReached,
+    bounded,
+    deadline_exceeded,
+    iterations_exhausted,
+)
 from astromesh_ray.core.steps.model import ModelStep, assemble
 from astromesh_ray.core.steps.records import record, record_answer, record_thought
 from astromesh_ray.core.steps.tools import ToolOutcome, gather_all, tool_round, tool_step
 
 __all__ = [
     "Delegation",
+    "LimitReached",
     "ModelStep",
     "ToolOutcome",
     "assemble",

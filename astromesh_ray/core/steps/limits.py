@@ -14,11 +14,9 @@ T = TypeVar("T")
 
 def deadline_exceeded(ctx: RunContext) -> RunTimeout:
     """The error for a run whose deadline passed (the runtime adds the partial trace)."""
-    request = ctx.request
-    inherited = request.deadline_s is not None and request.parent_run_id is not None
     within = (
-        f"the {request.deadline_s:.3g} s its caller had left"
-        if inherited
+        f"the {ctx.request.deadline_s:.3g} s its caller had left"
+        if ctx.deadline_from_caller
         else "its timeout_seconds"
     )
     return RunTimeout(
@@ -40,16 +38,23 @@ def iterations_exhausted(ctx: RunContext, state: TurnState) -> RunError:
     )
 
 
+class LimitReached(Exception):
+    """A step's own limit, shorter than the run's deadline, passed (``bounded``)."""
+
+
 async def bounded(ctx: RunContext, awaitable: Awaitable[T], when: float) -> T:
-    """``awaitable`` under the deadline ``when``; past the run's own deadline the
-    ``TimeoutError`` becomes ``RunTimeout``.  When one timeout already bounds the
-    whole run, only a tighter ``when`` (a tool's own limit) needs one here."""
+    """``awaitable`` under the deadline ``when``.  When ``when`` passes: past the run's
+    own deadline, ``RunTimeout``; before it (a tool's own limit), ``LimitReached``.  A
+    ``TimeoutError`` that ``awaitable`` raises itself is not ours: it propagates.  When
+    one timeout already bounds the whole run, only a tighter ``when`` needs one here."""
     if ctx.bounded and when >= ctx.deadline:
         return await awaitable
     try:
-        async with asyncio.timeout_at(when):
+        async with asyncio.timeout_at(when) as timeout:
             return await awaitable
     except TimeoutError:
-        if ctx.remaining_s() <= 0:
+        if not timeout.expired():
+            raise
+        if when >= ctx.deadline or ctx.remaining_s() <= 0:
             raise deadline_exceeded(ctx) from None
-        raise
+        raise LimitReached() from None

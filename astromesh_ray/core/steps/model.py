@@ -14,6 +14,7 @@ from astromesh_ray.core.messages import (
     Usage,
 )
 from astromesh_ray.core.steps.limits import bounded, iterations_exhausted
+from astromesh_ray.core.streams import closing_stream
 
 
 class ModelStep:
@@ -80,20 +81,22 @@ class ModelStep:
         try:
             if ctx.stream_tokens:
                 parts: list[CompletionChunk] = []
-                stream = provider.stream(request)
-                try:
-                    while True:
-                        try:
-                            chunk = await bounded(ctx, anext(stream), ctx.deadline)
-                        except StopAsyncIteration:
-                            break
-                        parts.append(chunk)
-                        for token in _tokens(chunk, iteration, self.role):
-                            yield token
-                finally:
-                    closing = getattr(stream, "aclose", None)
-                    if closing is not None:
-                        await closing()
+                async with closing_stream(provider.stream(request)) as stream:
+                    # If the run is abandoned while this step waits at `yield` (the
+                    # reader went away), the runtime closes the stream: a pattern
+                    # suspended at its own `yield` never resumes to do it.
+                    state.on_abandon(stream)
+                    try:
+                        while True:
+                            try:
+                                chunk = await bounded(ctx, anext(stream), ctx.deadline)
+                            except StopAsyncIteration:
+                                break
+                            parts.append(chunk)
+                            for token in _tokens(chunk, iteration, self.role):
+                                yield token
+                    finally:
+                        state.forget(stream)
                 completion = assemble(parts, provider.name)
             else:
                 completion = await bounded(ctx, provider.complete(request), ctx.deadline)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event, ToolCallEvent, ToolResultEvent, ToolStep
 from astromesh_ray.core.messages import Message, ToolCall
-from astromesh_ray.core.steps.limits import bounded
+from astromesh_ray.core.steps.limits import LimitReached, bounded
 from astromesh_ray.core.steps.records import record
 from astromesh_ray.core.tools.base import ToolContext, ToolResult
 from astromesh_ray.core.trace import Span
@@ -93,9 +93,9 @@ async def _run_tool(ctx: RunContext, state: TurnState, call: ToolCall, span: Spa
         if isinstance(spans, list):
             state.trace.extend(s for s in spans if isinstance(s, dict))
         return ToolResult(f"error: {exc}", is_error=True)
-    except TimeoutError:  # the tool's own limit, the run still has time
+    except LimitReached:  # the tool's own limit, the run still has time
         return ToolResult(
-            f"error: tool {call.name!r} did not answer within {tool.timeout_s:g} s",
+            f"error: tool {call.name!r} did not answer within {tool.timeout_s or 0:g} s",
             is_error=True,
         )
     if len(result.content) > tool.max_result_chars:

@@ -3,7 +3,10 @@
 The model calls the tool with ``{"query": ...}``; the other agent answers in a
 sub-run (a ``Peer``) that gets the remaining deadline, the tool span as its trace
 parent and the call chain, so its spans join this run's trace and its model usage
-counts toward this run's.  A failed sub-run is a tool error the model reads.
+counts toward this run's.  A sub-run that fails operationally (its models down or
+slow, its guardrails or budget refusing, its application unavailable, no answer
+within its ``max_iterations``) is a tool error the model reads; any other failure
+fails this run too.
 """
 
 from __future__ import annotations
@@ -18,7 +21,27 @@ from astromesh_ray.core.tools.base import ToolContext, ToolDef, ToolResult
 from astromesh_ray.core.tools.function import ToolLimits
 from astromesh_ray.core.tools.validation import compile_validator
 from astromesh_ray.core.trace import Span
-from astromesh_ray.errors import AstromeshError, RunError, ToolError
+from astromesh_ray.errors import (
+    AgentUnavailable,
+    AstromeshError,
+    BudgetExceeded,
+    GuardrailViolation,
+    ProviderError,
+    RunError,
+    RunTimeout,
+    ToolError,
+)
+
+# A sub-run failing for one of these is the other agent not answering this time:
+# the model reads it and may do without.  Anything else (its configuration, a bad
+# request to it, a bug, a cycle) fails the run.
+OPERATIONAL: tuple[type[AstromeshError], ...] = (
+    ProviderError,
+    RunTimeout,
+    AgentUnavailable,
+    GuardrailViolation,
+    BudgetExceeded,
+)
 
 QUERY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -71,12 +94,12 @@ class AgentToolset:
         )
         try:
             result = await self._peers[tool.agent].run(request)
+        except OPERATIONAL as exc:
+            raise _failed(tool, exc) from exc
         except RunError as exc:
-            if exc.details.get("reason") == "cycle":
-                raise  # a configuration fault, not something the model can fix
-            raise _failed(tool, exc) from exc
-        except AstromeshError as exc:
-            raise _failed(tool, exc) from exc
+            if exc.details.get("reason") == "max_iterations":
+                raise _failed(tool, exc) from exc
+            raise  # a cycle, or a bug: not something the model can fix
         return ToolResult(
             content=result.answer,
             data=result.answer,

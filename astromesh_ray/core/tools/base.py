@@ -5,7 +5,7 @@ A ``Toolset`` lists its tools (async: an MCP server has to be asked), calls one 
 name with a ``ToolContext``, and closes.  Python functions, MCP servers, webhooks,
 RAG and other agents are all toolsets; the runtime owns their lifecycle (listed
 when the runtime starts, closed when it shuts down) and the shared tool step
-(``core/steps.py``) does what every call needs: permission check, argument
+(``core/steps/``) does what every call needs: permission check, argument
 validation, timeout, result size cap and a span.
 """
 

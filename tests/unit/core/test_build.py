@@ -101,6 +101,8 @@ def test_provider_options_and_parameters_are_checked_before_deploying(tmp_path: 
         "  model:\n    primary: {provider: ollama, model: m, parameters: {temprature: 0.2}}\n"
     )
     loaded = load_config(tmp_path)
-    check_buildable(loaded.agents.values())  # without providers: not checked
     with pytest.raises(ConfigError, match="temprature"):
         check_buildable(loaded.agents.values(), loaded.providers)
+    # Without providers.yaml, a model block written out in the agent is checked too.
+    with pytest.raises(ConfigError, match="temprature"):
+        check_buildable(loaded.agents.values())

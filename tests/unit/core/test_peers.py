@@ -110,7 +110,16 @@ async def test_a_cycle_only_a_running_system_sees_is_refused(tmp_path: Path) -> 
     local = local_agents(agents, {"boss": boss, "helper": helper})  # type: ignore[arg-type]
     with pytest.raises(RunError, match=r"close a cycle \(boss → helper → boss\)") as info:
         await (await local.runtime("boss")).run(RunRequest(query="q"))
-    assert info.value.details["reason"] == "cycle"
+    details = info.value.details
+    assert details["reason"] == "cycle"
+    # The error is the boss's run (what the client asked for), with the helper's
+    # sub-run in the same trace, not the other way round.
+    runs = {s["attributes"]["agent"]: s for s in details["trace"] if s["name"] == "run"}
+    assert details["trace"][0] is not None and details["trace"][0]["attributes"]["agent"] == "boss"
+    assert details["run_id"] == runs["boss"]["attributes"]["run_id"]
+    assert details["sub_run_id"] == runs["helper"]["attributes"]["run_id"]
+    assert {s["trace_id"] for s in details["trace"]} == {details["trace_id"]}
+    assert [s["name"] for s in details["trace"]].count("model_call") == 2
 
 
 def test_self_calls_cycles_and_unknown_peers_are_refused_at_build(tmp_path: Path) -> None:
@@ -179,3 +188,21 @@ async def test_delegation_and_handoff(tmp_path: Path) -> None:
         "delegate",
         "handoff",
     ]
+
+
+async def test_a_sub_agent_that_cannot_run_fails_the_run_not_the_tool_call(tmp_path: Path) -> None:
+    from astromesh_ray.errors import InvalidRequest
+
+    agents = load_agents(
+        tmp_path,
+        agent_yaml("boss", tools=[{"name": "ask_helper", "type": "agent", "agent": "helper"}]),
+        # The helper's prompt needs a variable an agent tool never passes.
+        agent_yaml("helper", prompts={"system": "You help {{ customer }}."}),
+    )
+    boss = ScriptedProvider([ToolCall("c1", "ask_helper", {"query": "hi"})])
+    local = local_agents(agents, {"boss": boss, "helper": ScriptedProvider([])})  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="'customer' is undefined") as info:
+        await (await local.runtime("boss")).run(RunRequest(query="q"))
+    assert info.value.details["stage"] == "prompts"
+    runs = [s["attributes"]["agent"] for s in info.value.details["trace"] if s["name"] == "run"]
+    assert runs == ["boss", "helper"]

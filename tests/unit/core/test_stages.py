@@ -3,6 +3,7 @@ finish after it; a failing stage is named; the registry picks stages from YAML."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from astromesh_ray.core.events import (
     event_json_schema,
     event_to_dict,
 )
-from astromesh_ray.core.messages import Message
+from astromesh_ray.core.messages import CompletionChunk, Message
 from astromesh_ray.core.stages import STAGES, stage_factory, stages_for
 from astromesh_ray.errors import AstromeshError, ConfigError, GuardrailViolation, RunError
 from astromesh_ray.testing import ScriptedProvider
@@ -178,3 +179,128 @@ async def test_every_event_of_a_run_validates_against_the_schema() -> None:
         kinds.add(data["type"])
     assert kinds >= {"run_started", "token", "model_call", "tool_call", "tool_result", "step"}
     assert any(isinstance(e, StepEvent) and e.step.type == "answer" for e in events)
+
+
+class ClosingProvider:
+    """Streams forever (one word per chunk) and records when its stream is closed."""
+
+    name = "closing"
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def complete(self, request: object) -> object:
+        raise AssertionError("stream only")
+
+    async def stream(self, request: object) -> AsyncIterator[CompletionChunk]:
+        try:
+            while True:
+                yield CompletionChunk(text="word ")
+                await asyncio.sleep(0)
+        finally:
+            self.closed.set()
+
+    async def health(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+class BlockFirstToken:
+    name = "output_guard"
+
+    async def transform(
+        self, ctx: RunContext, state: TurnState, events: AsyncIterator[Event]
+    ) -> AsyncIterator[Event]:
+        async for event in events:
+            if isinstance(event, Token):
+                raise GuardrailViolation("blocked output")
+            yield event
+
+
+async def test_a_failed_run_closes_the_stream_it_was_reading() -> None:
+    provider = ClosingProvider()
+    rt = runtime(provider, transformers=(BlockFirstToken(),))  # type: ignore[arg-type]
+    with pytest.raises(GuardrailViolation) as info:
+        async for _ in rt.stream(RunRequest(query="hi")):
+            pass
+    # Closed before the error reached us, not whenever the garbage collector runs.
+    assert provider.closed.is_set()
+    assert info.value.details["stage"] == "output_guard"
+    spans = info.value.details["trace"]
+    assert all(s["duration_ms"] is not None for s in spans)
+    assert [s["name"] for s in spans] == ["run", "model_call"]
+
+
+async def test_a_reader_that_stops_closes_the_run_and_its_stream() -> None:
+    provider = ClosingProvider()
+    events = runtime(provider).stream(RunRequest(query="hi"))  # type: ignore[arg-type]
+    async for event in events:
+        if isinstance(event, Token):
+            break
+    await events.aclose()  # type: ignore[attr-defined]
+    assert provider.closed.is_set()
+
+
+class Explode:
+    name = "exploding"
+
+    async def transform(
+        self, ctx: RunContext, state: TurnState, events: AsyncIterator[Event]
+    ) -> AsyncIterator[Event]:
+        async for event in events:
+            yield event
+        raise ZeroDivisionError("in the transformer")
+
+
+async def test_a_bug_in_a_transformer_names_it_and_pattern_errors_are_not_its() -> None:
+    from astromesh_ray.errors import ProviderError
+
+    rt = runtime(ScriptedProvider(["fine"]), transformers=(Explode(),))
+    with pytest.raises(RunError, match="stage 'exploding' failed: ZeroDivisionError") as info:
+        await rt.run(RunRequest(query="hi"))
+    assert info.value.details["stage"] == "exploding"
+    # An error of the pattern passes through the transformer unnamed by it.
+    down = ProviderError("down", provider="p", status=500)
+    rt = runtime(ScriptedProvider([down]), transformers=(Shout(),))
+    with pytest.raises(ProviderError) as failed:
+        await rt.run(RunRequest(query="hi"))
+    assert "stage" not in failed.value.details
+
+
+class SlowSave:
+    name = "slow_save"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def finish(self, ctx: RunContext, state: TurnState, error: AstromeshError | None) -> None:
+        self.calls += 1
+        await asyncio.sleep(0.3)
+
+
+async def test_finish_stages_run_once_and_outside_the_turn_timeout() -> None:
+    save = SlowSave()
+    rt = runtime(ScriptedProvider(["answered in time"]), finish=(save,), timeout_s=0.1)
+    result = await rt.run(RunRequest(query="hi"))
+    assert result.answer == "answered in time" and save.calls == 1
+
+
+class SlowPrepare:
+    name = "slow_load"
+
+    async def prepare(self, ctx: RunContext, state: TurnState) -> None:
+        await asyncio.sleep(5)
+
+
+async def test_prepare_stages_are_bounded_by_the_deadline_when_streaming_too() -> None:
+    from astromesh_ray.errors import RunTimeout
+
+    rt = runtime(ScriptedProvider([]), prepare=(SlowPrepare(),), timeout_s=0.1)
+    with pytest.raises(RunTimeout) as info:
+        async for _ in rt.stream(RunRequest(query="hi")):
+            pass
+    assert info.value.details["stage"] == "slow_load"
+    with pytest.raises(RunTimeout):
+        await rt.run(RunRequest(query="hi"))

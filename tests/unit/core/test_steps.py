@@ -195,3 +195,29 @@ async def test_reserved_context_keys_are_refused() -> None:
         with pytest.raises(InvalidRequest, match=f"'{key}' are reserved") as info:
             await rt.run(RunRequest(query="q", context={key: "x"}))
         assert info.value.http_status == 422 and info.value.details["field"] == f"context.{key}"
+
+
+async def test_a_timeout_error_raised_by_a_toolset_itself_is_not_mistaken_for_its_limit() -> None:
+    from astromesh_ray.core.tools.base import ToolDef
+    from astromesh_ray.core.tools.function import FunctionToolset, ToolLimits
+
+    class TimesOutItself:
+        """A toolset whose own code raises TimeoutError: a bug, not the tool's limit."""
+
+        name = "broken"
+
+        async def list_tools(self) -> list[ToolDef]:
+            toolset = FunctionToolset([PythonTool(nap)], {"nap": ToolLimits(timeout_s=5)})
+            return list(await toolset.list_tools())
+
+        async def call(self, name: str, arguments: dict[str, object], ctx: ToolContext) -> None:
+            raise TimeoutError("its own wait_for")
+
+        async def aclose(self) -> None:
+            return None
+
+    provider = ScriptedProvider([ToolCall("1", "nap", {"seconds": 0})])
+    rt = runtime(provider, tools=[])
+    rt.toolsets = [TimesOutItself()]  # type: ignore[list-item]
+    with pytest.raises(RunError, match="internal error in agent 't': TimeoutError: its own"):
+        await rt.run(RunRequest(query="q"))
