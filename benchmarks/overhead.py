@@ -42,6 +42,30 @@ from __future__ import annotations
 import os
 
 import harness
+from agent_turns import (
+    ASYNC,
+    CALL_ID,
+    CITY,
+    DIRECT_ANSWER,
+    INLINE,
+    LANGGRAPH,
+    NO_TOOL_TURN,
+    OURS,
+    QUERY,
+    SYNC,
+    SYSTEM,
+    TOOL_ANSWER,
+    TOOL_DESCRIPTION,
+    TOOL_FUNCTIONS,
+    TOOL_NAME,
+    TOOL_RESULT,
+    TOOL_TURN,
+    Variant,
+    expect,
+    idle_passes,
+    variants_of,
+)
+from peer_agents import load_frameworks, versions
 
 # No tracing to LangSmith (it is off unless asked for; this makes sure).
 os.environ["LANGSMITH_TRACING"] = "false"
@@ -50,9 +74,7 @@ os.environ["LANGCHAIN_TRACING_V2"] = "false"
 import argparse
 import asyncio
 import cProfile
-import functools
 import gc
-import importlib.metadata
 import pstats
 import random
 import socket
@@ -60,9 +82,7 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +91,6 @@ from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import RunResult, ToolStep
 from astromesh_ray.core.messages import ToolCall
 from astromesh_ray.core.runtime import AgentRuntime
-from astromesh_ray.core.tools import tool as astromesh_tool
 from astromesh_ray.spec import load_agent
 from astromesh_ray.testing import ScriptedProvider
 
@@ -84,70 +103,6 @@ PROFILE_TURNS = 3000  # --profile: turns of each kind under cProfile
 SETTLE_PROBE_S = 0.02
 SETTLE_MAX_S = 1.0
 GOAL = 20  # the goal: ours takes at most 1/GOAL of LangGraph's time, on both turns
-
-SYSTEM = "You are a weather assistant. Answer in one short sentence."
-QUERY = "What is the weather in Paris?"
-CITY = "Paris"
-TOOL_NAME = "weather"
-TOOL_DESCRIPTION = "The current weather in a city."
-TOOL_RESULT = "sunny in Paris"
-TOOL_ANSWER = "It is sunny in Paris."
-DIRECT_ANSWER = "Hello! Ask me about the weather anywhere."
-CALL_ID = "call_1"
-
-OURS = "astromesh-ray"
-LANGGRAPH = "LangGraph"
-PYDANTIC_AI = "Pydantic AI"
-LANGCHAIN = "LangChain"
-TOOL_TURN = "tool"
-NO_TOOL_TURN = "no tool"
-ASYNC = "async def"
-SYNC = "def (thread)"
-INLINE = "def, @tool(inline=True)"  # ours only: a sync tool run on the event loop
-
-
-# -- the tool, the same function for every framework -----------------------------------
-
-tool_calls: dict[str, int] = {ASYNC: 0, SYNC: 0, INLINE: 0}
-
-
-async def weather_async(city: str) -> str:
-    """The current weather in a city.
-
-    Args:
-        city: The city.
-    """
-    tool_calls[ASYNC] += 1
-    return f"sunny in {city}"
-
-
-def weather_sync(city: str) -> str:
-    """The current weather in a city.
-
-    Args:
-        city: The city.
-    """
-    tool_calls[SYNC] += 1
-    return f"sunny in {city}"
-
-
-@astromesh_tool(inline=True)
-def weather_inline(city: str) -> str:
-    """The current weather in a city.
-
-    Args:
-        city: The city.
-    """
-    tool_calls[INLINE] += 1
-    return f"sunny in {city}"
-
-
-TOOL_FUNCTIONS: dict[str, Callable[..., Any]] = {
-    ASYNC: weather_async,
-    SYNC: weather_sync,
-    INLINE: weather_inline,
-}
-
 
 # -- no network ------------------------------------------------------------------------
 
@@ -168,98 +123,6 @@ def refuse_network() -> None:
     socket.getaddrinfo = refuse("getaddrinfo")
     socket.socket.connect = refuse("connect")  # type: ignore[method-assign]
     socket.socket.connect_ex = refuse("connect")  # type: ignore[method-assign]
-
-
-# -- a variant: one framework, one tool kind, one turn kind ----------------------------
-
-idle_passes: list[float] = []
-
-
-async def loop_passes() -> None:
-    """Two passes of the event loop.  What a turn schedules rather than does (an
-    async generator left unfinished is closed by a task the loop's finalizer hook
-    schedules: ``call_soon_threadsafe``, then the task) runs in them, so it is timed
-    with the turn instead of landing in the next one or in nobody's."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-
-
-@dataclass
-class Variant:
-    """``script`` queues the model's answers for one turn, ``run`` is the timed turn,
-    ``check`` fails unless it gave the expected answer and consumed the script."""
-
-    framework: str
-    tool: str
-    turn: str
-    script: Callable[[], None]
-    run: Callable[[], Awaitable[Any]]
-    check: Callable[[Any], None]
-    times: list[float] = field(default_factory=list)
-    # The first turn of each block, straight after the idle wait and full collection
-    # (cold caches): timed apart, so the blocks' other turns show the steady state.
-    firsts: list[float] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.framework}, {self.turn} turn, {self.tool} tool"
-
-    async def once(self) -> float:
-        self.script()
-        calls = tool_calls[self.tool]
-        started = time.perf_counter()
-        result = await self.run()
-        await loop_passes()  # work the turn left to the event loop is part of the turn
-        elapsed = time.perf_counter() - started
-        self.check(result)
-        started = time.perf_counter()
-        await loop_passes()  # the same passes with nothing to do: the floor of every row
-        idle_passes.append(time.perf_counter() - started)
-        made = tool_calls[self.tool] - calls
-        if made != (1 if self.turn == TOOL_TURN else 0):
-            raise AssertionError(f"{self.label}: the tool ran {made} times")
-        return elapsed
-
-    def median_us(self) -> float:
-        return statistics.median(self.times) * 1e6
-
-    def pct_us(self, p: int) -> float:
-        return statistics.quantiles(self.times, n=100, method="inclusive")[p - 1] * 1e6
-
-    def cold_us(self) -> float:
-        """The median of the first turns of the blocks (see ``measure``)."""
-        return statistics.median(self.firsts) * 1e6
-
-
-def expect(label: str, what: str, got: object, wanted: object) -> None:
-    if got != wanted:
-        raise AssertionError(f"{label}: {what} was {got!r}, expected {wanted!r}")
-
-
-def variants_of(
-    framework: str,
-    tool: str,
-    queue: Callable[[list[str | None]], None],
-    run: Callable[[], Awaitable[Any]],
-    check: Callable[[str, str, Any], None],
-) -> list[Variant]:
-    """The tool turn and the no-tool turn of one agent.  ``queue`` takes the model's
-    answers for a turn (``None``: the tool call); ``check(label, turn, result)``."""
-    turns: list[tuple[str, list[str | None]]] = [
-        (TOOL_TURN, [None, TOOL_ANSWER]),
-        (NO_TOOL_TURN, [DIRECT_ANSWER]),
-    ]
-    return [
-        Variant(
-            framework,
-            tool,
-            turn,
-            script=functools.partial(queue, steps),
-            run=run,
-            check=functools.partial(check, f"{framework}, {turn} turn, {tool} tool", turn),
-        )
-        for turn, steps in turns
-    ]
 
 
 # -- 1. astromesh-ray ------------------------------------------------------------------
@@ -295,7 +158,7 @@ async def ours(folder: Path, tool: str) -> tuple[list[Variant], AgentRuntime]:
             name=name,
             system=SYSTEM,
             tool=TOOL_NAME,
-            function=f"{__name__}:{fn.__name__}",
+            function=f"{fn.__module__}:{fn.__name__}",
             description=TOOL_DESCRIPTION,
         )
     )
@@ -324,160 +187,6 @@ async def ours(folder: Path, tool: str) -> tuple[list[Variant], AgentRuntime]:
             expect(label, "the tool steps", tools, [])
 
     return variants_of(OURS, tool, queue, run, check), runtime
-
-
-# -- 2 and 4. LangGraph and LangChain, over one fake chat model ------------------------
-
-
-def langchain_fake_model() -> Any:
-    """A ``BaseChatModel`` answering from a script: a step is a text answer or ``None``
-    for the tool call.  It answers natively async (``BaseChatModel``'s default
-    ``_agenerate`` would hand ``_generate`` to a thread), and ``bind_tools`` converts
-    the tools to OpenAI's format and binds them, as ``ChatOpenAI`` does."""
-    from langchain_core.language_models.chat_models import BaseChatModel
-    from langchain_core.messages import AIMessage
-    from langchain_core.outputs import ChatGeneration, ChatResult
-    from langchain_core.utils.function_calling import convert_to_openai_tool
-    from pydantic import Field
-
-    class ScriptedChatModel(BaseChatModel):
-        steps: list[str | None] = Field(default_factory=list)
-
-        @property
-        def _llm_type(self) -> str:
-            return "scripted"
-
-        def _next(self) -> ChatResult:
-            if not self.steps:
-                raise AssertionError("ScriptedChatModel: unexpected call")
-            step = self.steps.pop(0)
-            if step is None:
-                call = {"name": TOOL_NAME, "args": {"city": CITY}, "id": CALL_ID}
-                message = AIMessage(content="", tool_calls=[{**call, "type": "tool_call"}])
-            else:
-                message = AIMessage(content=step)
-            return ChatResult(generations=[ChatGeneration(message=message)])
-
-        def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None,
-                      **kwargs: Any) -> ChatResult:  # fmt: skip
-            return self._next()
-
-        async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None,
-                             **kwargs: Any) -> ChatResult:  # fmt: skip
-            return self._next()
-
-        def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None,
-                       **kwargs: Any) -> Any:  # fmt: skip
-            formatted = [convert_to_openai_tool(t) for t in tools]
-            if tool_choice is not None:
-                kwargs["tool_choice"] = tool_choice
-            return self.bind(tools=formatted, **kwargs)
-
-    return ScriptedChatModel()
-
-
-def langchain_tool(tool: str) -> Any:
-    from langchain_core.tools import StructuredTool
-
-    fn = TOOL_FUNCTIONS[tool]
-    if tool == ASYNC:
-        return StructuredTool.from_function(
-            coroutine=fn, name=TOOL_NAME, description=TOOL_DESCRIPTION
-        )
-    return StructuredTool.from_function(func=fn, name=TOOL_NAME, description=TOOL_DESCRIPTION)
-
-
-def graph_variants(framework: str, tool: str, model: Any, graph: Any) -> list[Variant]:
-    """LangGraph and LangChain agents are both compiled graphs over a message list."""
-    from langchain_core.messages import ToolMessage
-
-    def queue(steps: list[str | None]) -> None:
-        model.steps.extend(steps)
-
-    async def run() -> Any:
-        return await graph.ainvoke({"messages": [{"role": "user", "content": QUERY}]})
-
-    def check(label: str, turn: str, result: Any) -> None:
-        expect(label, "the steps left in the script", len(model.steps), 0)
-        messages = result["messages"]
-        tools = [(m.content, m.status) for m in messages if isinstance(m, ToolMessage)]
-        wanted_tools = [(TOOL_RESULT, "success")] if turn == TOOL_TURN else []
-        expect(label, "the tool results", tools, wanted_tools)
-        wanted = TOOL_ANSWER if turn == TOOL_TURN else DIRECT_ANSWER
-        expect(label, "the answer", messages[-1].content, wanted)
-
-    return variants_of(framework, tool, queue, run, check)
-
-
-def langgraph(tool: str) -> list[Variant]:
-    with warnings.catch_warnings():
-        # create_react_agent is deprecated in favour of langchain.agents.create_agent
-        # (variant 4); it is still LangGraph's own prebuilt agent.
-        warnings.simplefilter("ignore")
-        from langgraph.prebuilt import create_react_agent
-
-        model = langchain_fake_model()
-        graph = create_react_agent(model, [langchain_tool(tool)], prompt=SYSTEM)
-    return graph_variants(LANGGRAPH, tool, model, graph)
-
-
-def langchain(tool: str) -> list[Variant]:
-    from langchain.agents import create_agent
-
-    model = langchain_fake_model()
-    graph = create_agent(model, [langchain_tool(tool)], system_prompt=SYSTEM)
-    return graph_variants(LANGCHAIN, tool, model, graph)
-
-
-# -- 3. Pydantic AI --------------------------------------------------------------------
-
-
-def pydantic_ai(tool: str) -> list[Variant]:
-    from pydantic_ai import Agent, Tool
-    from pydantic_ai.messages import (
-        ModelMessage,
-        ModelRequest,
-        ModelResponse,
-        TextPart,
-        ToolCallPart,
-        ToolReturnPart,
-    )
-    from pydantic_ai.models.function import AgentInfo, FunctionModel
-
-    steps: list[str | None] = []
-
-    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        if not steps:
-            raise AssertionError("FunctionModel: unexpected call")
-        step = steps.pop(0)
-        if step is None:
-            call = ToolCallPart(tool_name=TOOL_NAME, args={"city": CITY}, tool_call_id=CALL_ID)
-            return ModelResponse(parts=[call])
-        return ModelResponse(parts=[TextPart(step)])
-
-    agent = Agent(
-        FunctionModel(model),
-        instructions=SYSTEM,
-        tools=[Tool(TOOL_FUNCTIONS[tool], name=TOOL_NAME, description=TOOL_DESCRIPTION)],
-    )
-
-    async def run() -> Any:
-        return await agent.run(QUERY)
-
-    def check(label: str, turn: str, result: Any) -> None:
-        expect(label, "the steps left in the script", len(steps), 0)
-        returns = [
-            part.content
-            for message in result.all_messages()
-            if isinstance(message, ModelRequest)
-            for part in message.parts
-            if isinstance(part, ToolReturnPart)
-        ]
-        expect(label, "the tool results", returns, [TOOL_RESULT] if turn == TOOL_TURN else [])
-        wanted = TOOL_ANSWER if turn == TOOL_TURN else DIRECT_ANSWER
-        expect(label, "the answer", result.output, wanted)
-
-    return variants_of(PYDANTIC_AI, tool, steps.extend, run, check)
 
 
 # -- measurement -----------------------------------------------------------------------
@@ -517,38 +226,6 @@ async def measure(variants: list[Variant], turns: int) -> None:
             variant.firsts.append(await variant.once())
             for _ in range(n):
                 variant.times.append(await variant.once())
-
-
-# -- the frameworks, if installed ------------------------------------------------------
-
-FRAMEWORKS: dict[str, tuple[tuple[str, ...], Callable[[str], list[Variant]]]] = {
-    LANGGRAPH: (("langgraph", "langchain-core"), langgraph),
-    PYDANTIC_AI: (("pydantic-ai-slim",), pydantic_ai),
-    LANGCHAIN: (("langchain", "langgraph", "langchain-core"), langchain),
-}
-
-
-def versions(packages: Sequence[str]) -> str:
-    return ", ".join(f"{p} {importlib.metadata.version(p)}" for p in packages)
-
-
-def load_frameworks() -> tuple[list[Variant], list[str], list[str]]:
-    """The variants of every framework that imports; what was skipped, and why."""
-    variants: list[Variant] = []
-    found: list[str] = []
-    skipped: list[str] = []
-    for name, (packages, build) in FRAMEWORKS.items():
-        try:
-            for tool in (ASYNC, SYNC):
-                variants += build(tool)
-        except ImportError as exc:
-            skipped.append(
-                f"{name}: comparison skipped: not installed ({exc}); "
-                f"`.venv/bin/pip install -e '.[bench]'`"
-            )
-            continue
-        found.append(f"{name}: {versions(packages)}")
-    return variants, found, skipped
 
 
 # -- report ----------------------------------------------------------------------------

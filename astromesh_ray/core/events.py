@@ -349,20 +349,6 @@ Event = Annotated[
 ]
 """Everything a run streams, discriminated by ``type``."""
 
-EventType = Literal[
-    "run_started",
-    "token",
-    "model_call",
-    "tool_call",
-    "tool_result",
-    "step",
-    "delegate",
-    "handoff",
-    "guardrail",
-    "error",
-    "run_finished",
-]
-
 
 @dataclass(frozen=True)
 class _Adapters:

@@ -263,26 +263,3 @@ class CompletionChunk:
             location=dict(data.get("location") or {}),
             spans=list(data.get("spans") or []),
         )
-
-
-EventType = Literal[
-    "run_started",
-    "token",
-    "model_call",
-    "tool_call",
-    "tool_result",
-    "answer",
-    "error",
-    "run_finished",
-]
-
-
-@dataclass
-class Event:
-    """One thing that happened during a run, as streamed to clients."""
-
-    type: EventType
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "data": self.data}

@@ -116,22 +116,24 @@ class AgentRuntime:
         deadline = loop.time() + self._timeout_s(request)
         turn = _Turn()
         result: RunResult | None = None
-        async with closing_stream(self._events(request, deadline=deadline, turn=turn)) as events:
-            try:
-                async with asyncio.timeout_at(deadline) as timeout:
-                    turn.timeout = timeout
-                    async for event in events:
-                        if isinstance(event, RunFinished):
-                            result = event.result
-            except TimeoutError:
-                if turn.ctx is None or turn.state is None or turn.finishing:
-                    raise
-                if loop.time() < deadline:
-                    raise
-                error = deadline_exceeded(turn.ctx)
-                await self._finish(turn.ctx, turn.state, error)
-                _attach(error, turn.ctx.run_id, turn.state)
-                raise error from None
+        events = self._events(request, deadline=deadline, turn=turn)
+        try:
+            async with asyncio.timeout_at(deadline) as timeout:
+                turn.timeout = timeout
+                async for event in events:
+                    if isinstance(event, RunFinished):
+                        result = event.result
+        except TimeoutError:
+            if turn.ctx is None or turn.state is None or turn.finishing:
+                raise
+            if loop.time() < deadline:
+                raise
+            error = deadline_exceeded(turn.ctx)
+            await self._finish(turn.ctx, turn.state, error)
+            _attach(error, turn.ctx.run_id, turn.state)
+            raise error from None
+        finally:
+            await aclose(events)  # stopped by an error or the timeout: closed now
         if result is None:
             raise AssertionError("a run ends with run_finished or raises")
         return result

@@ -22,7 +22,6 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -220,35 +219,7 @@ class Trace:
         self.spans.append(span)
         return span
 
-    def span(self, name: str, parent: str | None, **attributes: Any) -> SpanScope:
-        """``with trace.span(...) as span:``: a span closed (and marked failed on an
-        exception) when the block ends."""
-        return SpanScope(self.start(name, parent, **attributes))
-
     def extend(self, spans: Iterable[Span | Mapping[str, Any]]) -> None:
         """Add spans recorded elsewhere (a provider replica, a peer's sub-run)."""
         for span in spans:
             self.spans.append(span if isinstance(span, Span) else Span.from_dict(span))
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [s.to_dict() for s in self.spans]
-
-
-class SpanScope:
-    """The context manager ``Trace.span`` returns."""
-
-    __slots__ = ("span",)
-
-    def __init__(self, span: Span) -> None:
-        self.span = span
-
-    def __enter__(self) -> Span:
-        return self.span
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.span.end(exc)

@@ -40,13 +40,16 @@ from ray.serve.exceptions import RayServeException
 from astromesh_ray.core.breaker import BreakerPolicy, State
 from astromesh_ray.core.patterns import pattern_for
 from astromesh_ray.serve.breaker_board import (
-    BoardState,
     BreakerBoard,
     BreakerUnavailable,
-    BreakerUpdate,
     HealthProbe,
 )
-from astromesh_ray.serve.breaker_cache import BreakerRemote, CachedBreakerStore, Outage
+from astromesh_ray.serve.breaker_cache import (
+    BoardCaller,
+    BreakerRemote,
+    CachedBreakerStore,
+    Outage,
+)
 from astromesh_ray.serve.handles import AppHandle
 from astromesh_ray.serve.providers import provider_app_name
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec, resolve_route
@@ -153,7 +156,7 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
-class ActorLink:
+class ActorLink(BoardCaller):
     """The breaker actor as a ``BreakerRemote``: looked up (or created) on first use
     and again after a failure; Ray failures and timeouts become
     ``BreakerUnavailable``."""
@@ -181,39 +184,6 @@ class ActorLink:
             self._retry_at = time.monotonic() + self._retry_after_s
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
             raise BreakerUnavailable(f"{type(exc).__name__}: {first_line}") from exc
-
-    async def allow(self, key: str, policy: BreakerPolicy) -> tuple[bool, State, BreakerUpdate]:
-        result: tuple[bool, State, BreakerUpdate] = await self._call("allow", key, policy)
-        return result
-
-    async def success(self, key: str, policy: BreakerPolicy) -> tuple[State, BreakerUpdate]:
-        result: tuple[State, BreakerUpdate] = await self._call("success", key, policy)
-        return result
-
-    async def failure(
-        self, key: str, policy: BreakerPolicy, error: str = ""
-    ) -> tuple[State, BreakerUpdate]:
-        result: tuple[State, BreakerUpdate] = await self._call("failure", key, policy, error)
-        return result
-
-    async def release(self, key: str, policy: BreakerPolicy) -> BreakerUpdate:
-        update: BreakerUpdate = await self._call("release", key, policy)
-        return update
-
-    async def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        snap: dict[str, list[dict[str, Any]]] = await self._call("snapshot")
-        return snap
-
-    async def poll(
-        self, subscriber: str, epoch: str | None, version: int, timeout_s: float = 30.0
-    ) -> BoardState:
-        state: BoardState = await self._call(
-            "poll", subscriber, epoch, version, timeout_s, timeout_s=timeout_s + 10.0
-        )
-        return state
-
-    async def register(self, probes: Sequence[HealthProbe]) -> None:
-        await self._call("register", list(probes))
 
 
 class ActorBreakerStore:

@@ -71,6 +71,48 @@ class BreakerRemote(Protocol):
     async def register(self, probes: Sequence[HealthProbe]) -> None: ...
 
 
+class BoardCaller:
+    """A ``BreakerRemote`` made of one ``_call(method, *args)``: the typed methods
+    once, for every way of reaching a board (the Ray actor, a board in tests)."""
+
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        raise NotImplementedError
+
+    async def allow(self, key: str, policy: BreakerPolicy) -> tuple[bool, State, BreakerUpdate]:
+        result: tuple[bool, State, BreakerUpdate] = await self._call("allow", key, policy)
+        return result
+
+    async def success(self, key: str, policy: BreakerPolicy) -> tuple[State, BreakerUpdate]:
+        result: tuple[State, BreakerUpdate] = await self._call("success", key, policy)
+        return result
+
+    async def failure(
+        self, key: str, policy: BreakerPolicy, error: str = ""
+    ) -> tuple[State, BreakerUpdate]:
+        result: tuple[State, BreakerUpdate] = await self._call("failure", key, policy, error)
+        return result
+
+    async def release(self, key: str, policy: BreakerPolicy) -> BreakerUpdate:
+        update: BreakerUpdate = await self._call("release", key, policy)
+        return update
+
+    async def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        snap: dict[str, list[dict[str, Any]]] = await self._call("snapshot")
+        return snap
+
+    async def poll(
+        self, subscriber: str, epoch: str | None, version: int, timeout_s: float = 30.0
+    ) -> BoardState:
+        # A long poll: the call itself may take its whole timeout, and then some.
+        state: BoardState = await self._call(
+            "poll", subscriber, epoch, version, timeout_s, timeout_s=timeout_s + 10.0
+        )
+        return state
+
+    async def register(self, probes: Sequence[HealthProbe]) -> None:
+        await self._call("register", list(probes))
+
+
 class Outage:
     """Logs the breaker actor being unreachable once per outage, not once per call."""
 

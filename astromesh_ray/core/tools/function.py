@@ -71,9 +71,6 @@ class FunctionToolset:
             self._tools[t.schema.name] = t
         self._limits = dict(limits or {})
 
-    def __len__(self) -> int:
-        return len(self._tools)
-
     async def list_tools(self) -> Sequence[ToolDef]:
         defs = []
         for name, t in self._tools.items():

@@ -61,9 +61,6 @@ class ToolIndex:
     def names(self) -> list[str]:
         return list(self._entries)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, name: str) -> ToolEntry | None:
         return self._entries.get(name)
 
@@ -76,6 +73,3 @@ class ToolIndex:
             )
         available = ", ".join(self._entries) or "(none)"
         return f"error: there is no tool named {name!r}; available tools: {available}"
-
-
-EMPTY = ToolIndex({})

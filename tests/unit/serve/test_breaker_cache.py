@@ -6,26 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from astromesh_ray.core.breaker import BreakerPolicy, ManualClock, State
+from astromesh_ray.core.breaker import BreakerPolicy, ManualClock
 from astromesh_ray.serve.breaker_board import (
     BoardState,
     BreakerBoard,
     BreakerUnavailable,
-    BreakerUpdate,
     HealthProbe,
 )
-from astromesh_ray.serve.breaker_cache import CachedBreakerStore
+from astromesh_ray.serve.breaker_cache import BoardCaller, CachedBreakerStore
 
 POLICY = BreakerPolicy(failure_threshold=2, cooldown_s=60)
 HOT = ("allow", "success", "failure", "release")
 
 
-class FakeActor:
+class FakeActor(BoardCaller):
     """The breaker actor in this process: a ``BreakerBoard`` that can be killed (every
     call raises ``BreakerUnavailable``) and recreated (a new board, a new epoch)."""
 
@@ -45,7 +44,7 @@ class FakeActor:
         self.boards.append(self.board)
         self.alive = True
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if not self.alive:
             raise BreakerUnavailable("ActorDiedError: killed")
         board = self.board
@@ -53,37 +52,6 @@ class FakeActor:
         if not self.alive or board is not self.board:
             raise BreakerUnavailable("ActorDiedError: killed")  # died while the call waited
         return result
-
-    async def allow(self, key: str, policy: BreakerPolicy) -> tuple[bool, State, BreakerUpdate]:
-        result: tuple[bool, State, BreakerUpdate] = await self._call("allow", key, policy)
-        return result
-
-    async def success(self, key: str, policy: BreakerPolicy) -> tuple[State, BreakerUpdate]:
-        result: tuple[State, BreakerUpdate] = await self._call("success", key, policy)
-        return result
-
-    async def failure(
-        self, key: str, policy: BreakerPolicy, error: str = ""
-    ) -> tuple[State, BreakerUpdate]:
-        result: tuple[State, BreakerUpdate] = await self._call("failure", key, policy, error)
-        return result
-
-    async def release(self, key: str, policy: BreakerPolicy) -> BreakerUpdate:
-        update: BreakerUpdate = await self._call("release", key, policy)
-        return update
-
-    async def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        snap: dict[str, list[dict[str, Any]]] = await self._call("snapshot")
-        return snap
-
-    async def poll(
-        self, subscriber: str, epoch: str | None, version: int, timeout_s: float = 30.0
-    ) -> BoardState:
-        state: BoardState = await self._call("poll", subscriber, epoch, version, timeout_s)
-        return state
-
-    async def register(self, probes: Sequence[HealthProbe]) -> None:
-        await self._call("register", probes)
 
     async def hot_calls(self) -> int:
         calls = await self.board.calls()
