@@ -154,3 +154,24 @@ class AgentUnavailable(AstromeshError):
 
 
 _BY_CODE[AgentUnavailable.code] = AgentUnavailable
+
+
+class MemoryUnavailable(AstromeshError):
+    """A memory backend (Redis, PostgreSQL, a vector store, an embedder) could not be
+    reached or failed; ``details`` carries ``backend`` and ``retryable``.  Nothing was
+    stored by the operation that raised it."""
+
+    code = "memory_unavailable"
+    http_status = 503
+
+
+class MemoryNotFound(AstromeshError):
+    """The memory a request names does not exist: a session the agent has not
+    stored, or a kind of memory the agent does not declare."""
+
+    code = "memory_not_found"
+    http_status = 404
+
+
+_BY_CODE[MemoryUnavailable.code] = MemoryUnavailable
+_BY_CODE[MemoryNotFound.code] = MemoryNotFound
