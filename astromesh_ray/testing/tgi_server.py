@@ -8,7 +8,9 @@ token, the last event carrying ``generated_text`` and ``details``; errors after 
 route the official ``text-generation`` client uses), ``GET /health``, ``GET /info``
 and enough of the Messages API (``POST /v1/chat/completions``, JSON and SSE) for
 ``TGIProvider``'s ``messages`` mode.  Validated against the official client in the
-integration tests.
+integration tests.  ``POST /tokenize`` (``{"inputs": ...}``) answers TGI's list of
+``{id, text, start, stop}`` (character offsets), one per token as below; it takes no
+step.
 
 "Tokens" are word pieces (``split_words``) and ChatML's special tokens
 (``<|im_start|>``, ...), which a script may contain: they stream flagged ``special``
@@ -99,6 +101,7 @@ class ScriptedTGIServer(ScriptedServer):
             Route("/generate", self._generate, methods=["POST"]),
             Route("/generate_stream", self._generate_stream, methods=["POST"]),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/tokenize", self._tokenize_inputs, methods=["POST"]),
             Route("/health", self._health, methods=["GET"]),
             Route("/info", self._info, methods=["GET"]),
         ]
@@ -202,6 +205,22 @@ class ScriptedTGIServer(ScriptedServer):
             headers["x-generated-tokens"] = str(len(gen.tokens))
         payload = {"generated_text": text, "details": details}
         return JSONResponse([payload] if as_list else payload, headers=headers)
+
+    async def _tokenize_inputs(self, request: Request) -> Response:
+        # TGI's POST /tokenize: a GenerateRequest in, its prompt's tokens out.
+        body = await self._receive(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body.get("inputs"), str):
+            message = "Failed to deserialize the JSON body: missing field `inputs`"
+            return Response(message, status_code=422)
+        tokens, start = [], 0
+        for index, (piece, _special) in enumerate(_tokenize(body["inputs"])):
+            stop = start + len(piece)
+            token_id = _SPECIAL_IDS.get(piece, 1000 + index)
+            tokens.append({"id": token_id, "text": piece, "start": start, "stop": stop})
+            start = stop
+        return JSONResponse(tokens)
 
     async def _chat(self, request: Request) -> Response:
         body = await self._receive(request)

@@ -37,6 +37,7 @@ from astromesh_ray.core.memory.base import (
     Summary,
 )
 from astromesh_ray.core.memory.conversational import _records
+from astromesh_ray.core.memory.sqlite_wal import use_wal
 from astromesh_ray.errors import InvalidRequest, MemoryUnavailable
 
 log = logging.getLogger("astromesh.memory")
@@ -204,13 +205,7 @@ class SqliteConversationStore:
         # isolation_level=None: no implicit transactions, ours are explicit.
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal" and self._path != ":memory:":
-                log.warning(
-                    "SQLite file %s is not in WAL mode (%s): readers block writers",
-                    self._path,
-                    mode,
-                )
+            use_wal(conn, self._path, self._busy_timeout_s)
             with _transaction(conn, "IMMEDIATE"):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
