@@ -3,8 +3,9 @@
 Ollama cannot be installed on every test machine, so this speaks its exact wire format
 instead: ``POST /api/chat`` (NDJSON streaming by default, one JSON object with
 ``stream: false``; tool calls whole, arguments as JSON objects; ``prompt_eval_count`` /
-``eval_count`` on the ``done`` line), ``GET /api/tags``, ``GET /api/version``, and
-Ollama's ``{"error": "..."}`` bodies (404 for a model that is not pulled).  Validated
+``eval_count`` on the ``done`` line), ``POST /api/embed`` (deterministic vectors,
+``fake_embedding``), ``GET /api/tags``, ``GET /api/version``, and Ollama's
+``{"error": "..."}`` bodies (404 for a model that is not pulled).  Validated
 against the official ``ollama`` client in the integration tests.
 
 Imports neither Ray nor any vendor SDK; uvicorn runs it in a daemon thread.
@@ -23,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from astromesh_ray.testing.loopback import ScriptedServer
+from astromesh_ray.testing.openai_server import fake_embedding
 from astromesh_ray.testing.scripted import count_words, split_words
 
 __all__ = ["OLLAMA_VERSION", "ScriptedOllamaServer"]
@@ -53,7 +55,14 @@ class ScriptedOllamaServer(ScriptedServer):
     gets Ollama's 404 and consumes no step.  Every chat body received is appended to
     ``requests`` (headers to ``request_headers``).  Running out of steps answers 500.
     ``url`` is the base URL without ``/v1`` (what Ollama clients take as ``host``).
+
+    ``POST /api/embed`` consumes no step: it answers ``fake_embedding(text,
+    dimensions or embedding_dim)`` per input (a model must be pulled, as for chat).
+    Its bodies go to ``embedding_requests`` (headers to ``embedding_headers``);
+    ``fail_embeddings`` makes the next calls fail.
     """
+
+    embedding_dim = 32
 
     _name = "ScriptedOllamaServer"
     _thread_name = "scripted-ollama-{port}"
@@ -71,6 +80,9 @@ class ScriptedOllamaServer(ScriptedServer):
     ) -> None:
         self.models = list(models)
         self.require_api_key = require_api_key
+        self.embedding_requests: list[dict[str, Any]] = []
+        self.embedding_headers: list[dict[str, str]] = []
+        self._embedding_failures: list[tuple[int, str]] = []
         super().__init__(steps)
 
     # -- HTTP --------------------------------------------------------------------------
@@ -81,7 +93,13 @@ class ScriptedOllamaServer(ScriptedServer):
             Route("/api/chat", self._chat, methods=["POST"]),
             Route("/api/tags", self._tags, methods=["GET"]),
             Route("/api/version", self._version, methods=["GET"]),
+            Route("/api/embed", self._embed, methods=["POST"]),
         ]
+
+    def fail_embeddings(self, status: int, message: str, times: int = 1) -> None:
+        """Answer the next ``times`` embedding calls with HTTP ``status``."""
+        with self._lock:
+            self._embedding_failures.extend([(status, message)] * times)
 
     def _denied(self, request: Request) -> Response | None:
         # Ollama has no auth of its own; this stands in for an authenticating proxy.
@@ -144,6 +162,42 @@ class ScriptedOllamaServer(ScriptedServer):
                 return _error(500, str(step["stream_error"]))
             return JSONResponse(reply.whole())
         return _ndjson(reply.lines())
+
+    async def _embed(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return _error(400, f"invalid character in request body: {exc}")
+        if isinstance(body, dict):
+            with self._lock:
+                self.embedding_requests.append(body)
+                self.embedding_headers.append(dict(request.headers))
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict) or not body.get("model"):
+            return _error(400, "model is required")
+        model = str(body["model"])
+        if not self._pulled(model):
+            return _error(404, f'model "{model}" not found, try pulling it first')
+        raw = body.get("input", [])
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return _error(400, "invalid input type")
+        with self._lock:
+            failure = self._embedding_failures.pop(0) if self._embedding_failures else None
+        if failure is not None:
+            return _error(*failure)
+        dim = body.get("dimensions") or self.embedding_dim
+        return JSONResponse(
+            {
+                "model": model,
+                "embeddings": [fake_embedding(t, int(dim)) for t in texts],
+                "total_duration": 1_000_000,
+                "load_duration": 100_000,
+                "prompt_eval_count": sum(max(1, count_words(t)) for t in texts),
+            }
+        )
 
 
 class _Reply:

@@ -1,7 +1,8 @@
 """``ScriptedOpenAIServer``: a real loopback HTTP server speaking OpenAI chat completions.
 
 It answers ``POST /v1/chat/completions`` from a script of steps and ``GET /v1/models``,
-in the exact wire format (JSON bodies, SSE streams with tool-call arguments split
+and ``POST /v1/embeddings`` with deterministic vectors (``fake_embedding``), in the
+exact wire format (JSON bodies, SSE streams with tool-call arguments split
 across chunks, the ``stream_options.include_usage`` usage chunk, ``data: [DONE]``),
 so integration tests and demos exercise a provider's real HTTP path without a model.
 Validated against the official ``openai`` client in the integration tests.
@@ -11,7 +12,11 @@ Imports neither Ray nor any vendor SDK; uvicorn runs it in a daemon thread.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import struct
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -23,7 +28,7 @@ from starlette.routing import Route
 from astromesh_ray.testing.loopback import ScriptedServer
 from astromesh_ray.testing.scripted import count_words, split_words
 
-__all__ = ["ScriptedOpenAIServer"]
+__all__ = ["ScriptedOpenAIServer", "fake_embedding"]
 
 # How many pieces a streamed tool call's argument JSON is cut into (real servers
 # send a few characters per chunk; clients must concatenate them).
@@ -51,7 +56,17 @@ class ScriptedOpenAIServer(ScriptedServer):
     Every chat-completion body received is appended to ``requests`` (its headers to
     ``request_headers``), whether or not it was answered successfully.  Running out of
     steps answers HTTP 500 saying the script is exhausted.
+
+    ``POST /v1/embeddings`` consumes no step: it answers ``fake_embedding(text,
+    dimensions or embedding_dim)`` for each input, as floats or (``encoding_format:
+    "base64"``, what the official client asks for) base64 float32.  Its bodies go to
+    ``embedding_requests`` (headers to ``embedding_headers``); ``fail_embeddings``
+    makes the next calls fail, and ``embeddings_reversed = True`` lists ``data`` in
+    reverse order (clients must order by ``index``).
     """
+
+    embedding_dim = 32
+    embeddings_reversed = False
 
     _name = "ScriptedOpenAIServer"
     _thread_name = "scripted-openai-{port}"
@@ -73,6 +88,9 @@ class ScriptedOpenAIServer(ScriptedServer):
         self.require_api_key = require_api_key
         self.reasoning_field = reasoning_field
         self.stream_usage = stream_usage
+        self.embedding_requests: list[dict[str, Any]] = []
+        self.embedding_headers: list[dict[str, str]] = []
+        self._embedding_failures: list[tuple[int, str]] = []
         super().__init__(steps)
 
     @property
@@ -86,7 +104,13 @@ class ScriptedOpenAIServer(ScriptedServer):
         return [
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
         ]
+
+    def fail_embeddings(self, status: int, message: str, times: int = 1) -> None:
+        """Answer the next ``times`` embedding calls with HTTP ``status``."""
+        with self._lock:
+            self._embedding_failures.extend([(status, message)] * times)
 
     def _auth_error(self, request: Request) -> Response | None:
         if self.require_api_key is None:
@@ -151,6 +175,101 @@ class ScriptedOpenAIServer(ScriptedServer):
                 media_type="text/event-stream",
             )
         return JSONResponse(reply.whole())
+
+    async def _embeddings(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(
+                400, "We could not parse the JSON body of your request.", "invalid_request_error"
+            )
+        if isinstance(body, dict):
+            with self._lock:
+                self.embedding_requests.append(body)
+                self.embedding_headers.append(dict(request.headers))
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict) or not body.get("model"):
+            return _error(
+                400, "you must provide a model parameter", "invalid_request_error", param="model"
+            )
+        texts = _embedding_inputs(body.get("input"))
+        if texts is None:
+            return _error(
+                400,
+                "'$.input' is invalid. Please check the API reference: "
+                "https://platform.openai.com/docs/api-reference.",
+                "invalid_request_error",
+                param="input",
+            )
+        with self._lock:
+            failure = self._embedding_failures.pop(0) if self._embedding_failures else None
+        if failure is not None:
+            status, message = failure
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            return _error(status, message, kind)
+        dim = body.get("dimensions") or self.embedding_dim
+        if not isinstance(dim, int) or dim < 1:
+            return _error(400, "dimensions must be a positive integer", "invalid_request_error")
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            return _error(
+                400, f"invalid encoding_format {fmt!r}", "invalid_request_error", param="format"
+            )
+        data: list[dict[str, Any]] = []
+        for index, text in enumerate(texts):
+            vector = fake_embedding(text, dim)
+            embedding: Any = vector
+            if fmt == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        if self.embeddings_reversed:
+            data.reverse()
+        tokens = sum(max(1, count_words(t)) for t in texts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": str(body["model"]),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+
+def fake_embedding(text: str, dim: int) -> list[float]:
+    """A deterministic unit vector for ``text``: the same text always gives the same
+    vector, different texts nearly orthogonal ones (what the loopback servers answer
+    for embeddings)."""
+    values: list[float] = []
+    block = 0
+    while len(values) < dim:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        values.extend((byte - 127.5) / 127.5 for byte in digest)
+        block += 1
+    values = values[:dim]
+    norm = math.sqrt(sum(x * x for x in values))
+    return [x / norm for x in values]
+
+
+def _embedding_inputs(raw: Any) -> list[str] | None:
+    """The texts of an embeddings ``input`` (a string, strings, or token arrays, shown
+    as text); None when it is not one of those, or holds an empty string."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        return None
+    if all(isinstance(t, int) for t in raw):
+        raw = [raw]  # one token array
+    texts: list[str] = []
+    for item in raw:
+        if isinstance(item, str) and item:
+            texts.append(item)
+        elif isinstance(item, list) and item and all(isinstance(t, int) for t in item):
+            texts.append(" ".join(map(str, item)))
+        else:
+            return None
+    return texts
 
 
 class _Reply:

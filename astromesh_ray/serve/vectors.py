@@ -1,0 +1,263 @@
+"""Embedded vector stores as Ray actors: one owner per store, shared by the cluster.
+
+A FAISS index with its snapshot directory, or a Qdrant (or Chroma) local-mode
+directory, may have one owner only.  ``VectorStoreActor`` is that owner: a named,
+detached async actor built from a picklable description (``kind`` and the store's
+constructor arguments, as ``MemoryFactory`` gives them), so every replica of every
+agent that names the same store reaches the same actor (``get_if_exists``).
+
+- ``max_restarts=-1``: a dead actor comes back, and its store reloads what it
+  persisted (FAISS snapshots are written before each mutation returns; Qdrant local
+  mode writes through to disk).
+- ``max_task_retries=1``: a call in flight when the actor died is replayed once on
+  the restarted actor (upserts replace by id, so a replay is harmless), but a call
+  that itself kills the actor fails after its second crash instead of crashing it
+  forever (DESIGN §7).
+
+``ActorVectorStore`` is the ``VectorStore`` the agent uses.  Errors cross the actor
+boundary as values and are re-raised as their own type (``InvalidRequest``,
+``MemoryUnavailable``, ...); Ray failing to reach the actor (not running, actor
+dead or restarting, a timeout) is ``MemoryUnavailable``.
+
+The store's files live on the node the actor runs on: on a multi-node cluster pin
+the actor there (``actor_options``, e.g. a custom resource), or use a shared
+filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from astromesh_ray.core.memory.base import VectorHit, VectorItem, VectorStore, Where
+from astromesh_ray.core.memory.factory import VectorStoreSpec, default_factory
+from astromesh_ray.errors import ConfigError, MemoryUnavailable
+from astromesh_ray.serve.handles import RAY_FAILURES, describe
+from astromesh_ray.serve.handles import failure as ray_failure
+from astromesh_ray.serve.location import replica_location
+from astromesh_ray.serve.outcome import failure, ok, unwrap
+
+__all__ = ["ACTOR_NAMESPACE", "ActorVectorStore", "VectorStoreActor", "actor_name"]
+
+ACTOR_NAMESPACE = "astromesh"
+# Long enough for an upsert that snapshots a large collection.
+CALL_TIMEOUT_S = 60.0
+
+
+def actor_name(kind: str, kwargs: Mapping[str, Any]) -> str:
+    """The actor owning the store ``kind(**kwargs)``: one name per store location."""
+    key = VectorStoreSpec(kind, dict(kwargs)).key
+    return f"astromesh-vectors-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=1)
+class VectorStoreActor:
+    """Owns one embedded vector store; every method returns an outcome value
+    (``{"ok": ...}`` or ``{"error": ...}``, ``serve/outcome.py``)."""
+
+    def __init__(self, kind: str, kwargs: dict[str, Any]) -> None:
+        self._store: VectorStore | None = None
+        self._broken: dict[str, Any] | None = None
+        try:
+            # The plain factory builds the store here, in this process (on a restart,
+            # loading what the last incarnation persisted).
+            self._store = default_factory().embedded_vectors(VectorStoreSpec(kind, kwargs))
+        except Exception as exc:
+            # Kept and answered to every call: an actor whose constructor raised would
+            # only say "creation task failed", losing the error's type and hint.
+            self._broken = failure(exc)
+
+    def _ready(self) -> VectorStore:
+        if self._store is None:
+            raise AssertionError("unreachable: a broken actor answers its error")
+        return self._store
+
+    async def upsert(self, collection: str, items: list[VectorItem]) -> dict[str, Any]:
+        if self._broken is not None:
+            return self._broken
+        try:
+            await self._ready().upsert(collection, items)
+        except Exception as exc:  # the actor's edge: every error leaves as a value
+            return failure(exc)
+        return ok(None)
+
+    async def search(
+        self,
+        collection: str,
+        vector: list[float],
+        k: int,
+        threshold: float | None,
+        where: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        if self._broken is not None:
+            return self._broken
+        try:
+            hits = await self._ready().search(
+                collection, vector, k=k, threshold=threshold, where=where
+            )
+        except Exception as exc:
+            return failure(exc)
+        return ok([hit.to_dict() for hit in hits])
+
+    async def delete(
+        self, collection: str, ids: list[str] | None, where: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if self._broken is not None:
+            return self._broken
+        try:
+            removed = await self._ready().delete(collection, ids=ids, where=where)
+        except Exception as exc:
+            return failure(exc)
+        return ok(removed)
+
+    async def count(self, collection: str, where: dict[str, Any] | None) -> dict[str, Any]:
+        if self._broken is not None:
+            return self._broken
+        try:
+            found = await self._ready().count(collection, where)
+        except Exception as exc:
+            return failure(exc)
+        return ok(found)
+
+    async def location(self) -> dict[str, str]:
+        """Where this incarnation runs: host, pid and node (a restart changes the pid)."""
+        return replica_location()
+
+
+class ActorVectorStore:
+    """A ``VectorStore`` whose body is the named ``VectorStoreActor`` of the store
+    ``kind(**kwargs)`` (created on first use if no process has yet).
+
+    ``call_timeout_s`` bounds each call; ``actor_options`` go to the actor's
+    ``.options()`` (resources, scheduling).  ``aclose`` leaves the actor running:
+    other replicas share it.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        kwargs: Mapping[str, Any],
+        *,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        actor_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.kwargs = dict(kwargs)
+        if not VectorStoreSpec(kind, self.kwargs).embedded:
+            raise ConfigError(
+                f"ActorVectorStore holds embedded stores only, not {kind} at a server URL",
+                hint="reach a server store from the replica itself",
+            )
+        self.name = kind
+        self.actor_name = actor_name(kind, self.kwargs)
+        self.call_timeout_s = call_timeout_s
+        self.actor_options = dict(actor_options or {})
+        self._actor: Any = None
+
+    def __repr__(self) -> str:
+        return f"ActorVectorStore({self.kind!r}, actor={self.actor_name!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_actor": None}  # the copy looks the actor up itself
+
+    # -- VectorStore protocol ----------------------------------------------------------
+
+    async def upsert(self, collection: str, items: Sequence[VectorItem]) -> None:
+        """Add ``items`` in the actor's store, replacing those with the same ids."""
+        await self._call("upsert", collection, list(items))
+
+    async def search(
+        self,
+        collection: str,
+        vector: Sequence[float],
+        *,
+        k: int,
+        threshold: float | None = None,
+        where: Where | None = None,
+    ) -> list[VectorHit]:
+        """The ``k`` items most similar to ``vector`` matching ``where``, best first."""
+        found = await self._call(
+            "search", collection, list(vector), k, threshold, dict(where) if where else None
+        )
+        return [VectorHit.from_dict(hit) for hit in found]
+
+    async def delete(
+        self, collection: str, *, ids: Sequence[str] | None = None, where: Where | None = None
+    ) -> int:
+        """Remove the items with these ``ids`` and/or matching ``where``."""
+        removed = await self._call(
+            "delete",
+            collection,
+            list(ids) if ids is not None else None,
+            dict(where) if where is not None else None,
+        )
+        return int(removed)
+
+    async def count(self, collection: str, where: Where | None = None) -> int:
+        """How many items of ``collection`` match ``where``."""
+        return int(await self._call("count", collection, dict(where) if where else None))
+
+    async def aclose(self) -> None:
+        """Forget the actor handle; the actor (shared) keeps running."""
+        self._actor = None
+
+    # -- the actor ---------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> MemoryUnavailable:
+        return MemoryUnavailable(
+            f"the {self.kind} vector store actor {self.actor_name} is unavailable: {describe(exc)}",
+            hint="it restarts by itself if it died; check the Ray cluster",
+            backend=self.kind,
+            retryable=True,
+        )
+
+    def _lookup(self) -> Any:
+        """The actor's handle, creating the actor if no one has (blocks on the GCS)."""
+        options: dict[str, Any] = {
+            "name": self.actor_name,
+            "namespace": ACTOR_NAMESPACE,
+            "get_if_exists": True,
+            # It outlives whoever created it: the other replicas still use it.
+            "lifetime": "detached",
+            **self.actor_options,
+        }
+        return VectorStoreActor.options(**options).remote(  # type: ignore[attr-defined]
+            self.kind, self.kwargs
+        )
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if not ray.is_initialized():
+            # Creating an actor now would start a private Ray cluster in this process.
+            raise MemoryUnavailable(
+                f"the {self.kind} vector store lives in a Ray actor, and Ray is not running",
+                hint="run under `astromesh serve` (Ray), or use the store in-process",
+                backend=self.kind,
+                retryable=False,
+            )
+        try:
+            if self._actor is None:
+                self._actor = await asyncio.to_thread(self._lookup)
+            ref = getattr(self._actor, method).remote(*args)
+            outcome = await asyncio.wait_for(ref, self.call_timeout_s)
+        except TimeoutError as exc:
+            raise MemoryUnavailable(
+                f"the {self.kind} vector store actor {self.actor_name} did not answer "
+                f"{method} within {self.call_timeout_s:g}s",
+                backend=self.kind,
+                retryable=True,
+            ) from exc
+        except ActorUnavailableError as exc:
+            # Restarting, or its node unreachable for now: the handle stays good.
+            raise self._unavailable(exc) from exc
+        except RayActorError as exc:
+            self._actor = None  # dead for good: look it up (or create it) again next time
+            raise self._unavailable(exc) from exc
+        except RAY_FAILURES as exc:
+            self._actor = None
+            raise ray_failure(exc, self._unavailable) from exc
+        return unwrap(outcome)
