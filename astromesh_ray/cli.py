@@ -165,6 +165,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from astromesh_ray.core.build import LocalAgents, check_buildable, reachable
     from astromesh_ray.core.context import RunRequest
+    from astromesh_ray.core.memory.factory import memory_factory
     from astromesh_ray.errors import AgentNotFound, InvalidRequest
     from astromesh_ray.spec import load_from_environment
 
@@ -184,7 +185,9 @@ def _run(args: argparse.Namespace) -> int:
     check_buildable(reachable(args.agent, loaded.agents), loaded.providers, known=loaded.agents)
     # Every agent of the configuration, built on first use: the one asked for, and
     # the ones it calls as tools.  Routing defaults come from providers.yaml.
-    agents = LocalAgents(loaded.agents, loaded.providers, routing=loaded.routing)
+    agents = LocalAgents(
+        loaded.agents, loaded.providers, routing=loaded.routing, memory=memory_factory(loaded)
+    )
     request = RunRequest(query=args.query, session_id=args.session_id, context=context)
 
     async def once() -> dict[str, Any]:

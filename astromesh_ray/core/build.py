@@ -13,6 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
+from astromesh_ray.core.memory.build import build_memory, has_memory
+from astromesh_ray.core.memory.factory import MemoryFactory, default_factory
+from astromesh_ray.core.memory.redact import secret_values
+from astromesh_ray.core.memory.stages import SUMMARIZER_ROLE
 from astromesh_ray.core.messages import ToolSchema
 from astromesh_ray.core.patterns import pattern_for
 from astromesh_ray.core.peers import LocalPeer, Peer, check_peer_graph
@@ -21,8 +25,8 @@ from astromesh_ray.core.prompts import PromptSet
 from astromesh_ray.core.providers.base import Provider, local_provider
 from astromesh_ray.core.providers.retry import RetryingProvider
 from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
-from astromesh_ray.core.runtime import AgentRuntime
-from astromesh_ray.core.stages import stages_for
+from astromesh_ray.core.runtime import AgentRuntime, Closeable
+from astromesh_ray.core.stages import StageEnv, stages_for
 from astromesh_ray.core.tools.agent import AgentTool, AgentToolset
 from astromesh_ray.core.tools.base import Tool, Toolset
 from astromesh_ray.core.tools.function import DeclaredTool, FunctionToolset, ToolLimits
@@ -200,28 +204,47 @@ def build_runtime(
     routing: ProviderRoutingSpec | None = None,
     breakers: BreakerStore | None = None,
     health_checks: bool = True,
+    memory: MemoryFactory | None = None,
 ) -> AgentRuntime:
     """A runtime for ``agent``.
 
     Models come from the YAML (``make_provider`` builds each endpoint's client), or
     from ``models`` by role, or ``provider`` for every role (tests with
     ``ScriptedProvider``).  Peers (agents called as tools) come from ``make_peer``.
+    Memory backends come from ``memory`` (default: a factory of this process, with
+    ``./data`` as data directory, closed with the runtime).
     """
     body = agent.spec
     pattern = pattern_for(body.orchestration.pattern)
+    roles = model_roles(agent, pattern.roles)
+    resources: list[Closeable] = []
+    counter_endpoint: ModelEndpoint | None = None
     if models is None:
         if provider is not None:
-            models = {role: provider for role in pattern.roles}
+            models = {role: provider for role in roles}
         else:
             models = build_models(
                 agent,
                 providers or {},
                 make_provider,
-                roles=pattern.roles,
+                roles=roles,
                 routing=routing,
                 breakers=breakers,
                 health_checks=health_checks,
             )
+            counter_endpoint = resolve_route(
+                agent, providers or {}, routing, role=pattern.roles[0]
+            ).endpoints[0]
+    elif SUMMARIZER_ROLE in roles and SUMMARIZER_ROLE not in models:
+        models = {**models, SUMMARIZER_ROLE: models[pattern.roles[0]]}
+    agent_memory = None
+    if has_memory(agent):
+        if memory is None:
+            memory = default_factory()
+            resources.append(memory)
+        agent_memory, counter = build_memory(agent, memory, counter_endpoint)
+        if counter is not None:
+            resources.append(counter)
     names = peer_names(agent)
     if names and make_peer is None:
         raise ConfigError(
@@ -231,18 +254,41 @@ def build_runtime(
     peers = {name: make_peer(name) for name in sorted(names)} if make_peer else {}
     permissions = body.permissions
     allowed = permissions.allowed_actions if permissions else None
+    env = StageEnv(
+        memory=agent_memory, secrets=tuple(secret_values(_secret_envs(agent, providers)))
+    )
     return AgentRuntime(
         name=agent.name,
         models=models,
         pattern=pattern,
-        stages=stages_for(agent),
+        stages=stages_for(agent, env),
         toolsets=build_toolsets(agent, peers),
         allowed_tools=allowed,
         peers=peers,
         max_iterations=body.orchestration.max_iterations,
         timeout_s=body.orchestration.timeout_s,
         where=where,
+        memory=agent_memory,
+        resources=resources,
     )
+
+
+def model_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> tuple[str, ...]:
+    """The model roles ``agent`` needs: its pattern's, and ``summarizer`` when its
+    conversation is kept with the ``summary`` strategy."""
+    conversational = agent.spec.memory.conversational if agent.spec.memory else None
+    if conversational is not None and conversational.strategy == "summary":
+        return (*pattern_roles, SUMMARIZER_ROLE)
+    return pattern_roles
+
+
+def _secret_envs(agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec] | None) -> list[str]:
+    """The environment variables holding ``agent``'s API keys."""
+    names = [e.api_key_env for e in _endpoints(agent, providers) if e.api_key_env]
+    semantic = agent.spec.memory.semantic if agent.spec.memory else None
+    if semantic is not None and semantic.embedding.api_key_env:
+        names.append(semantic.embedding.api_key_env)
+    return names
 
 
 class LocalAgents:
@@ -257,8 +303,11 @@ class LocalAgents:
         routing: ProviderRoutingSpec | None = None,
         make_provider: ProviderFactory = local_provider,
         scripted: Mapping[str, Provider] | None = None,
+        memory: MemoryFactory | None = None,
     ) -> None:
         self.agents = dict(agents)
+        # One owner of every agent's memory backends (one SQLite file, one embedder).
+        self.memory = memory or default_factory()
         self.providers = dict(providers or {})
         self.routing = routing
         self.make_provider = make_provider
@@ -288,15 +337,17 @@ class LocalAgents:
                         make_peer=self.peer,
                         routing=self.routing,
                         breakers=self.breakers,
+                        memory=self.memory,
                     )
                     self._runtimes[name] = runtime
         await runtime.start()
         return runtime
 
     async def aclose(self) -> None:
-        """Close every runtime built."""
+        """Close every runtime built, then the memory backends."""
         for runtime in self._runtimes.values():
             await runtime.aclose()
+        await self.memory.aclose()
 
 
 def check_buildable(
@@ -326,7 +377,7 @@ def check_buildable(
             _check_permissions(agent)
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
             pattern = pattern_for(agent.spec.orchestration.pattern)
-            _check_roles(agent, pattern.roles)
+            _check_roles(agent, model_roles(agent, pattern.roles))
             for endpoint in _endpoints(agent, providers):
                 if endpoint.options.get("mode") != "in_cluster":  # built by Serve
                     local_provider(endpoint)

@@ -21,6 +21,7 @@ from astromesh_ray.errors import InvalidRequest, RunError
 
 if TYPE_CHECKING:
     from astromesh_ray.core.events import Step
+    from astromesh_ray.core.memory.base import VectorHit
     from astromesh_ray.core.peers import Peer
     from astromesh_ray.core.providers.base import Provider
     from astromesh_ray.core.tools.index import ToolIndex
@@ -172,6 +173,17 @@ class RunContext:
 
 
 @dataclass(slots=True)
+class Recall:
+    """What memory brought to a turn (the ``memory`` prepare stage): the session's
+    history to replay, the running summary of what came before it, and the items
+    semantic recall found for the query."""
+
+    history: list[Message] = field(default_factory=list)
+    summary: str | None = None
+    semantic: list[VectorHit] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class TurnState:
     """What a run builds up.  ``messages`` is the transcript; once the run has
     answered it ends with the final assistant message, so it can be saved as is."""
@@ -182,6 +194,10 @@ class TurnState:
     usage: Usage = field(default_factory=Usage)
     answer: str | None = None
     iterations: int = 0  # model calls made, counted against max_iterations
+    recall: Recall = field(default_factory=Recall)
+    # Where this turn's own messages start in ``messages`` (after the system prompt
+    # and the replayed history): what the memory stage stores.
+    turn_start: int = 0
     # Streams a step has open: the runtime closes them if the run is abandoned.
     open_streams: list[AsyncIterator[Any]] = field(default_factory=list)
 

@@ -21,6 +21,7 @@ from astromesh_ray.errors import ConfigError, InvalidRequest
 
 if TYPE_CHECKING:
     from astromesh_ray.core.context import RunContext, TurnState
+    from astromesh_ray.core.stages import StageEnv
     from astromesh_ray.spec import AgentSpec
 
 
@@ -49,6 +50,11 @@ class PromptSet:
                         hint="templates: " + (", ".join(sorted(templates or {})) or "(none)"),
                         field=f"spec.prompts.{field}",
                     )
+        # Whether the prompts place recalled memory themselves.
+        used: set[str] = set()
+        for source in sources.values():
+            used |= jinja2.meta.find_undeclared_variables(self._env.parse(source))
+        self.places_memory = bool(used & {"memory", "knowledge"})
         # A system prompt with no variables and no includes renders the same every
         # time: render it once now.
         parsed = self._env.parse(system)
@@ -106,7 +112,15 @@ class PromptSet:
 
 class PromptStage:
     """The ``prompts`` prepare stage: the system prompt rendered with the request's
-    variables, the conversation handed over (if any), then the user's query."""
+    variables and what memory recalled, the session's replayed history, the
+    conversation handed over (if any), then the user's query.
+
+    Templates see ``memory`` (``conversation``: the replayed messages as dicts,
+    ``summary``, ``semantic``: the recalled items, ``episodic``) and ``knowledge``
+    (the recalled items as text, one per line).  A summary or recalled knowledge the
+    system prompt does not place itself (it uses neither ``memory`` nor
+    ``knowledge``) is appended to it, so memory is never fetched and then dropped.
+    """
 
     name = "prompts"
 
@@ -115,25 +129,39 @@ class PromptStage:
 
     async def prepare(self, ctx: RunContext, state: TurnState) -> None:
         request = ctx.request
+        recall = state.recall
         system = self.prompts.static
+        knowledge = "\n".join(f"- {hit.text}" for hit in recall.semantic)
         if system is None:
             variables: dict[str, Any] = {
                 **request.context,
                 "context": request.context,
-                # No memory or knowledge backends are wired yet: templates see them
-                # empty, never undefined.
-                "memory": {"conversation": [], "semantic": [], "episodic": []},
-                "knowledge": "",
+                "memory": {
+                    "conversation": [m.to_dict() for m in recall.history],
+                    "summary": recall.summary or "",
+                    "semantic": [hit.to_dict() for hit in recall.semantic],
+                    "episodic": [],
+                },
+                "knowledge": knowledge,
                 "query": request.query,
             }
             system = self.prompts.render_system(variables)
+        if not self.prompts.places_memory:
+            extra = []
+            if recall.summary:
+                extra.append("Summary of the earlier conversation:\n" + recall.summary)
+            if knowledge:
+                extra.append("Relevant knowledge:\n" + knowledge)
+            system = "\n\n".join(p for p in (system, *extra) if p)
         if system:
             state.messages.append(Message(role="system", content=system))
+        state.messages.extend(recall.history)
         state.messages.extend(request.history)
+        state.turn_start = len(state.messages)
         state.messages.append(Message(role="user", content=request.query))
 
 
-def prompt_stage(agent: AgentSpec) -> PromptStage:
+def prompt_stage(agent: AgentSpec, env: StageEnv) -> PromptStage:
     """The prompt stage of ``agent`` (every agent has one)."""
     prompts = agent.spec.prompts
     return PromptStage(

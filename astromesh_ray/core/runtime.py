@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from astromesh_ray.core.context import RunContext, RunRequest, TurnState
 from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
@@ -36,7 +36,16 @@ from astromesh_ray.core.tools.index import ToolIndex
 from astromesh_ray.core.trace import Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AstromeshError, RunError
 
+if TYPE_CHECKING:
+    from astromesh_ray.core.memory.agent import AgentMemory
+
 log = logging.getLogger("astromesh.runtime")
+
+
+class Closeable(Protocol):
+    """Something the runtime closes when it shuts down."""
+
+    async def aclose(self) -> None: ...
 
 
 class AgentRuntime:
@@ -56,8 +65,14 @@ class AgentRuntime:
         peers: Mapping[str, Peer] | None = None,
         parameters: Mapping[str, Any] | None = None,
         where: Mapping[str, str] | None = None,
+        memory: AgentMemory | None = None,
+        resources: Sequence[Closeable] = (),
     ) -> None:
         self.name = name
+        # The agent's memory (what its stages use and the memory API reads), and
+        # what the runtime closes with it (the memory backends' owner, ...).
+        self.memory = memory
+        self.resources = list(resources)
         # Shared by every concurrent run: read-only views.
         self.models: Mapping[str, Provider] = MappingProxyType(dict(models))
         self.pattern = pattern
@@ -91,6 +106,7 @@ class AgentRuntime:
         closing: list[tuple[str, Awaitable[None]]] = [
             (f"toolset {t.name!r}", t.aclose()) for t in self.toolsets
         ]
+        closing += [(f"resource {r!r}", r.aclose()) for r in self.resources]
         seen: set[int] = set()
         for provider in self.models.values():
             if id(provider) not in seen:

@@ -5,6 +5,8 @@ around its stream, ``finish`` after it.
     pattern.run(ctx, state)  ──events──►  transformers (output guardrails → metrics)
     finish stages   (memory save → episodic record)
 
+A stage object may implement several protocols (``memory`` both loads and saves).
+
 Each stage is a small object behind one of three protocols, chosen for an agent
 from its YAML through ``STAGES`` (in order; a factory returns ``None`` when the
 agent does not ask for its stage), and testable alone with the scripted model.
@@ -24,6 +26,7 @@ from astromesh_ray.core.events import Event
 from astromesh_ray.errors import AstromeshError
 
 if TYPE_CHECKING:
+    from astromesh_ray.core.memory.agent import AgentMemory
     from astromesh_ray.spec import AgentSpec
 
 
@@ -76,13 +79,26 @@ class Stages:
         ]
 
 
-StageFactory = Callable[["AgentSpec"], Any]
+@dataclass(frozen=True)
+class StageEnv:
+    """What stages get from whoever builds the runtime besides the YAML: the agent's
+    memory backends, and the secret values (API keys in the environment) that must
+    never be logged."""
 
-# name -> "module:factory", imported lazily.  A factory takes the AgentSpec and
-# returns the stage (a PrepareStage, EventTransformer or FinishStage) or None when
-# the agent's YAML does not ask for it.  The order here is the order they run in.
+    memory: AgentMemory | None = None
+    secrets: tuple[str, ...] = ()
+
+
+StageFactory = Callable[["AgentSpec", StageEnv], Any]
+
+# name -> "module:factory", imported lazily.  A factory takes the AgentSpec and the
+# StageEnv and returns the stage (a PrepareStage, EventTransformer or FinishStage,
+# or several at once) or None when the agent's YAML does not ask for it.  The order
+# here is the order they run in.
 STAGES: dict[str, str] = {
+    "memory": "astromesh_ray.core.memory.stages:memory_stage",
     "prompts": "astromesh_ray.core.prompts:prompt_stage",
+    "episodic": "astromesh_ray.core.memory.stages:episodic_stage",
 }
 
 
@@ -99,13 +115,14 @@ def stage_factory(name: str) -> StageFactory:
     return factory
 
 
-def stages_for(agent: AgentSpec) -> Stages:
+def stages_for(agent: AgentSpec, env: StageEnv | None = None) -> Stages:
     """The stages ``agent``'s YAML asks for, each in its place."""
+    env = env or StageEnv()
     prepare: list[PrepareStage] = []
     transformers: list[EventTransformer] = []
     finish: list[FinishStage] = []
     for name in STAGES:
-        stage = stage_factory(name)(agent)
+        stage = stage_factory(name)(agent, env)
         if stage is None:
             continue
         placed = False

@@ -13,9 +13,12 @@ from astromesh_ray.core.breaker import BreakerStore
 from astromesh_ray.core.build import build_runtime
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import event_to_dict
+from astromesh_ray.core.memory.api import memory_op
+from astromesh_ray.core.memory.factory import MemoryDefaults, default_factory
 from astromesh_ray.serve.breaker import ServeBreakerStore, agent_probes
 from astromesh_ray.serve.handles import agent_app_name
 from astromesh_ray.serve.location import replica_location
+from astromesh_ray.serve.memory import ServeMemoryFactory
 from astromesh_ray.serve.outcome import failure, ok
 from astromesh_ray.serve.peers import ServePeer
 from astromesh_ray.serve.providers import ServeProvider
@@ -41,9 +44,26 @@ def describe_agent(agent: AgentSpec) -> dict[str, Any]:
         "timeout_seconds": body.orchestration.timeout_s,
         # Only the tools the agent can call (the model is never offered the others).
         "tools": [t.name for t in body.tools if allowed is None or t.name in allowed],
+        # Which memory it keeps (backends and strategy; never connection URLs).
+        "memory": _memory_summary(agent),
         # The file name only: the server's directory layout is not the client's business.
         "source": PurePath(agent.source).name if agent.source else None,
     }
+
+
+def _memory_summary(agent: AgentSpec) -> dict[str, Any]:
+    memory = agent.spec.memory
+    found: dict[str, Any] = {}
+    if memory is None:
+        return found
+    if memory.conversational is not None:
+        c = memory.conversational
+        found["conversational"] = {"backend": c.backend, "strategy": c.strategy, "ttl": c.ttl}
+    if memory.semantic is not None:
+        found["semantic"] = {"backend": memory.semantic.backend, "scope": memory.semantic.scope}
+    if memory.episodic is not None:
+        found["episodic"] = {"backend": memory.episodic.backend}
+    return found
 
 
 @serve.deployment(name="agent", max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
@@ -56,8 +76,11 @@ class AgentDeployment:
         agent: AgentSpec,
         providers: Mapping[str, ProviderEntrySpec],
         routing: ProviderRoutingSpec | None = None,
+        memory: MemoryDefaults | None = None,
     ) -> None:
         self._breakers = breakers = await self.make_breakers(agent, providers, routing)
+        # The replica owns its memory backends (pools, embedders): closed on shutdown.
+        self._memory = ServeMemoryFactory(memory or default_factory().defaults)
         self._runtime = build_runtime(
             agent,
             providers,
@@ -67,6 +90,7 @@ class AgentDeployment:
             routing=routing,
             breakers=breakers,
             health_checks=False,
+            memory=self._memory,
         )
         # The replica owns the toolsets' lifecycle: listed now, closed on shutdown.
         await self._runtime.start()
@@ -100,12 +124,23 @@ class AgentDeployment:
         except Exception as exc:
             yield failure(exc)
 
+    async def memory(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A memory API operation on this agent's memory (``core/memory/api.py``)."""
+        try:
+            result = await memory_op(self._runtime.memory, self._runtime.name, op, args)
+        except Exception as exc:
+            return failure(exc)
+        return ok(result)
+
     async def __del__(self) -> None:
         # Serve calls this on shutdown; a replica whose constructor failed has less
         # to close.
         runtime = getattr(self, "_runtime", None)
         if runtime is not None:
             await runtime.aclose()
+        memory = getattr(self, "_memory", None)
+        if memory is not None:
+            await memory.aclose()
         breakers = getattr(self, "_breakers", None)
         if isinstance(breakers, ServeBreakerStore):
             await breakers.aclose()  # ends the long poll

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
 from astromesh_ray.core.build import check_buildable
+from astromesh_ray.core.memory.factory import memory_defaults
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.serve.agents import AgentDeployment, agent_app_name, describe_agent
 from astromesh_ray.serve.breaker import agent_probes, ensure_breaker_actor
@@ -166,7 +167,7 @@ def agent_app(raw: dict[str, Any]) -> Application:
     return (
         _deployment(AgentDeployment)
         .options(**options)
-        .bind(agent, loaded.providers, loaded.routing)
+        .bind(agent, loaded.providers, loaded.routing, memory_defaults(loaded))
     )
 
 

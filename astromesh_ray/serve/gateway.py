@@ -6,6 +6,16 @@ GET  /v1/agents              the loaded agents
 GET  /v1/agents/{name}       one agent
 GET  /health                 liveness
 
+GET    /v1/memory/{name}/sessions                       the agent's sessions
+GET    /v1/memory/{name}/sessions/{session}/history     one session's turns and summary
+DELETE /v1/memory/{name}/sessions/{session}[/history]   erase it from every backend
+POST   /v1/memory/{name}/sessions/{session}/fork        copy it to a new session
+POST   /v1/memory/{name}/semantic/search                search the agent's semantic memory
+GET    /v1/memory/{name}/episodes                       the agent's episodic log
+
+Memory calls go to the agent's own application (its replicas hold the backends),
+so one agent's memory is never reachable through another agent's routes.
+
 Each request is one trace: a W3C ``traceparent`` header from the client is
 continued, else a new trace starts; the gateway's own span is the parent of the
 agent's run, and the first span of the returned ``trace``.
@@ -16,10 +26,11 @@ agent's run, and the first span of the returned ``trace``.
 # that string annotations would be resolved against).
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -28,9 +39,11 @@ from ray.serve.schema import ApplicationStatus
 from astromesh_ray import __version__
 from astromesh_ray.core.breaker import most_severe
 from astromesh_ray.core.events import ErrorEvent, event_to_dict
+from astromesh_ray.core.memory.agent import check_session_id
+from astromesh_ray.core.memory.base import EPISODE_TYPES
 from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
-from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError
+from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError, InvalidRequest
 from astromesh_ray.serve.breaker import ActorBreakerStore
 from astromesh_ray.serve.handles import (
     RAY_FAILURES,
@@ -39,7 +52,13 @@ from astromesh_ray.serve.handles import (
     failure,
     stream_outcomes,
 )
-from astromesh_ray.serve.http import BodySizeLimit, RunBody, install_error_handlers
+from astromesh_ray.serve.http import (
+    BodySizeLimit,
+    ForkBody,
+    RunBody,
+    SearchBody,
+    install_error_handlers,
+)
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import unwrap
 
@@ -94,6 +113,9 @@ _CALL_FAILURES: tuple[type[BaseException], ...] = (*RAY_FAILURES, TimeoutError)
 # before calling the agent unavailable (a request queued for a replica that
 # never comes up, e.g. after the application failed).
 GRACE_S = 30.0
+# How long the gateway waits for a memory API call (the agent bounds each backend
+# call by its own timeout; this covers a replica that never answers).
+MEMORY_PATIENCE_S = 60.0
 
 
 async def _probe(app: AppHandle) -> bool:
@@ -277,3 +299,82 @@ class Gateway:
             _prepend(exc.details, span)
             raise
         return StreamingResponse(_sse_events(first, outcomes, span), media_type="text/event-stream")
+
+    # -- memory ------------------------------------------------------------------------
+
+    async def _memory(self, name: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Memory operation ``op`` in agent ``name``'s application."""
+        handle = await self._handle(name)
+        try:
+            outcome = await asyncio.wait_for(handle.memory.remote(op, args), MEMORY_PATIENCE_S)
+        except _CALL_FAILURES as exc:
+            raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
+        result: dict[str, Any] = unwrap(outcome)
+        return result
+
+    @api.get("/v1/memory/{name}/sessions")
+    async def memory_sessions(
+        self,
+        name: str,
+        limit: int = Query(default=100, ge=1, le=1000),
+        offset: int = Query(default=0, ge=0),
+    ) -> dict[str, Any]:
+        return await self._memory(name, "sessions", {"limit": limit, "offset": offset})
+
+    @api.get("/v1/memory/{name}/sessions/{session_id}/history")
+    async def memory_history(self, name: str, session_id: str) -> dict[str, Any]:
+        check_session_id(session_id)
+        return await self._memory(name, "history", {"session_id": session_id})
+
+    @api.delete("/v1/memory/{name}/sessions/{session_id}")
+    async def memory_erase(self, name: str, session_id: str) -> dict[str, Any]:
+        check_session_id(session_id)
+        return await self._memory(name, "erase", {"session_id": session_id})
+
+    @api.delete("/v1/memory/{name}/sessions/{session_id}/history")
+    async def memory_erase_history(self, name: str, session_id: str) -> dict[str, Any]:
+        return await self.memory_erase(name, session_id)
+
+    @api.post("/v1/memory/{name}/sessions/{session_id}/fork")
+    async def memory_fork(
+        self, name: str, session_id: str, body: ForkBody | None = None
+    ) -> dict[str, Any]:
+        check_session_id(session_id)
+        new = (body.new_session_id if body else None) or uuid.uuid4().hex
+        return await self._memory(name, "fork", {"session_id": session_id, "new_session_id": new})
+
+    @api.post("/v1/memory/{name}/semantic/search")
+    async def memory_search(self, name: str, body: SearchBody) -> dict[str, Any]:
+        return await self._memory(name, "search", body.model_dump())
+
+    @api.get("/v1/memory/{name}/episodes")
+    async def memory_episodes(
+        self,
+        name: str,
+        session_id: str | None = None,
+        run_id: str | None = Query(default=None, max_length=64),
+        type: Annotated[list[str] | None, Query()] = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = Query(default=100, ge=1, le=1000),
+        offset: int = Query(default=0, ge=0),
+    ) -> dict[str, Any]:
+        if session_id is not None:
+            check_session_id(session_id)
+        unknown = sorted(set(type or ()) - set(EPISODE_TYPES))
+        if unknown:
+            raise InvalidRequest(
+                "unknown episode type(s) " + ", ".join(map(repr, unknown)),
+                hint="types: " + ", ".join(EPISODE_TYPES),
+                field="type",
+            )
+        args = {
+            "session_id": session_id,
+            "run_id": run_id,
+            "types": list(type or ()),
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "offset": offset,
+        }
+        return await self._memory(name, "episodes", args)

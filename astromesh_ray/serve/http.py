@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from astromesh_ray.core.memory.agent import SESSION_ID
 from astromesh_ray.errors import AstromeshError
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -45,12 +46,39 @@ class RunBody(BaseModel):
     )
     session_id: str | None = Field(
         default=None,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9._:-]+$",
-        description="Conversation id; turns with the same id belong to one conversation.",
+        pattern=SESSION_ID.pattern,
+        description="Conversation id; turns with the same id belong to one conversation "
+        "(1-128 letters, digits and . _ : @ -, starting with a letter or digit).",
     )
     context: dict[str, Any] = Field(
         default_factory=dict, description="Variables for the agent's Jinja2 prompts."
+    )
+
+
+class ForkBody(BaseModel):
+    """``POST /v1/memory/{agent}/sessions/{session}/fork``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    new_session_id: str | None = Field(
+        default=None,
+        pattern=SESSION_ID.pattern,
+        description="Id of the new session (default: a new random one).",
+    )
+
+
+class SearchBody(BaseModel):
+    """``POST /v1/memory/{agent}/semantic/search``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Text to search for.")
+    k: int | None = Field(default=None, ge=1, le=1000, description="Results at most.")
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Minimum similarity (default: the agent's)."
+    )
+    session_id: str | None = Field(
+        default=None, pattern=SESSION_ID.pattern, description="Search this session's items."
     )
 
 

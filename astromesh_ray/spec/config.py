@@ -9,6 +9,7 @@ from pydantic import Field
 from astromesh_ray.spec.agent import PatternName
 from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
 from astromesh_ray.spec.deployment import DeploymentSpec
+from astromesh_ray.spec.memory import RuntimeMemorySpec
 from astromesh_ray.spec.model import (
     CircuitBreakerSpec,
     PricingSpec,
@@ -143,6 +144,9 @@ class RuntimeBodySpec(StrictModel):
         default=None, description="Serve deployment of the gateway."
     )
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster.")
+    memory: RuntimeMemorySpec = Field(
+        default_factory=RuntimeMemorySpec, description="Where memory backends live by default."
+    )
     services: dict[str, Any] | None = Field(
         default=None, description="Original Astromesh service switches (refused)."
     )

@@ -39,6 +39,16 @@ class LoadedConfig:
     # agents came from <root>/agents.
     agents_dir: Path | None = None
 
+    @property
+    def data_dir(self) -> Path:
+        """The embedded stores' directory (runtime.yaml ``spec.memory.data_dir``),
+        absolute: a relative one is taken against the configuration directory (the
+        working directory when there is none)."""
+        path = Path(self.runtime.spec.memory.data_dir).expanduser()
+        if not path.is_absolute():
+            path = (self.root or Path.cwd()) / path
+        return path.resolve()
+
 
 def _yaml_files(directory: Path, *patterns: str) -> list[Path]:
     found = {p for pattern in patterns for p in directory.glob(pattern) if p.is_file()}

@@ -166,10 +166,10 @@ RULES: tuple[Rule, ...] = (
     # --- Agent: other blocks --------------------------------------------------
     Rule(
         "Agent",
-        ("spec.memory.conversational", "spec.memory.semantic", "spec.memory.episodic"),
+        ("spec.memory.semantic.embedding.deployment",),
         _given,
-        "{key} memory is not supported yet",
-        "memory arrives with the memory backends work; remove spec.memory",
+        "an embedder in its own deployment is not supported yet",
+        "the embedder runs in the agent replica; remove deployment",
     ),
     Rule(
         "Agent",

@@ -95,3 +95,36 @@ def test_validate_checks_model_blocks_written_in_a_lone_file(tmp_path: Path) -> 
     proc = astromesh("validate", str(lone))
     assert proc.returncode != 0
     assert "unknown options 'bogus'" in proc.stderr
+
+
+MEMO = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata: {name: memo}
+spec:
+  model:
+    primary: {provider: openai_compat, model: m, endpoint: "URL"}
+  memory:
+    conversational: {backend: sqlite}
+"""
+
+
+def test_run_remembers_a_session_between_invocations(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer() as llm:
+        (tmp_path / "agents").mkdir()
+        (tmp_path / "agents" / "memo.agent.yaml").write_text(MEMO.replace("URL", llm.url))
+        llm.add_steps("Noted.", "You said 42.")
+        for query in ("remember 42", "what did I say?"):
+            proc = astromesh(
+                "run", "memo", query, "--config", str(tmp_path), "--session-id", "cli-1"
+            )
+            assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "You said 42."
+        sent = [(m["role"], m["content"]) for m in llm.requests[-1]["messages"]]
+    assert sent == [
+        ("user", "remember 42"),
+        ("assistant", "Noted."),
+        ("user", "what did I say?"),
+    ]
+    # The SQLite file lives in the data directory under the configuration.
+    assert (tmp_path / "data" / "memory.sqlite3").is_file()

@@ -77,8 +77,8 @@ def test_readme_not_yet_supported_list_is_refused() -> None:
     refused = {
         "capability_match": "spec:\n  model:\n    primary: {provider: ollama, model: m}\n"
         "    routing: {strategy: capability_match}\n",
-        "memory": "spec:\n  model:\n    primary: {model: m}\n  memory:\n"
-        "    conversational: {backend: redis}\n",
+        "semantic.embedding.deployment": "spec:\n  model:\n    primary: {model: m}\n"
+        "  memory:\n    semantic: {backend: faiss, embedding: {deployment: {num_replicas: 2}}}\n",
         "guardrails": "spec:\n  model:\n    primary: {model: m}\n  guardrails:\n"
         "    input: [{type: pii_detection}]\n",
         "chain": "spec:\n  model:\n    primary: {model: m}\n  chain: {mode: sequential}\n",

@@ -125,9 +125,9 @@ async def test_prompt_errors_name_the_prompts_stage() -> None:
 def test_stages_come_from_the_registry(tmp_path: Path) -> None:
     agents = load_agents(tmp_path, agent_yaml("brief", prompts={"system": "Be brief."}))
     stages = stages_for(agents["brief"])
-    assert stages.names == ["prompts"]
-    assert list(STAGES) == ["prompts"]
-    with pytest.raises(ConfigError, match="stages: prompts"):
+    assert stages.names == ["prompts"]  # no memory declared: no memory stages
+    assert list(STAGES) == ["memory", "prompts", "episodic"]
+    with pytest.raises(ConfigError, match="stages: memory, prompts, episodic"):
         stage_factory("memory_typo")
 
 

@@ -102,9 +102,16 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "builtin tool config",
     ),
     (
-        {"memory": {"episodic": {"backend": "postgres"}}},
-        "spec.memory.episodic",
-        "episodic memory",
+        {
+            "memory": {
+                "semantic": {
+                    "backend": "faiss",
+                    "embedding": {"deployment": {"num_replicas": 2}},
+                }
+            }
+        },
+        "spec.memory.semantic.embedding.deployment",
+        "embedder in its own deployment",
     ),
     (
         {"guardrails": {"output": [{"type": "topic_filter", "blocked_topics": ["x"]}]}},

@@ -1,0 +1,294 @@
+"""One agent's memory: what the memory stages and the memory API call.
+
+``AgentMemory`` scopes every backend to the agent (its namespace and name): a
+session of one agent is never read, listed, searched or erased through another.
+Each operation is bounded by ``timeout_s``: a backend that hangs fails the call
+with ``MemoryUnavailable`` rather than holding a turn forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from astromesh_ray.core.memory.base import (
+    ConversationStore,
+    Embedder,
+    Episode,
+    EpisodeQuery,
+    EpisodicLog,
+    History,
+    NewTurn,
+    SessionInfo,
+    SessionKey,
+    StoredTurn,
+    VectorHit,
+    VectorItem,
+    VectorStore,
+    Where,
+)
+from astromesh_ray.core.memory.strategies import HistoryStrategy, Replay, Summarizer
+from astromesh_ray.core.messages import Message, Usage
+from astromesh_ray.errors import InvalidRequest, MemoryNotFound, MemoryUnavailable
+from astromesh_ray.spec.memory import SemanticMemorySpec
+
+T = TypeVar("T")
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+"""What a session id may be: 1–128 characters, letters, digits and ``. _ : @ -``,
+starting with a letter or digit (safe in keys, file names and URLs)."""
+
+
+def check_session_id(session: str, field: str = "session_id") -> str:
+    """``session`` if it is a valid session id, else ``InvalidRequest`` naming ``field``."""
+    if not isinstance(session, str) or not SESSION_ID.match(session):
+        raise InvalidRequest(
+            f"invalid {field} {str(session)[:40]!r}",
+            hint="1 to 128 characters: letters, digits and . _ : @ -, starting with a "
+            "letter or digit",
+            field=field,
+        )
+    return session
+
+
+@dataclass(frozen=True, slots=True)
+class Semantic:
+    """Semantic memory of an agent: a store, an embedder and the YAML settings."""
+
+    store: VectorStore
+    embedder: Embedder
+    spec: SemanticMemorySpec
+    collection: str
+
+
+class AgentMemory:
+    """Conversational, semantic and episodic memory of one agent (each optional)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        agent: str,
+        conversation: ConversationStore | None = None,
+        strategy: HistoryStrategy | None = None,
+        semantic: Semantic | None = None,
+        episodic: EpisodicLog | None = None,
+        timeout_s: float = 15.0,
+    ) -> None:
+        if (conversation is None) != (strategy is None):
+            raise ValueError("a conversation store needs a strategy, and the other way round")
+        self.namespace = namespace
+        self.agent = agent
+        self.conversation = conversation
+        self.strategy = strategy
+        self.semantic = semantic
+        self.episodic = episodic
+        self.timeout_s = timeout_s
+
+    def key(self, session: str) -> SessionKey:
+        return SessionKey(self.namespace, self.agent, check_session_id(session))
+
+    async def _bounded(self, what: str, work: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await work
+        except TimeoutError:
+            raise MemoryUnavailable(
+                f"memory of agent {self.agent!r}: {what} took longer than {self.timeout_s:g} s",
+                hint="check the memory backend's server",
+                backend=what,
+                retryable=True,
+            ) from None
+
+    # -- turns -------------------------------------------------------------------------
+
+    async def replay(self, session: str) -> Replay:
+        """What the next turn of ``session`` is given of its history."""
+        if self.conversation is None or self.strategy is None:
+            return Replay(messages=[])
+        return await self._bounded(
+            "conversation load", self.strategy.load(self.conversation, self.key(session))
+        )
+
+    async def save_turn(
+        self,
+        session: str,
+        run_id: str,
+        messages: Sequence[Message],
+        meta: dict[str, Any],
+        summarizer: Summarizer | None,
+    ) -> tuple[StoredTurn | None, Usage]:
+        """Store a completed turn, then let the strategy update what it keeps (the
+        summary); returns the stored turn and the model usage of that update."""
+        if self.conversation is None or self.strategy is None:
+            return None, Usage()
+        key = self.key(session)
+        meta = {**meta, **await self.strategy.turn_meta(messages)}
+        stored = await self._bounded(
+            "conversation save", self.conversation.append(key, NewTurn(run_id, messages, meta=meta))
+        )
+        usage = await self.strategy.after_append(self.conversation, key, summarizer)
+        return stored, usage
+
+    def _where(self, session: str | None) -> dict[str, str] | None:
+        """The filter of recall: the agent's items, and the session's when recall is
+        session-scoped (None: a session-scoped recall without a session finds nothing)."""
+        where = {"namespace": self.namespace, "agent": self.agent}
+        assert self.semantic is not None
+        if self.semantic.spec.scope == "session":
+            if session is None:
+                return None
+            where["session"] = session
+        return where
+
+    async def recall(self, session: str | None, query: str) -> list[VectorHit]:
+        """The items most similar to ``query`` (YAML threshold and max_results)."""
+        if self.semantic is None or not query.strip():
+            return []
+        where = self._where(session)
+        if where is None:
+            return []
+        return await self.search(query, where=where)
+
+    async def search(
+        self,
+        query: str,
+        *,
+        where: Where,
+        k: int | None = None,
+        threshold: float | None = None,
+    ) -> list[VectorHit]:
+        """Semantic search over the agent's items matching ``where``."""
+        if self.semantic is None:
+            raise MemoryNotFound(f"agent {self.agent!r} has no semantic memory")
+        spec = self.semantic.spec
+        semantic = self.semantic
+        (vector,) = await self._bounded("embedding", semantic.embedder.embed([query]))
+        return await self._bounded(
+            "vector search",
+            semantic.store.search(
+                semantic.collection,
+                vector,
+                k=k or spec.max_results,
+                threshold=spec.similarity_threshold if threshold is None else threshold,
+                where={**where, "namespace": self.namespace, "agent": self.agent},
+            ),
+        )
+
+    async def index_turn(self, session: str | None, run_id: str, query: str, answer: str) -> bool:
+        """Index a completed turn for later recall, when the YAML asks for it."""
+        if self.semantic is None or not self.semantic.spec.index_turns:
+            return False
+        if session is None and self.semantic.spec.scope == "session":
+            return False  # nothing could ever recall it
+        semantic = self.semantic
+        text = f"User: {query}\nAssistant: {answer}"
+        (vector,) = await self._bounded("embedding", semantic.embedder.embed([text]))
+        metadata: dict[str, str | int | float | bool] = {
+            "namespace": self.namespace,
+            "agent": self.agent,
+            "run_id": run_id,
+            "kind": "turn",
+        }
+        if session is not None:
+            metadata["session"] = session
+        item = VectorItem(
+            id=f"{session or '-'}:{run_id}", vector=vector, text=text, metadata=metadata
+        )
+        await self._bounded("vector upsert", semantic.store.upsert(semantic.collection, [item]))
+        return True
+
+    async def record(self, episodes: Sequence[Episode]) -> None:
+        """Append a run's episodes to the log."""
+        if self.episodic is not None and episodes:
+            await self._bounded("episodic append", self.episodic.append(episodes))
+
+    # -- the memory API ------------------------------------------------------------------
+
+    def _conversation(self) -> ConversationStore:
+        if self.conversation is None:
+            raise MemoryNotFound(
+                f"agent {self.agent!r} has no conversational memory",
+                hint="declare spec.memory.conversational in its YAML",
+            )
+        return self.conversation
+
+    async def sessions(self, *, limit: int = 100, offset: int = 0) -> list[SessionInfo]:
+        store = self._conversation()
+        return await self._bounded(
+            "session list", store.sessions(self.namespace, self.agent, limit=limit, offset=offset)
+        )
+
+    async def history(self, session: str) -> History:
+        """The whole stored history of ``session`` (404 when it has none)."""
+        history = await self._bounded(
+            "conversation load", self._conversation().history(self.key(session))
+        )
+        if not history.turns and history.summary is None:
+            raise MemoryNotFound(f"agent {self.agent!r} has no session {session!r}")
+        return history
+
+    async def erase(self, session: str) -> dict[str, int]:
+        """Remove ``session`` from every backend (right to erasure): its history, its
+        semantic items and its episodes.  Returns what was removed per backend."""
+        key = self.key(session)
+        removed: dict[str, int] = {}
+        if self.conversation is not None:
+            existed = await self._bounded("conversation delete", self.conversation.delete(key))
+            removed["conversation"] = int(existed)
+        if self.semantic is not None:
+            semantic = self.semantic
+            removed["semantic"] = await self._bounded(
+                "vector delete",
+                semantic.store.delete(
+                    semantic.collection,
+                    where={"namespace": self.namespace, "agent": self.agent, "session": session},
+                ),
+            )
+        if self.episodic is not None:
+            removed["episodic"] = await self._bounded(
+                "episodic delete",
+                self.episodic.delete_session(self.namespace, self.agent, session),
+            )
+        return removed
+
+    async def fork(self, session: str, new_session: str) -> int:
+        """Copy the history of ``session`` to ``new_session`` (which must not exist);
+        returns the number of turns copied."""
+        store = self._conversation()
+        if session == new_session:
+            raise InvalidRequest("a session cannot be forked to itself", field="new_session_id")
+        source = await self.history(session)
+        target = self.key(check_session_id(new_session, "new_session_id"))
+        existing = await self._bounded("conversation load", store.history(target, last=1))
+        if existing.turns:
+            raise InvalidRequest(
+                f"session {new_session!r} already exists",
+                hint="fork to a new session id",
+                field="new_session_id",
+            )
+        for turn in source.turns:
+            copied = NewTurn(
+                run_id=turn.run_id,
+                messages=turn.messages,
+                created_at=turn.created_at,
+                meta={**turn.meta, "forked_from": session},
+            )
+            await self._bounded("conversation save", store.append(target, copied))
+        if source.summary is not None:
+            await self._bounded("summary save", store.set_summary(target, source.summary))
+        return len(source.turns)
+
+    async def episodes(self, **query: Any) -> list[Episode]:
+        if self.episodic is None:
+            raise MemoryNotFound(
+                f"agent {self.agent!r} has no episodic memory",
+                hint="declare spec.memory.episodic in its YAML",
+            )
+        if query.get("session") is not None:
+            check_session_id(query["session"])
+        q = EpisodeQuery(namespace=self.namespace, agent=self.agent, **query)
+        return await self._bounded("episodic query", self.episodic.query(q))

@@ -1,0 +1,116 @@
+"""The memory API's operations on one agent's memory, as JSON in and out.
+
+The HTTP routes (``serve/memory_routes.py``) validate the request and call
+``memory_op`` where the agent's memory lives (its Serve replica; in one process for
+``astromesh run``): one table of operations, so the Serve path and the local one
+answer the same bodies.
+
+    sessions   {limit, offset}                      -> {sessions: [...]}
+    history    {session_id}                         -> {session_id, summary, turns: [...]}
+    erase      {session_id}                         -> {session_id, removed: {backend: n}}
+    fork       {session_id, new_session_id}         -> {session_id, new_session_id, turns}
+    search     {query, k, threshold, session_id}    -> {hits: [...]}
+    episodes   {session_id, run_id, types, since, until, limit, offset} -> {episodes: [...]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from astromesh_ray.core.memory.agent import AgentMemory, check_session_id
+from astromesh_ray.errors import InvalidRequest, MemoryNotFound
+
+Op = Callable[[AgentMemory, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _sessions(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
+    found = await memory.sessions(
+        limit=int(args.get("limit", 100)), offset=int(args.get("offset", 0))
+    )
+    return {"agent": memory.agent, "sessions": [s.to_dict() for s in found]}
+
+
+async def _history(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
+    session = str(args["session_id"])
+    history = await memory.history(session)
+    return {
+        "agent": memory.agent,
+        "session_id": session,
+        "summary": history.summary.to_dict() if history.summary else None,
+        "turns": [t.to_dict() for t in history.turns],
+    }
+
+
+async def _erase(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
+    session = str(args["session_id"])
+    removed = await memory.erase(session)
+    return {"agent": memory.agent, "session_id": session, "removed": removed}
+
+
+async def _fork(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
+    session, new = str(args["session_id"]), str(args["new_session_id"])
+    turns = await memory.fork(session, new)
+    return {"agent": memory.agent, "session_id": session, "new_session_id": new, "turns": turns}
+
+
+async def _search(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
+    if memory.semantic is None:
+        raise MemoryNotFound(
+            f"agent {memory.agent!r} has no semantic memory",
+            hint="declare spec.memory.semantic in its YAML",
+        )
+    session = args.get("session_id")
+    where: dict[str, str] = {}
+    if session is not None:
+        where["session"] = check_session_id(str(session))
+    elif memory.semantic.spec.scope == "session":
+        raise InvalidRequest(
+            f"the semantic memory of agent {memory.agent!r} is kept per session: "
+            "name the session to search",
+            field="session_id",
+        )
+    hits = await memory.search(
+        str(args["query"]), where=where, k=args.get("k"), threshold=args.get("threshold")
+    )
+    return {"agent": memory.agent, "hits": [h.to_dict() for h in hits]}
+
+
+async def _episodes(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
+    found = await memory.episodes(
+        session=args.get("session_id"),
+        run_id=args.get("run_id"),
+        types=tuple(args.get("types") or ()),
+        since=args.get("since"),
+        until=args.get("until"),
+        limit=int(args.get("limit", 100)),
+        offset=int(args.get("offset", 0)),
+    )
+    return {"agent": memory.agent, "episodes": [e.to_dict() for e in found]}
+
+
+MEMORY_OPS: dict[str, Op] = {
+    "sessions": _sessions,
+    "history": _history,
+    "erase": _erase,
+    "fork": _fork,
+    "search": _search,
+    "episodes": _episodes,
+}
+
+
+async def memory_op(
+    memory: AgentMemory | None, agent: str, op: str, args: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Run memory operation ``op`` of agent ``agent`` (404 when it has no memory)."""
+    if memory is None:
+        raise MemoryNotFound(
+            f"agent {agent!r} has no memory", hint="declare spec.memory in its YAML"
+        )
+    try:
+        run = MEMORY_OPS[op]
+    except KeyError:
+        raise InvalidRequest(
+            f"unknown memory operation {op!r}", hint="operations: " + ", ".join(MEMORY_OPS)
+        ) from None
+    return await run(memory, args)

@@ -1,0 +1,23 @@
+"""Memory under Serve: the factory each agent replica builds its backends with.
+
+Network stores (Redis, PostgreSQL, pgvector, a Qdrant or Chroma server) are reached
+from the replica through its own connection pool: on 2 shared cores a Serve hop per
+memory call would cost more than the call.  Embedded vector stores (FAISS, Qdrant
+or Chroma local mode) have a single owner: one named Ray actor per store, shared by
+every replica of every agent that uses it, which snapshots to the data directory and
+reloads on restart (``serve/vectors.py``).  SQLite files are shared by the replicas
+on a host (WAL mode, busy timeouts).
+"""
+
+from __future__ import annotations
+
+from astromesh_ray.core.memory.base import VectorStore
+from astromesh_ray.core.memory.factory import MemoryFactory, VectorStoreSpec
+from astromesh_ray.serve.vectors import ActorVectorStore
+
+
+class ServeMemoryFactory(MemoryFactory):
+    """``MemoryFactory`` whose embedded vector stores live in their owner actor."""
+
+    def embedded_vectors(self, described: VectorStoreSpec) -> VectorStore:
+        return ActorVectorStore(described.kind, dict(described.kwargs))

@@ -1,0 +1,511 @@
+"""Memory in the run path, from YAML, with the scripted model: history replayed,
+turns stored whole, strategies, semantic recall, the episodic log and the memory
+API operations (in_memory and SQLite backends; the servers are integration tests)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astromesh_ray.core.build import LocalAgents, check_buildable
+from astromesh_ray.core.context import RunRequest
+from astromesh_ray.core.memory.api import memory_op
+from astromesh_ray.core.memory.factory import MemoryDefaults, MemoryFactory
+from astromesh_ray.core.messages import Message, ToolCall
+from astromesh_ray.errors import InvalidRequest, MemoryNotFound, MemoryUnavailable, ProviderError
+from astromesh_ray.spec import AgentSpec
+from astromesh_ray.testing import ScriptedProvider
+from tests.unit.core.engine_helpers import agent_yaml, load_agents
+
+
+def factory(tmp_path: Path) -> MemoryFactory:
+    return MemoryFactory(MemoryDefaults(data_dir=str(tmp_path / "data")))
+
+
+def agent_with(tmp_path: Path, memory: dict[str, Any], **spec: Any) -> AgentSpec:
+    doc = agent_yaml("mem", memory=memory, **spec)
+    return load_agents(tmp_path, doc)["mem"]
+
+
+async def turn(agents: LocalAgents, query: str, session: str | None = "s1") -> Any:
+    runtime = await agents.runtime("mem")
+    return await runtime.run(RunRequest(query=query, session_id=session))
+
+
+def roles_and_texts(messages: Sequence[Message]) -> list[tuple[str, str | None]]:
+    return [(m.role, m.content) for m in messages]
+
+
+@pytest.mark.parametrize("backend", ["in_memory", "sqlite"])
+async def test_the_second_turn_sees_the_first_and_another_session_does_not(
+    tmp_path: Path, backend: str
+) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": backend}},
+        prompts={"system": "Be brief."},
+    )
+    model = ScriptedProvider(["Hello Ada.", "Your name is Ada.", "I don't know."])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        await turn(agents, "I am Ada.")
+        await turn(agents, "What is my name?")
+        await turn(agents, "What is my name?", session="other")
+    finally:
+        await agents.aclose()
+    assert roles_and_texts(model.requests[1].messages) == [
+        ("system", "Be brief."),
+        ("user", "I am Ada."),
+        ("assistant", "Hello Ada."),
+        ("user", "What is my name?"),
+    ]
+    assert roles_and_texts(model.requests[2].messages) == [
+        ("system", "Be brief."),
+        ("user", "What is my name?"),
+    ]
+
+
+async def test_sqlite_history_survives_a_new_runtime(tmp_path: Path) -> None:
+    agent = agent_with(tmp_path, {"conversational": {"backend": "sqlite"}})
+    first = LocalAgents(
+        {"mem": agent}, scripted={"mem": ScriptedProvider(["noted"])}, memory=factory(tmp_path)
+    )
+    await turn(first, "remember 42")
+    await first.aclose()
+    model = ScriptedProvider(["42"])
+    second = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    await turn(second, "what number?")
+    await second.aclose()
+    assert (tmp_path / "data" / "memory.sqlite3").is_file()
+    assert [m.content for m in model.requests[0].messages] == [
+        "remember 42",
+        "noted",
+        "what number?",
+    ]
+
+
+async def test_a_tool_turn_is_stored_whole_and_replays_as_a_valid_message_list(
+    tmp_path: Path,
+) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory"}},
+        tools=[{"name": "calculator", "type": "builtin"}],
+    )
+    model = ScriptedProvider(
+        [ToolCall(id="c1", name="calculator", arguments={"expression": "6*7"}), "42.", "yes"]
+    )
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        await turn(agents, "6 times 7?")
+        await turn(agents, "sure?")
+        runtime = await agents.runtime("mem")
+        history = await memory_op(runtime.memory, "mem", "history", {"session_id": "s1"})
+    finally:
+        await agents.aclose()
+    replayed = model.requests[2].messages
+    assert [m.role for m in replayed] == ["user", "assistant", "tool", "assistant", "user"]
+    assert replayed[1].tool_calls[0].name == "calculator"
+    assert replayed[2].tool_call_id == "c1" and replayed[2].content == "42"
+    assert [t["seq"] for t in history["turns"]] == [1, 2]
+    assert [len(t["messages"]) for t in history["turns"]] == [4, 2]
+    assert history["turns"][0]["meta"]["usage"]["calls"] == 2
+
+
+async def test_a_failed_turn_stores_nothing(tmp_path: Path) -> None:
+    agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
+    boom = ProviderError("down", provider="scripted", status=503, retryable=False)
+    model = ScriptedProvider(["first answer", boom, "third"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        await turn(agents, "one")
+        with pytest.raises(ProviderError):
+            await turn(agents, "two")
+        await turn(agents, "three")
+    finally:
+        await agents.aclose()
+    assert [m.content for m in model.requests[2].messages] == ["one", "first answer", "three"]
+
+
+async def test_without_a_session_nothing_is_loaded_or_stored(tmp_path: Path) -> None:
+    agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
+    model = ScriptedProvider(["a", "b"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        await turn(agents, "one", session=None)
+        await turn(agents, "two", session=None)
+        runtime = await agents.runtime("mem")
+        listed = await memory_op(runtime.memory, "mem", "sessions", {})
+    finally:
+        await agents.aclose()
+    assert [m.content for m in model.requests[1].messages] == ["two"]
+    assert listed["sessions"] == []
+
+
+async def test_sliding_window_replays_the_last_max_turns(tmp_path: Path) -> None:
+    agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory", "max_turns": 2}})
+    model = ScriptedProvider(["a1", "a2", "a3", "a4"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        for q in ("q1", "q2", "q3", "q4"):
+            await turn(agents, q)
+    finally:
+        await agents.aclose()
+    assert [m.content for m in model.requests[3].messages] == ["q2", "a2", "q3", "a3", "q4"]
+
+
+async def test_max_messages_drops_whole_turns(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory", "max_turns": 10, "max_messages": 3}},
+    )
+    model = ScriptedProvider(["a1", "a2", "a3"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        for q in ("q1", "q2", "q3"):
+            await turn(agents, q)
+    finally:
+        await agents.aclose()
+    # 3 messages at most: one whole turn (2 messages), never half of one.
+    assert [m.content for m in model.requests[2].messages] == ["q2", "a2", "q3"]
+
+
+async def test_token_budget_keeps_the_newest_turns_that_fit(tmp_path: Path) -> None:
+    # The scripted model has no tokenizer: the estimate counts ceil(bytes / 4) per
+    # message plus 4 for the chat template.  Each turn here: 2 messages of 40 bytes
+    # = 2 * (10 + 4) = 28 tokens; a 60-token budget holds two of them.
+    text = "x" * 40
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory", "strategy": "token_budget", "max_tokens": 60}},
+    )
+    model = ScriptedProvider([text, text, text, "done"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        for q in ("1" * 40, "2" * 40, "3" * 40, "last"):
+            await turn(agents, q)
+        runtime = await agents.runtime("mem")
+        history = await memory_op(runtime.memory, "mem", "history", {"session_id": "s1"})
+    finally:
+        await agents.aclose()
+    assert [m.content for m in model.requests[3].messages] == [
+        "2" * 40,
+        text,
+        "3" * 40,
+        text,
+        "last",
+    ]
+    assert history["turns"][0]["meta"]["tokens"] == 28
+
+
+async def test_summary_folds_old_turns_incrementally(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory", "strategy": "summary", "max_turns": 2}},
+        prompts={"system": "Sys."},
+    )
+    prompts: list[str] = []
+
+    def summarize(text: str) -> Any:
+        def answer(request: Any) -> str:
+            prompts.append(request.messages[-1].content)
+            return text
+
+        return answer
+
+    # Turn 3 leaves 3 unsummarised turns (> max_turns 2): turns 1-2 are folded,
+    # keeping 1 verbatim.  Turn 5 folds turns 3-4 into the first summary.
+    model = ScriptedProvider(
+        ["a1", "a2", "a3", summarize("S1: q1 q2"), "a4", "a5", summarize("S2: q1-q4")]
+    )
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        for q in ("q1", "q2", "q3", "q4", "q5"):
+            await turn(agents, q)
+        runtime = await agents.runtime("mem")
+        history = await memory_op(runtime.memory, "mem", "history", {"session_id": "s1"})
+    finally:
+        await agents.aclose()
+    # Turn 4's request: the summary in the system prompt, then turn 3 verbatim.
+    turn4 = model.requests[4].messages
+    assert turn4[0].content == "Sys.\n\nSummary of the earlier conversation:\nS1: q1 q2"
+    assert [m.content for m in turn4[1:]] == ["q3", "a3", "q4"]
+    # Incremental: the second fold sees the first summary and only turns 3-4.
+    assert "(none yet)" in prompts[0] and "User: q1" in prompts[0] and "q3" not in prompts[0]
+    assert "S1: q1 q2" in prompts[1] and "User: q3" in prompts[1] and "User: q4" in prompts[1]
+    assert "q1\n" not in prompts[1] and "User: q2" not in prompts[1]
+    assert history["summary"]["upto_seq"] == 4
+    assert history["summary"]["text"] == "S2: q1-q4"
+
+
+async def test_summary_with_its_own_model_role(tmp_path: Path) -> None:
+    doc = agent_yaml(
+        "mem",
+        model={
+            "default": {"candidates": [{"provider": "ollama", "model": "big"}]},
+            "roles": {"summarizer": {"candidates": [{"provider": "ollama", "model": "small"}]}},
+        },
+        memory={"conversational": {"backend": "in_memory", "strategy": "summary"}},
+    )
+    agent = load_agents(tmp_path, doc)["mem"]
+    check_buildable([agent])  # the summarizer role is one the agent uses
+
+
+async def test_a_role_nobody_uses_is_still_refused(tmp_path: Path) -> None:
+    from astromesh_ray.errors import ConfigError
+
+    doc = agent_yaml(
+        "mem",
+        model={
+            "default": {"candidates": [{"provider": "ollama", "model": "big"}]},
+            "roles": {"summarizer": {"candidates": [{"provider": "ollama", "model": "small"}]}},
+        },
+        memory={"conversational": {"backend": "in_memory", "strategy": "sliding_window"}},
+    )
+    agent = load_agents(tmp_path, doc)["mem"]
+    with pytest.raises(ConfigError, match="'summarizer' are not used"):
+        check_buildable([agent])
+
+
+async def test_memory_api_sessions_fork_and_erase(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "sqlite"}, "episodic": {"backend": "sqlite"}},
+    )
+    model = ScriptedProvider(["a1", "a2", "b1", "forked"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        await turn(agents, "q1", session="alpha")
+        await turn(agents, "q2", session="alpha")
+        await turn(agents, "other", session="beta")
+        runtime = await agents.runtime("mem")
+        memory = runtime.memory
+        listed = await memory_op(memory, "mem", "sessions", {})
+        assert [s["session_id"] for s in listed["sessions"]] == ["beta", "alpha"]
+        assert [s["turns"] for s in listed["sessions"]] == [1, 2]
+        forked = await memory_op(
+            memory, "mem", "fork", {"session_id": "alpha", "new_session_id": "alpha2"}
+        )
+        assert forked["turns"] == 2
+        await turn(agents, "q3", session="alpha2")
+        assert [m.content for m in model.requests[3].messages] == ["q1", "a1", "q2", "a2", "q3"]
+        with pytest.raises(InvalidRequest, match="already exists"):
+            await memory_op(
+                memory, "mem", "fork", {"session_id": "beta", "new_session_id": "alpha"}
+            )
+        erased = await memory_op(memory, "mem", "erase", {"session_id": "alpha"})
+        assert erased["removed"]["conversation"] == 1
+        assert erased["removed"]["episodic"] == 2 * 3  # request, model_call, answer per turn
+        with pytest.raises(MemoryNotFound):
+            await memory_op(memory, "mem", "history", {"session_id": "alpha"})
+        left = await memory_op(memory, "mem", "episodes", {"session_id": "alpha"})
+        assert left["episodes"] == []
+        assert (await memory_op(memory, "mem", "history", {"session_id": "alpha2"}))["turns"]
+    finally:
+        await agents.aclose()
+
+
+@pytest.mark.parametrize("bad", ["", "../etc/passwd", "a b", "x" * 129, "-lead", "é"])
+async def test_session_ids_are_validated(tmp_path: Path, bad: str) -> None:
+    agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
+    agents = LocalAgents(
+        {"mem": agent}, scripted={"mem": ScriptedProvider([])}, memory=factory(tmp_path)
+    )
+    try:
+        runtime = await agents.runtime("mem")
+        with pytest.raises(InvalidRequest) as info:
+            await runtime.run(RunRequest(query="hi", session_id=bad))
+        assert info.value.details["field"] == "session_id"
+        with pytest.raises(InvalidRequest):
+            await memory_op(runtime.memory, "mem", "history", {"session_id": bad})
+    finally:
+        await agents.aclose()
+
+
+async def test_episodic_log_records_every_run_without_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEM_TEST_KEY", "sk-live-0123456789abcdef")
+    doc = agent_yaml(
+        "mem",
+        model={
+            "primary": {
+                "provider": "openai",
+                "model": "gpt",
+                "endpoint": "http://127.0.0.1:9/v1",
+                "api_key_env": "MEM_TEST_KEY",
+            }
+        },
+        memory={"episodic": {"backend": "sqlite"}},
+        tools=[{"name": "calculator", "type": "builtin"}],
+    )
+    agent = load_agents(tmp_path, doc)["mem"]
+    boom = ProviderError("down", provider="scripted", status=503, retryable=False)
+    model = ScriptedProvider(
+        [ToolCall(id="c1", name="calculator", arguments={"expression": "1+1"}), "2", boom]
+    )
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        runtime = await agents.runtime("mem")
+        request = RunRequest(
+            query="1+1? my key is sk-live-0123456789abcdef",
+            session_id="s1",
+            context={"api_key": "hunter2-secret-value"},
+        )
+        result = await runtime.run(request)
+        with pytest.raises(ProviderError):
+            await runtime.run(RunRequest(query="again", session_id="s1"))
+        found = await memory_op(runtime.memory, "mem", "episodes", {"session_id": "s1"})
+        only_tools = await memory_op(
+            runtime.memory, "mem", "episodes", {"run_id": result.run_id, "types": ["tool_call"]}
+        )
+    finally:
+        await agents.aclose()
+    episodes = found["episodes"]
+    first = [e for e in episodes if e["run_id"] == result.run_id]
+    assert [e["type"] for e in first] == [
+        "request",
+        "model_call",
+        "tool_call",
+        "model_call",
+        "answer",
+    ]
+    assert first[1]["data"]["usage"]["calls"] == 1
+    assert first[2]["data"]["tool"] == "calculator" and first[2]["data"]["result"] == "2"
+    assert first[-1]["data"]["answer"] == "2"
+    assert all(e["trace_id"] == result.trace_id for e in first)
+    failed = [e for e in episodes if e["run_id"] != result.run_id]
+    assert [e["type"] for e in failed] == ["request", "model_call", "error"]
+    assert failed[-1]["data"]["code"] == "provider_error"
+    dumped = json.dumps(episodes)
+    assert "sk-live-0123456789abcdef" not in dumped
+    assert "hunter2-secret-value" not in dumped
+    assert [e["type"] for e in only_tools["episodes"]] == ["tool_call"]
+
+
+class _Down:
+    """A conversation store whose server is gone."""
+
+    name = "down"
+
+    async def history(self, *args: Any, **kwargs: Any) -> Any:
+        raise MemoryUnavailable("redis is down", backend="redis", retryable=True)
+
+    async def append(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a turn whose memory failed to load must not be stored")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_memory_outage_fails_the_turn_before_any_model_call(tmp_path: Path) -> None:
+    agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
+    agents = LocalAgents(
+        {"mem": agent}, scripted={"mem": ScriptedProvider([])}, memory=factory(tmp_path)
+    )
+    try:
+        runtime = await agents.runtime("mem")
+        assert runtime.memory is not None
+        runtime.memory.conversation = _Down()  # type: ignore[assignment]
+        with pytest.raises(MemoryUnavailable) as info:
+            await runtime.run(RunRequest(query="hi", session_id="s1"))
+        assert info.value.details["stage"] == "memory"
+        assert info.value.http_status == 503
+    finally:
+        await agents.aclose()
+
+
+class WordsEmbedder:
+    """A deterministic bag-of-words embedder (logic tests only; the real ones are
+    tested against their servers and the real model)."""
+
+    name = "words"
+    DIM = 64
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        import hashlib
+        import math
+
+        out = []
+        for text in texts:
+            vector = [0.0] * self.DIM
+            for word in text.lower().replace(".", " ").replace("?", " ").split():
+                digest = hashlib.sha256(word.encode()).digest()
+                vector[digest[0] % self.DIM] += 1.0
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            out.append([v / norm for v in vector])
+        return out
+
+    async def aclose(self) -> None:
+        pass
+
+
+class WordsFactory(MemoryFactory):
+    def make_embedder(self, kind: str, kwargs: Any) -> Any:
+        return WordsEmbedder()
+
+
+async def test_semantic_recall_is_injected_and_scoped_to_the_session(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {
+            "conversational": {"backend": "in_memory", "max_turns": 1},
+            "semantic": {
+                "backend": "faiss",
+                "index_turns": True,
+                "similarity_threshold": 0.3,
+                "max_results": 1,
+            },
+        },
+        prompts={"system": "Be brief."},
+    )
+    model = ScriptedProvider(["ok", "ok", "teal", "no idea"])
+    agents = LocalAgents(
+        {"mem": agent},
+        scripted={"mem": model},
+        memory=WordsFactory(MemoryDefaults(data_dir=str(tmp_path / "data"))),
+    )
+    try:
+        await turn(agents, "my favourite colour is teal")
+        await turn(agents, "I live in Lisbon")
+        await turn(agents, "what is my favourite colour")
+        await turn(agents, "what is my favourite colour", session="stranger")
+    finally:
+        await agents.aclose()
+    system = model.requests[2].messages[0].content
+    assert system is not None and system.startswith("Be brief.\n\nRelevant knowledge:\n- User: ")
+    assert "favourite colour is teal" in system
+    # The window (max_turns 1) no longer holds the first turn: only recall brought it.
+    assert "my favourite colour is teal" not in [m.content for m in model.requests[2].messages]
+    # Another session's recall does not see this session's items.
+    assert model.requests[3].messages[0].content == "Be brief."
+
+
+async def test_prompts_that_place_memory_themselves_get_it_as_variables(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {
+            "semantic": {"backend": "faiss", "index_turns": True, "scope": "agent",
+                         "similarity_threshold": 0.3},
+        },
+        prompts={"system": "Known: {{ knowledge }} ({{ memory.semantic | length }})"},
+    )  # fmt: skip
+    model = ScriptedProvider(["ok", "ok"])
+    agents = LocalAgents(
+        {"mem": agent},
+        scripted={"mem": model},
+        memory=WordsFactory(MemoryDefaults(data_dir=str(tmp_path / "data"))),
+    )
+    try:
+        await turn(agents, "the launch code is blue", session=None)
+        await turn(agents, "what is the launch code", session="any")
+    finally:
+        await agents.aclose()
+    assert model.requests[0].messages[0].content == "Known:  (0)"
+    system = model.requests[1].messages[0].content
+    assert system is not None and system.startswith("Known: - User: the launch code is blue")
+    assert system.endswith("(1)")
