@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.integration.memory.servers import OwnPostgres, OwnRedis
 
 REDIS_URL = os.environ.get("ASTROMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
@@ -34,3 +38,24 @@ def postgres_url() -> str:
 def unique() -> str:
     """A short name no other test uses: a prefix for keys, tables and collections."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.kill()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    cluster = OwnPostgres()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+        cluster.stop("immediate")
+    finally:
+        cluster.remove()

@@ -22,29 +22,6 @@ from astromesh_ray.spec import AgentSpec
 from astromesh_ray.testing import ScriptedProvider
 from tests.unit.core.engine_helpers import agent_yaml, load_agents
 
-from .test_conversation_servers import OwnPostgres, OwnRedis
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        server.kill()
-
-
-@pytest.fixture
-def postgres_server() -> Iterator[OwnPostgres]:
-    cluster = OwnPostgres()
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-        cluster.stop("immediate")
-    finally:
-        cluster.remove()
-
 
 class Server:
     """Stop and start one of the test's servers."""
@@ -56,10 +33,10 @@ class Server:
 @pytest.fixture(params=["redis", "postgres"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Server]]:
     if request.param == "redis":
-        redis = request.getfixturevalue("redis_server")
+        redis = request.getfixturevalue("own_redis")
         yield "redis", Server(redis.url, redis.kill, redis.start)
     else:
-        pg = request.getfixturevalue("postgres_server")
+        pg = request.getfixturevalue("own_postgres")
         yield "postgres", Server(pg.url, lambda: pg.stop("immediate"), pg.start)
 
 
