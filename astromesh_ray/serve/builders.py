@@ -3,6 +3,8 @@
 so the deployed shape is the same either way:
 
 - one application per provider entry (``provider-...``), not exposed over HTTP;
+- one application per embedder with its own ``deployment`` (``embedder-...``), not
+  exposed over HTTP;
 - one application per agent (``agent-<name>``), not exposed over HTTP;
 - the ``gateway`` application at ``/``, routing to agents by handle.
 """
@@ -18,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
 from astromesh_ray.core.build import check_buildable
-from astromesh_ray.core.memory.factory import memory_defaults
+from astromesh_ray.core.memory.factory import embedder_kwargs, memory_defaults
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.serve.agents import AgentDeployment, agent_app_name, describe_agent
 from astromesh_ray.serve.breaker import agent_probes, ensure_breaker_actor
+from astromesh_ray.serve.embedders import EmbedderDeployment, embedder_app_name
 from astromesh_ray.serve.gateway import Gateway
 from astromesh_ray.serve.providers import ProviderDeployment, provider_app_name
 from astromesh_ray.serve.vllm import in_cluster, llm_config_fields, vllm_app
@@ -32,6 +35,7 @@ from astromesh_ray.spec import (
     load_from_environment,
     resolve_models,
 )
+from astromesh_ray.spec.memory import EmbeddingSpec
 
 GATEWAY_APP = "gateway"
 
@@ -55,6 +59,7 @@ class AppArgs(BaseModel):
     )
     agent: str | None = Field(default=None, description="The agent (agent_app only).")
     provider: str | None = Field(default=None, description="Provider app name (provider_app only).")
+    embedder: str | None = Field(default=None, description="Embedder app name (embedder_app only).")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,17 @@ def provider_endpoints(loaded: LoadedConfig) -> dict[str, ModelEndpoint]:
     return found
 
 
+def embedder_specs(loaded: LoadedConfig) -> dict[str, EmbeddingSpec]:
+    """Every embedder the agents want in its own deployment, by application name
+    (agents declaring the same one share it)."""
+    found: dict[str, EmbeddingSpec] = {}
+    for agent in loaded.agents.values():
+        semantic = agent.spec.memory.semantic if agent.spec.memory else None
+        if semantic is not None and semantic.embedding.deployment is not None:
+            found[embedder_app_name(semantic.embedding)] = semantic.embedding
+    return found
+
+
 def plan(
     loaded: LoadedConfig, config_dir: str | None, agents_dir: str | None = None
 ) -> list[PlannedApp]:
@@ -99,6 +115,10 @@ def plan(
     apps = [
         PlannedApp(name, None, "provider_app", {**base, "provider": name})
         for name in sorted(endpoints)
+    ]
+    apps += [
+        PlannedApp(name, None, "embedder_app", {**base, "embedder": name})
+        for name in sorted(embedder_specs(loaded))
     ]
     apps += [
         PlannedApp(agent_app_name(name), None, "agent_app", {**base, "agent": name})
@@ -171,6 +191,21 @@ def agent_app(raw: dict[str, Any]) -> Application:
     )
 
 
+def embedder_app(raw: dict[str, Any]) -> Application:
+    """An embedder's own deployment, with replicas and resources from YAML."""
+    args = AppArgs.model_validate(raw)
+    specs = embedder_specs(_load(args))
+    if args.embedder not in specs:
+        raise ConfigError(
+            f"no agent uses embedder {args.embedder!r}",
+            hint="regenerate the Serve config: astromesh deploy-config",
+        )
+    spec = specs[args.embedder]
+    kind, kwargs = embedder_kwargs(spec)
+    options = serve_options(EmbedderDeployment, spec.deployment)
+    return _deployment(EmbedderDeployment).options(**options).bind(kind, kwargs, spec.batch_size)
+
+
 def gateway_app(raw: dict[str, Any]) -> Application:
     """The HTTP ingress."""
     args = AppArgs.model_validate(raw)
@@ -186,7 +221,12 @@ def gateway_app(raw: dict[str, Any]) -> Application:
     return _deployment(Gateway).options(**options).bind(agents, apps, providers)
 
 
-BUILDERS = {"provider_app": provider_app, "agent_app": agent_app, "gateway_app": gateway_app}
+BUILDERS = {
+    "provider_app": provider_app,
+    "embedder_app": embedder_app,
+    "agent_app": agent_app,
+    "gateway_app": gateway_app,
+}
 
 
 def portable_path(path: Path | None) -> str | None:

@@ -9,6 +9,8 @@ as ``serve/builders.py`` makes them (``is_runtime_app``):
 
 - ``gateway`` holding exactly the ``gateway`` deployment;
 - ``agent-<name>`` holding exactly the ``agent`` deployment (``AgentDeployment``);
+- ``embedder-<...>`` holding exactly the ``embedder`` deployment
+  (``EmbedderDeployment``);
 - ``provider-<...>`` holding exactly one deployment, ``provider``
   (``ProviderDeployment``) or ``AstromeshLLMServer:<model id>`` (Ray's ``LLMServer``
   as ``serve/vllm.py`` builds it).
@@ -36,11 +38,13 @@ from astromesh_ray.spec import LoadedConfig
 logger = logging.getLogger(__name__)
 
 # The deployment names inside our applications (see the module docstring); keep in
-# step with the @serve.deployment names in serve/agents.py, providers.py, gateway.py
+# step with the @serve.deployment names in serve/agents.py, providers.py, gateway.py,
+# embedders.py
 # and the server class name in serve/vllm.py.
 _AGENT_DEPLOYMENT = "agent"
 _PROVIDER_DEPLOYMENT = "provider"
 _GATEWAY_DEPLOYMENT = "gateway"
+_EMBEDDER_DEPLOYMENT = "embedder"
 _VLLM_DEPLOYMENT_PREFIX = "AstromeshLLMServer:"
 
 
@@ -114,6 +118,8 @@ def is_runtime_app(name: str, deployments: Iterable[str]) -> bool:
         return inside == {_GATEWAY_DEPLOYMENT}
     if name.startswith("agent-"):
         return inside == {_AGENT_DEPLOYMENT}
+    if name.startswith("embedder-"):
+        return inside == {_EMBEDDER_DEPLOYMENT}
     if name.startswith("provider-") and len(inside) == 1:
         (only,) = inside
         return only == _PROVIDER_DEPLOYMENT or only.startswith(_VLLM_DEPLOYMENT_PREFIX)
@@ -123,9 +129,10 @@ def is_runtime_app(name: str, deployments: Iterable[str]) -> bool:
 def stale_apps(keep: Collection[str], running: Mapping[str, Iterable[str]]) -> list[str]:
     """The applications of ``running`` (name → deployment names) that are this
     runtime's and not in ``keep``, in the order to delete them: the gateway, then
-    agents (the callers), then providers."""
+    agents (the callers), then what they call (providers, embedders)."""
     stale = [n for n, inside in running.items() if n not in keep and is_runtime_app(n, inside)]
-    return sorted(stale, key=lambda n: (n != GATEWAY_APP, n.startswith("provider-"), n))
+    called = ("provider-", "embedder-")
+    return sorted(stale, key=lambda n: (n != GATEWAY_APP, n.startswith(called), n))
 
 
 def delete_stale_apps(keep: Collection[str]) -> list[str]:

@@ -6,18 +6,28 @@ memory call would cost more than the call.  Embedded vector stores (FAISS, Qdran
 or Chroma local mode) have a single owner: one named Ray actor per store, shared by
 every replica of every agent that uses it, which snapshots to the data directory and
 reloads on restart (``serve/vectors.py``).  SQLite files are shared by the replicas
-on a host (WAL mode, busy timeouts).
+on a host (WAL mode, busy timeouts).  An embedder with a ``deployment`` block is its
+own application, batching the calls of every replica (``serve/embedders.py``);
+without one it runs in the replica.
 """
 
 from __future__ import annotations
 
-from astromesh_ray.core.memory.base import VectorStore
+from astromesh_ray.core.memory.base import Embedder, VectorStore
 from astromesh_ray.core.memory.factory import MemoryFactory, VectorStoreSpec
+from astromesh_ray.serve.embedders import ServeEmbedder, embedder_app_name
 from astromesh_ray.serve.vectors import ActorVectorStore
+from astromesh_ray.spec.memory import EmbeddingSpec
 
 
 class ServeMemoryFactory(MemoryFactory):
-    """``MemoryFactory`` whose embedded vector stores live in their owner actor."""
+    """``MemoryFactory`` whose embedded vector stores live in their owner actor, and
+    whose embedders with a ``deployment`` are their own Serve application."""
 
     def embedded_vectors(self, described: VectorStoreSpec) -> VectorStore:
         return ActorVectorStore(described.kind, dict(described.kwargs))
+
+    def embedder_for(self, spec: EmbeddingSpec) -> Embedder:
+        if spec.deployment is not None:
+            return ServeEmbedder(embedder_app_name(spec))
+        return super().embedder_for(spec)

@@ -166,10 +166,12 @@ RULES: tuple[Rule, ...] = (
     # --- Agent: other blocks --------------------------------------------------
     Rule(
         "Agent",
-        ("spec.memory.semantic.embedding.deployment",),
-        _given,
-        "an embedder in its own deployment is not supported yet",
-        "the embedder runs in the agent replica; remove deployment",
+        ("spec.memory.semantic.embedding.deployment.ray_actor_options.num_gpus",),
+        _nonempty,
+        "embedders on GPUs are not supported yet: the local MiniLM embedder computes on "
+        "the CPU (NumPy), and the openai and ollama ones call a server",
+        "serve the embedding model on a GPU server (vLLM, Ollama) and name it with "
+        "provider openai or ollama; remove num_gpus",
     ),
     Rule(
         "Agent",

@@ -77,8 +77,9 @@ def test_readme_not_yet_supported_list_is_refused() -> None:
     refused = {
         "capability_match": "spec:\n  model:\n    primary: {provider: ollama, model: m}\n"
         "    routing: {strategy: capability_match}\n",
-        "semantic.embedding.deployment": "spec:\n  model:\n    primary: {model: m}\n"
-        "  memory:\n    semantic: {backend: faiss, embedding: {deployment: {num_replicas: 2}}}\n",
+        "embedders on GPUs": "spec:\n  model:\n    primary: {model: m}\n  memory:\n"
+        "    semantic:\n      backend: faiss\n"
+        "      embedding: {deployment: {ray_actor_options: {num_gpus: 1}}}\n",
         "guardrails": "spec:\n  model:\n    primary: {model: m}\n  guardrails:\n"
         "    input: [{type: pii_detection}]\n",
         "chain": "spec:\n  model:\n    primary: {model: m}\n  chain: {mode: sequential}\n",

@@ -222,10 +222,17 @@ class MemoryFactory:
         """The embedder of ``spec``; agents with the same one share it."""
         kind, kwargs = embedder_kwargs(spec)
         key = kind + ":" + ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
-        return self._once(key, lambda: self.make_embedder(kind, kwargs))  # type: ignore[no-any-return]
+        if spec.deployment is not None:
+            key += ":" + spec.deployment.model_dump_json()
+        return self._once(key, lambda: self.embedder_for(spec))  # type: ignore[no-any-return]
+
+    def embedder_for(self, spec: EmbeddingSpec) -> Embedder:
+        """A new embedder for ``spec``: here, in this process (under Serve, one with
+        a ``deployment`` is a handle to its own application instead)."""
+        return self.make_embedder(*embedder_kwargs(spec))
 
     def make_embedder(self, kind: str, kwargs: Mapping[str, Any]) -> Embedder:
-        """A new embedder (the serve layer may put it in its own deployment)."""
+        """A new embedder of ``kind`` in this process."""
         embedder: Embedder = backend_class(_EMBEDDERS, kind)(**kwargs)
         return embedder
 

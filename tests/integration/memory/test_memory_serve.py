@@ -15,6 +15,7 @@ import pytest
 import yaml
 from ray import serve
 
+from astromesh_ray.serve.embedders import ServeEmbedder
 from astromesh_ray.serve.local import deploy_apps
 from astromesh_ray.spec import load_config
 from astromesh_ray.testing import ScriptedOpenAIServer
@@ -95,6 +96,25 @@ def api(
     )
     (agents / "rd.agent.yaml").write_text(
         agent_doc("rd", endpoint, {"conversational": {"backend": "redis", "ttl": 600}})
+    )
+    (agents / "em.agent.yaml").write_text(
+        agent_doc(
+            "em",
+            endpoint,
+            {
+                "semantic": {
+                    "backend": "faiss",
+                    "index_turns": True,
+                    "scope": "agent",
+                    "similarity_threshold": 0.3,
+                    "embedding": {
+                        "provider": "local",
+                        "batch_size": 16,
+                        "deployment": {"num_replicas": 1},
+                    },
+                }
+            },
+        )
     )
     apps = deploy_apps(load_config(root), config_dir=root)
     try:
@@ -311,3 +331,47 @@ def test_memory_routes_of_an_unknown_agent_or_missing_memory_are_404(api: str) -
     assert httpx.get(f"{api}/v1/memory/rd/episodes", timeout=30).status_code == 404
     search = httpx.post(f"{api}/v1/memory/rd/semantic/search", json={"query": "x"}, timeout=30)
     assert search.status_code == 404
+
+
+def test_an_embedder_with_a_deployment_is_one_batching_application(
+    api: str, llm: ScriptedOpenAIServer
+) -> None:
+    apps = serve.status().applications
+    (name,) = [n for n in apps if n.startswith("embedder-local-")]
+    assert apps[name].status == "RUNNING"
+    session = uuid.uuid4().hex
+    llm.add_steps("Stored.", "Blue.")
+    run(api, "em", "The launch code is blue.", session)
+    run(api, "em", "What is the launch code?", uuid.uuid4().hex)
+    # Indexed and recalled through the embedder's own application.
+    assert "The launch code is blue." in sent(llm)[0][1]
+
+    embedder = ServeEmbedder(name)
+
+    async def many() -> list[list[list[float]]]:
+        return await asyncio.gather(*(embedder.embed([f"text {i}"]) for i in range(24)))
+
+    vectors = asyncio.run(many())
+    assert [len(v) for v in vectors] == [1] * 24 and {len(v[0]) for v in vectors} == {384}
+    stats = serve.get_app_handle(name).stats.remote().result()
+    assert stats["where"]["app"] == name
+    # Concurrent calls shared batches (16 calls at most per batch, from the YAML).
+    assert max(stats["batches"]) >= 2 and max(stats["batches"]) <= 16
+
+
+def test_a_streamed_turn_is_stored_too(api: str, llm: ScriptedOpenAIServer) -> None:
+    session = uuid.uuid4().hex
+    llm.add_steps("Streamed answer.")
+    with httpx.stream(
+        "POST",
+        f"{api}/v1/agents/rd/stream",
+        json={"query": "stream me", "session_id": session},
+        timeout=60,
+    ) as reply:
+        assert reply.status_code == 200
+        events = [line for line in reply.iter_lines() if line.startswith("event: ")]
+    assert events[-1] == "event: run_finished"
+    history = httpx.get(f"{api}/v1/memory/rd/sessions/{session}/history", timeout=30).json()
+    assert [[m["content"] for m in t["messages"]] for t in history["turns"]] == [
+        ["stream me", "Streamed answer."]
+    ]

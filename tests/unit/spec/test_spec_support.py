@@ -106,12 +106,12 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
             "memory": {
                 "semantic": {
                     "backend": "faiss",
-                    "embedding": {"deployment": {"num_replicas": 2}},
+                    "embedding": {"deployment": {"ray_actor_options": {"num_gpus": 1}}},
                 }
             }
         },
-        "spec.memory.semantic.embedding.deployment",
-        "embedder in its own deployment",
+        "spec.memory.semantic.embedding.deployment.ray_actor_options.num_gpus",
+        "embedders on GPUs are not supported yet",
     ),
     (
         {"guardrails": {"output": [{"type": "topic_filter", "blocked_topics": ["x"]}]}},

@@ -217,7 +217,10 @@ class ChromaVectorStore:
         check_vector(items[0].vector, dim)
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
-            handle.upsert(
+            # Chroma's upsert merges the new metadata into the old; ours replaces
+            # the item: drop the old ones first.
+            handle.delete(ids=[i.id for i in batch])
+            handle.add(
                 ids=[i.id for i in batch],
                 embeddings=[list(i.vector) for i in batch],
                 documents=[i.text for i in batch],
