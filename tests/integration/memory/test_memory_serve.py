@@ -6,6 +6,7 @@ the memory API routes, against a real OpenAI-compatible server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,13 @@ from astromesh_ray.testing import ScriptedOpenAIServer
 from .conftest import POSTGRES_URL, REDIS_URL
 
 
-def agent_doc(name: str, endpoint: str, memory: dict[str, Any], replicas: int = 1) -> str:
+def agent_doc(
+    name: str,
+    endpoint: str,
+    memory: dict[str, Any],
+    replicas: int = 1,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     doc = {
         "apiVersion": "astromesh/v1",
         "kind": "Agent",
@@ -34,6 +41,7 @@ def agent_doc(name: str, endpoint: str, memory: dict[str, Any], replicas: int = 
             "orchestration": {"max_iterations": 3, "timeout_seconds": 60},
             "memory": memory,
             "deployment": {"num_replicas": replicas, "max_ongoing_requests": 64},
+            "tools": tools or [],
         },
     }
     return yaml.safe_dump(doc)
@@ -95,7 +103,12 @@ def api(
         )
     )
     (agents / "rd.agent.yaml").write_text(
-        agent_doc("rd", endpoint, {"conversational": {"backend": "redis", "ttl": 600}})
+        agent_doc(
+            "rd",
+            endpoint,
+            {"conversational": {"backend": "redis", "ttl": 600}},
+            tools=[{"name": "calculator", "type": "builtin"}],
+        )
     )
     (agents / "em.agent.yaml").write_text(
         agent_doc(
@@ -375,3 +388,36 @@ def test_a_streamed_turn_is_stored_too(api: str, llm: ScriptedOpenAIServer) -> N
     assert [[m["content"] for m in t["messages"]] for t in history["turns"]] == [
         ["stream me", "Streamed answer."]
     ]
+
+
+def test_a_stored_tool_turn_replays_as_valid_openai_messages(
+    api: str, llm: ScriptedOpenAIServer
+) -> None:
+    session = uuid.uuid4().hex
+    llm.add_steps(
+        {
+            "tool_calls": [
+                {"id": "call_7", "name": "calculator", "arguments": {"expression": "6*7"}}
+            ]
+        },
+        "It is 42.",
+        "Yes, 42.",
+    )
+    run(api, "rd", "What is 6*7?", session)
+    run(api, "rd", "Sure?", session)
+    replayed = llm.requests[-1]["messages"]
+    assert [m["role"] for m in replayed] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+    call = replayed[2]["tool_calls"][0]
+    assert call["id"] == "call_7" and call["type"] == "function"
+    assert call["function"]["name"] == "calculator"
+    assert json.loads(call["function"]["arguments"]) == {"expression": "6*7"}
+    # The tool result answers that very call, as the OpenAI API requires.
+    assert replayed[3]["tool_call_id"] == "call_7" and replayed[3]["content"] == "42"
+    assert replayed[4]["content"] == "It is 42."
