@@ -14,7 +14,7 @@ from typing import cast
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
 from astromesh_ray.core.memory.build import build_memory, has_memory
-from astromesh_ray.core.memory.factory import MemoryFactory, default_factory
+from astromesh_ray.core.memory.factory import MemoryFactory, default_memory_factory
 from astromesh_ray.core.memory.redact import secret_values
 from astromesh_ray.core.memory.stages import SUMMARIZER_ROLE
 from astromesh_ray.core.messages import ToolSchema
@@ -240,7 +240,7 @@ def build_runtime(
     agent_memory = None
     if has_memory(agent):
         if memory is None:
-            memory = default_factory()
+            memory = default_memory_factory()
             resources.append(memory)
         agent_memory, counter = build_memory(agent, memory, counter_endpoint)
         if counter is not None:
@@ -307,7 +307,7 @@ class LocalAgents:
     ) -> None:
         self.agents = dict(agents)
         # One owner of every agent's memory backends (one SQLite file, one embedder).
-        self.memory = memory or default_factory()
+        self.memory = memory or default_memory_factory()
         self.providers = dict(providers or {})
         self.routing = routing
         self.make_provider = make_provider

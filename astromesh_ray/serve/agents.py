@@ -14,7 +14,7 @@ from astromesh_ray.core.build import build_runtime
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import event_to_dict
 from astromesh_ray.core.memory.api import memory_op
-from astromesh_ray.core.memory.factory import MemoryDefaults, default_factory
+from astromesh_ray.core.memory.factory import MemoryDefaults, default_memory_factory
 from astromesh_ray.serve.breaker import ServeBreakerStore, agent_probes
 from astromesh_ray.serve.handles import agent_app_name
 from astromesh_ray.serve.location import replica_location
@@ -80,7 +80,7 @@ class AgentDeployment:
     ) -> None:
         self._breakers = breakers = await self.make_breakers(agent, providers, routing)
         # The replica owns its memory backends (pools, embedders): closed on shutdown.
-        self._memory = ServeMemoryFactory(memory or default_factory().defaults)
+        self._memory = ServeMemoryFactory(memory or default_memory_factory().defaults)
         self._runtime = build_runtime(
             agent,
             providers,

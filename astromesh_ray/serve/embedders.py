@@ -18,7 +18,7 @@ from typing import Any
 from ray import serve
 
 from astromesh_ray.core.memory.base import Embedder
-from astromesh_ray.core.memory.factory import default_factory, embedder_kwargs
+from astromesh_ray.core.memory.factory import build_embedder, embedder_kwargs
 from astromesh_ray.errors import MemoryUnavailable
 from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe
 from astromesh_ray.serve.handles import failure as ray_failure
@@ -52,7 +52,7 @@ class EmbedderDeployment:
     """Owns one embedder (a model in memory, or an HTTP client) and batches calls."""
 
     def __init__(self, kind: str, kwargs: dict[str, Any], batch_size: int) -> None:
-        self._embedder: Embedder = default_factory().make_embedder(kind, kwargs)
+        self._embedder: Embedder = build_embedder(kind, kwargs)
         # serve.batch gives the method this setter; its stubs do not say so.
         self._batched.set_max_batch_size(batch_size)  # type: ignore[attr-defined]
         self._where = replica_location()

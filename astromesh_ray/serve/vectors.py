@@ -35,7 +35,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from astromesh_ray.core.memory.base import VectorHit, VectorItem, VectorStore, Where
-from astromesh_ray.core.memory.factory import VectorStoreSpec, default_factory
+from astromesh_ray.core.memory.factory import VectorStoreSpec, build_vector_store
 from astromesh_ray.errors import ConfigError, MemoryUnavailable
 from astromesh_ray.serve.handles import RAY_FAILURES, describe
 from astromesh_ray.serve.handles import failure as ray_failure
@@ -66,7 +66,7 @@ class VectorStoreActor:
         try:
             # The plain factory builds the store here, in this process (on a restart,
             # loading what the last incarnation persisted).
-            self._store = default_factory().embedded_vectors(VectorStoreSpec(kind, kwargs))
+            self._store = build_vector_store(VectorStoreSpec(kind, kwargs))
         except Exception as exc:
             # Kept and answered to every call: an actor whose constructor raised would
             # only say "creation task failed", losing the error's type and hint.

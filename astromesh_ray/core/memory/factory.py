@@ -174,6 +174,23 @@ def embedder_kwargs(spec: EmbeddingSpec) -> tuple[str, dict[str, Any]]:
     return kind, {"model": spec.model, **kwargs}
 
 
+def build_vector_store(described: VectorStoreSpec) -> VectorStore:
+    """The vector store ``described``, in this process (an embedded one's directory is
+    created first)."""
+    if described.embedded:
+        for key in ("path", "directory"):
+            if key in described.kwargs:
+                Path(described.kwargs[key]).mkdir(parents=True, exist_ok=True)
+    store: VectorStore = backend_class(_VECTOR_STORES, described.kind)(**described.kwargs)
+    return store
+
+
+def build_embedder(kind: str, kwargs: Mapping[str, Any]) -> Embedder:
+    """An embedder of ``kind`` in this process."""
+    embedder: Embedder = backend_class(_EMBEDDERS, kind)(**kwargs)
+    return embedder
+
+
 class MemoryFactory:
     """Builds memory backends from YAML blocks; owns (and closes) what it built."""
 
@@ -213,10 +230,7 @@ class MemoryFactory:
 
     def embedded_vectors(self, described: VectorStoreSpec) -> VectorStore:
         """An embedded store, in this process (the serve layer: in its owner actor)."""
-        if described.kind in ("faiss", "qdrant", "chromadb"):
-            Path(next(iter(described.kwargs.values()))).mkdir(parents=True, exist_ok=True)
-        store: VectorStore = backend_class(_VECTOR_STORES, described.kind)(**described.kwargs)
-        return store
+        return build_vector_store(described)
 
     def embedder(self, spec: EmbeddingSpec) -> Embedder:
         """The embedder of ``spec``; agents with the same one share it."""
@@ -233,8 +247,7 @@ class MemoryFactory:
 
     def make_embedder(self, kind: str, kwargs: Mapping[str, Any]) -> Embedder:
         """A new embedder of ``kind`` in this process."""
-        embedder: Embedder = backend_class(_EMBEDDERS, kind)(**kwargs)
-        return embedder
+        return build_embedder(kind, kwargs)
 
     def episodic(self, spec: EpisodicMemorySpec) -> EpisodicLog:
         """The episodic log of ``spec``."""
@@ -265,7 +278,7 @@ def memory_factory(loaded: LoadedConfig) -> MemoryFactory:
     return MemoryFactory(memory_defaults(loaded))
 
 
-def default_factory(data_dir: str | os.PathLike[str] | None = None) -> MemoryFactory:
+def default_memory_factory(data_dir: str | os.PathLike[str] | None = None) -> MemoryFactory:
     """A factory with runtime.yaml's defaults and ``data_dir`` (default ``./data``)."""
     path = Path(data_dir) if data_dir is not None else Path.cwd() / "data"
     return MemoryFactory(MemoryDefaults.from_spec(RuntimeMemorySpec(), path.resolve()))
