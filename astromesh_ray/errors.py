@@ -173,5 +173,14 @@ class MemoryNotFound(AstromeshError):
     http_status = 404
 
 
+class MemoryConflict(AstromeshError):
+    """The request would overwrite memory that exists (forking onto a session that
+    already has turns)."""
+
+    code = "memory_conflict"
+    http_status = 409
+
+
 _BY_CODE[MemoryUnavailable.code] = MemoryUnavailable
 _BY_CODE[MemoryNotFound.code] = MemoryNotFound
+_BY_CODE[MemoryConflict.code] = MemoryConflict

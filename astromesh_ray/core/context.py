@@ -11,6 +11,7 @@ steps (``core/steps/``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
     from astromesh_ray.core.peers import Peer
     from astromesh_ray.core.providers.base import Provider
     from astromesh_ray.core.tools.index import ToolIndex
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+"""What a session id may be: 1–128 characters, letters, digits and ``. _ : @ -``,
+starting with a letter or digit (safe in keys, file names and URLs)."""
+
+
+def check_session_id(session: str, field: str = "session_id") -> str:
+    """``session`` if it is a valid session id, else ``InvalidRequest`` naming ``field``."""
+    if not isinstance(session, str) or not SESSION_ID.fullmatch(session):
+        raise InvalidRequest(
+            f"invalid {field} {str(session)[:40]!r}",
+            hint="1 to 128 characters: letters, digits and . _ : @ -, starting with a "
+            "letter or digit",
+            field=field,
+        )
+    return session
+
 
 # Names the prompt templates get from the runtime: a request `context` key with one
 # of them would be silently shadowed, so it is refused instead.
@@ -76,6 +94,8 @@ class RunRequest:
 
     def check(self) -> None:
         """Refuse what the runtime cannot honour (``InvalidRequest``, HTTP 422)."""
+        if self.session_id is not None:
+            check_session_id(self.session_id)
         shadowed = [k for k in RESERVED_CONTEXT_KEYS if k in self.context]
         if shadowed:
             raise InvalidRequest(

@@ -50,11 +50,11 @@ class PromptSet:
                         hint="templates: " + (", ".join(sorted(templates or {})) or "(none)"),
                         field=f"spec.prompts.{field}",
                     )
-        # Whether the prompts place recalled memory themselves.
-        used: set[str] = set()
-        for source in sources.values():
-            used |= jinja2.meta.find_undeclared_variables(self._env.parse(source))
-        self.places_memory = bool(used & {"memory", "knowledge"})
+        # What of recalled memory the system prompt (with what it includes) places
+        # itself; the prompt stage appends the rest.
+        placed = _memory_placed(self._env, system, dict(templates or {}))
+        self.places_summary = "summary" in placed
+        self.places_knowledge = "knowledge" in placed
         # A system prompt with no variables and no includes renders the same every
         # time: render it once now.
         parsed = self._env.parse(system)
@@ -110,6 +110,37 @@ class PromptSet:
             ) from None
 
 
+def _memory_placed(env: jinja2.Environment, system: str, templates: Mapping[str, str]) -> set[str]:
+    """Which of ``summary`` and ``knowledge`` the system prompt renders, counting the
+    templates it includes (transitively): ``knowledge``, ``memory.semantic`` or
+    ``memory.summary``, or ``memory`` as a whole (both)."""
+    from jinja2 import nodes
+
+    placed: set[str] = set()
+    todo, seen = [system], set()
+    while todo:
+        tree = env.parse(todo.pop())
+        keys: list[object] = []  # what `memory.<key>` / `memory["<key>"]` reads
+        for n in tree.find_all(nodes.Getattr):
+            if isinstance(n.node, nodes.Name) and n.node.name == "memory":
+                keys.append(n.attr)
+        for item in tree.find_all(nodes.Getitem):
+            if isinstance(item.node, nodes.Name) and item.node.name == "memory":
+                keys.append(getattr(item.arg, "value", None))
+        names = [n.name for n in tree.find_all(nodes.Name)]
+        if names.count("memory") > len(keys):
+            placed |= {"summary", "knowledge"}  # the whole mapping is rendered
+        if "knowledge" in names or "semantic" in keys:
+            placed.add("knowledge")
+        if "summary" in keys:
+            placed.add("summary")
+        for ref in jinja2.meta.find_referenced_templates(tree):
+            if ref is not None and ref in templates and ref not in seen:
+                seen.add(ref)
+                todo.append(templates[ref])
+    return placed
+
+
 class PromptStage:
     """The ``prompts`` prepare stage: the system prompt rendered with the request's
     variables and what memory recalled, the session's replayed history, the
@@ -117,9 +148,10 @@ class PromptStage:
 
     Templates see ``memory`` (``conversation``: the replayed messages as dicts,
     ``summary``, ``semantic``: the recalled items, ``episodic``) and ``knowledge``
-    (the recalled items as text, one per line).  A summary or recalled knowledge the
-    system prompt does not place itself (it uses neither ``memory`` nor
-    ``knowledge``) is appended to it, so memory is never fetched and then dropped.
+    (the recalled items as text, one per line).  A summary the system prompt does not
+    place itself (``memory.summary``), or recalled knowledge it does not place
+    (``knowledge``, ``memory.semantic``), is appended to it, so memory is never
+    fetched and then dropped.  The replayed history is always sent as messages.
     """
 
     name = "prompts"
@@ -146,12 +178,12 @@ class PromptStage:
                 "query": request.query,
             }
             system = self.prompts.render_system(variables)
-        if not self.prompts.places_memory:
-            extra = []
-            if recall.summary:
-                extra.append("Summary of the earlier conversation:\n" + recall.summary)
-            if knowledge:
-                extra.append("Relevant knowledge:\n" + knowledge)
+        extra = []
+        if recall.summary and not self.prompts.places_summary:
+            extra.append("Summary of the earlier conversation:\n" + recall.summary)
+        if knowledge and not self.prompts.places_knowledge:
+            extra.append("Relevant knowledge:\n" + knowledge)
+        if extra:
             system = "\n\n".join(p for p in (system, *extra) if p)
         if system:
             state.messages.append(Message(role="system", content=system))

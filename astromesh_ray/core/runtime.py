@@ -283,14 +283,21 @@ class AgentRuntime:
     async def _finish(
         self, ctx: RunContext, state: TurnState, error: AstromeshError | None
     ) -> None:
+        """Run every finish stage, each once.  A stage that fails does not stop the
+        later ones, which are told the run failed with its error (the episodic log
+        records a turn whose saving failed); that first failure is raised at the end,
+        unless the run had already failed, whose error is the one to report."""
+        failed: AstromeshError | None = None
         for stage in self.stages.finish:
             try:
-                await _in_stage(stage.name, stage.finish(ctx, state, error))
+                await _in_stage(stage.name, stage.finish(ctx, state, error or failed))
             except AstromeshError as exc:
-                if error is None:
-                    raise
-                # The run already failed: that error is the one to report.
-                log.warning("finish stage %r failed after a failed run: %s", stage.name, exc)
+                if error is None and failed is None:
+                    failed = exc
+                else:
+                    log.warning("finish stage %r failed after a failed run: %s", stage.name, exc)
+        if failed is not None:
+            raise failed
 
 
 def _stage_error(name: str, exc: Exception) -> AstromeshError:

@@ -11,14 +11,13 @@ calls from any replica are batched together (``serve.batch``: up to the YAML's
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from ray import serve
 
 from astromesh_ray.core.memory.base import Embedder
-from astromesh_ray.core.memory.factory import build_embedder, embedder_kwargs
+from astromesh_ray.core.memory.factory import build_embedder, embedder_identity, embedder_kwargs
 from astromesh_ray.errors import MemoryUnavailable
 from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe
 from astromesh_ray.serve.handles import failure as ray_failure
@@ -35,16 +34,9 @@ APP_PREFIX = "embedder-"
 def embedder_app_name(spec: EmbeddingSpec) -> str:
     """The Serve application of the embedder ``spec`` describes (agents declaring
     the same embedder and deployment share it)."""
-    kind, kwargs = embedder_kwargs(spec)
-    identity = json.dumps(
-        {
-            "kind": kind,
-            "kwargs": kwargs,
-            "deployment": spec.deployment.model_dump(mode="json") if spec.deployment else None,
-        },
-        sort_keys=True,
-    )
-    return APP_PREFIX + kind + "-" + hashlib.sha256(identity.encode()).hexdigest()[:8]
+    kind, _ = embedder_kwargs(spec)
+    digest = hashlib.sha256(embedder_identity(spec).encode()).hexdigest()[:8]
+    return f"{APP_PREFIX}{kind}-{digest}"
 
 
 @serve.deployment(name="embedder", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})

@@ -38,8 +38,8 @@ from ray.serve.schema import ApplicationStatus
 
 from astromesh_ray import __version__
 from astromesh_ray.core.breaker import most_severe
+from astromesh_ray.core.context import check_session_id
 from astromesh_ray.core.events import ErrorEvent, event_to_dict
-from astromesh_ray.core.memory.agent import check_session_id
 from astromesh_ray.core.memory.base import EPISODE_TYPES
 from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from astromesh_ray.core.memory.agent import SESSION_ID
+from astromesh_ray.core.context import SESSION_ID
 from astromesh_ray.errors import AstromeshError
 
 MAX_BODY_BYTES = 1024 * 1024

@@ -161,6 +161,20 @@ class AgentBodySpec(StrictModel):
             seen.add(tool.name)
         return self
 
+    @model_validator(mode="after")
+    def _in_memory_in_one_replica(self) -> AgentBodySpec:
+        conversational = self.memory.conversational if self.memory else None
+        deployment = self.deployment
+        if conversational is None or conversational.backend != "in_memory" or not deployment:
+            return self
+        if deployment.num_replicas not in (None, 1) or deployment.autoscaling_config:
+            raise rule_error(
+                ("memory", "conversational", "backend"),
+                "in_memory history lives in one replica: with several, a session's turns "
+                "would be split between them; use sqlite, redis or postgres",
+            )
+        return self
+
 
 class AgentSpec(StrictModel):
     """A whole ``kind: Agent`` document."""

@@ -75,6 +75,14 @@ class ConversationalMemorySpec(StrictModel):
         description="Seconds a session is kept after its last turn (default: forever).",
     )
 
+    @model_validator(mode="after")
+    def _fields_used(self) -> ConversationalMemorySpec:
+        if "max_tokens" in self.model_fields_set and self.strategy != "token_budget":
+            raise rule_error("max_tokens", "max_tokens applies to strategy token_budget only")
+        if self.backend == "in_memory" and self.connection is not None:
+            raise rule_error("connection", "the in_memory backend has no connection")
+        return self
+
 
 class EmbeddingSpec(StrictModel):
     """The model that turns text into vectors for semantic memory."""
@@ -106,6 +114,14 @@ class EmbeddingSpec(StrictModel):
     def _model_named(self) -> EmbeddingSpec:
         if self.provider != "local" and not self.model:
             raise rule_error("model", f"the {self.provider} embedder needs a model name")
+        unused = {
+            "local": ("model", "endpoint", "api_key_env", "timeout_s"),
+            "ollama": ("api_key_env",),
+        }.get(self.provider, ())
+        for name in unused:
+            if name in self.model_fields_set:
+                key = "timeout" if name == "timeout_s" else name
+                raise rule_error(key, f"the {self.provider} embedder takes no {key}")
         return self
 
 
@@ -135,8 +151,9 @@ class SemanticMemorySpec(StrictModel):
         default_factory=EmbeddingSpec, description="The embedding model."
     )
     index_turns: bool = Field(
-        default=False,
-        description="Index every completed turn (question and answer) for later recall.",
+        default=True,
+        description="Index every completed turn (question and answer) for later recall "
+        "(false: recall only what is already in the collection).",
     )
     scope: Literal["session", "agent"] = Field(
         default="session",
@@ -187,4 +204,11 @@ class RuntimeMemorySpec(StrictModel):
     )
     chroma_url: str | None = Field(
         default=None, description="Chroma server (default: a persistent client in data_dir)."
+    )
+    pool_size: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Connections per Redis or PostgreSQL store in each agent replica (mind "
+        "the server's max_connections: stores x replicas x pool_size).",
     )

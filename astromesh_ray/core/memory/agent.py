@@ -9,11 +9,11 @@ with ``MemoryUnavailable`` rather than holding a turn forever.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from astromesh_ray.core.context import check_session_id
 from astromesh_ray.core.memory.base import (
     ConversationStore,
     Embedder,
@@ -32,26 +32,10 @@ from astromesh_ray.core.memory.base import (
 )
 from astromesh_ray.core.memory.strategies import HistoryStrategy, Replay, Summarizer
 from astromesh_ray.core.messages import Message, Usage
-from astromesh_ray.errors import InvalidRequest, MemoryNotFound, MemoryUnavailable
+from astromesh_ray.errors import InvalidRequest, MemoryConflict, MemoryNotFound, MemoryUnavailable
 from astromesh_ray.spec.memory import SemanticMemorySpec
 
 T = TypeVar("T")
-
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-"""What a session id may be: 1–128 characters, letters, digits and ``. _ : @ -``,
-starting with a letter or digit (safe in keys, file names and URLs)."""
-
-
-def check_session_id(session: str, field: str = "session_id") -> str:
-    """``session`` if it is a valid session id, else ``InvalidRequest`` naming ``field``."""
-    if not isinstance(session, str) or not SESSION_ID.match(session):
-        raise InvalidRequest(
-            f"invalid {field} {str(session)[:40]!r}",
-            hint="1 to 128 characters: letters, digits and . _ : @ -, starting with a "
-            "letter or digit",
-            field=field,
-        )
-    return session
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +82,8 @@ class AgentMemory:
         except TimeoutError:
             raise MemoryUnavailable(
                 f"memory of agent {self.agent!r}: {what} took longer than {self.timeout_s:g} s",
-                hint="check the memory backend's server",
+                hint="check the memory backend's server (a write cut off by this timeout "
+                "may still complete: it is atomic, never half stored)",
                 backend=what,
                 retryable=True,
             ) from None
@@ -114,24 +99,26 @@ class AgentMemory:
         )
 
     async def save_turn(
-        self,
-        session: str,
-        run_id: str,
-        messages: Sequence[Message],
-        meta: dict[str, Any],
-        summarizer: Summarizer | None,
-    ) -> tuple[StoredTurn | None, Usage]:
-        """Store a completed turn, then let the strategy update what it keeps (the
-        summary); returns the stored turn and the model usage of that update."""
+        self, session: str, run_id: str, messages: Sequence[Message], meta: dict[str, Any]
+    ) -> StoredTurn | None:
+        """Store a completed turn (one atomic record)."""
         if self.conversation is None or self.strategy is None:
-            return None, Usage()
+            return None
         key = self.key(session)
         meta = {**meta, **await self.strategy.turn_meta(messages)}
-        stored = await self._bounded(
+        return await self._bounded(
             "conversation save", self.conversation.append(key, NewTurn(run_id, messages, meta=meta))
         )
-        usage = await self.strategy.after_append(self.conversation, key, summarizer)
-        return stored, usage
+
+    async def update_summary(self, session: str, summarizer: Summarizer | None) -> Usage:
+        """Let the strategy bring what it keeps up to date after a turn was stored
+        (the summary fold); returns the model usage of that."""
+        if self.conversation is None or self.strategy is None:
+            return Usage()
+        return await self._bounded(
+            "summary",
+            self.strategy.after_append(self.conversation, self.key(session), summarizer),
+        )
 
     def _where(self, session: str | None) -> dict[str, str] | None:
         """The filter of recall: the agent's items, and the session's when recall is
@@ -152,6 +139,32 @@ class AgentMemory:
         if where is None:
             return []
         return await self.search(query, where=where)
+
+    async def search_as(
+        self,
+        session: str | None,
+        query: str,
+        *,
+        k: int | None = None,
+        threshold: float | None = None,
+    ) -> list[VectorHit]:
+        """What recall in ``session`` finds for ``query`` (the memory API's search);
+        a session-scoped memory needs the session named."""
+        if self.semantic is None:
+            raise MemoryNotFound(
+                f"agent {self.agent!r} has no semantic memory",
+                hint="declare spec.memory.semantic in its YAML",
+            )
+        if session is not None:
+            check_session_id(session)
+        where = self._where(session)
+        if where is None:
+            raise InvalidRequest(
+                f"the semantic memory of agent {self.agent!r} is kept per session: "
+                "name the session to search",
+                field="session_id",
+            )
+        return await self.search(query, where=where, k=k, threshold=threshold)
 
     async def search(
         self,
@@ -265,7 +278,7 @@ class AgentMemory:
         target = self.key(check_session_id(new_session, "new_session_id"))
         existing = await self._bounded("conversation load", store.history(target, last=1))
         if existing.turns:
-            raise InvalidRequest(
+            raise MemoryConflict(
                 f"session {new_session!r} already exists",
                 hint="fork to a new session id",
                 field="new_session_id",

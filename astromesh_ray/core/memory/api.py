@@ -1,9 +1,9 @@
 """The memory API's operations on one agent's memory, as JSON in and out.
 
-The HTTP routes (``serve/memory_routes.py``) validate the request and call
-``memory_op`` where the agent's memory lives (its Serve replica; in one process for
-``astromesh run``): one table of operations, so the Serve path and the local one
-answer the same bodies.
+The gateway's ``/v1/memory/...`` routes (``serve/gateway.py``) validate the request
+and call ``memory_op`` where the agent's memory lives (its Serve replica, through
+``AgentDeployment.memory``; in one process for ``astromesh run`` and the tests): one
+table of operations, so every path answers the same bodies.
 
     sessions   {limit, offset}                      -> {sessions: [...]}
     history    {session_id}                         -> {session_id, summary, turns: [...]}
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from astromesh_ray.core.memory.agent import AgentMemory, check_session_id
+from astromesh_ray.core.memory.agent import AgentMemory
 from astromesh_ray.errors import InvalidRequest, MemoryNotFound
 
 Op = Callable[[AgentMemory, Mapping[str, Any]], Awaitable[dict[str, Any]]]
@@ -55,23 +55,12 @@ async def _fork(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _search(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
-    if memory.semantic is None:
-        raise MemoryNotFound(
-            f"agent {memory.agent!r} has no semantic memory",
-            hint="declare spec.memory.semantic in its YAML",
-        )
     session = args.get("session_id")
-    where: dict[str, str] = {}
-    if session is not None:
-        where["session"] = check_session_id(str(session))
-    elif memory.semantic.spec.scope == "session":
-        raise InvalidRequest(
-            f"the semantic memory of agent {memory.agent!r} is kept per session: "
-            "name the session to search",
-            field="session_id",
-        )
-    hits = await memory.search(
-        str(args["query"]), where=where, k=args.get("k"), threshold=args.get("threshold")
+    hits = await memory.search_as(
+        str(session) if session is not None else None,
+        str(args["query"]),
+        k=args.get("k"),
+        threshold=args.get("threshold"),
     )
     return {"agent": memory.agent, "hits": [h.to_dict() for h in hits]}
 

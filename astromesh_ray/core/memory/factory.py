@@ -15,6 +15,7 @@ an agent uses it, so an unused backend's dependencies need not be installed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -51,6 +52,7 @@ class MemoryDefaults:
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     qdrant_url: str | None = None
     chroma_url: str | None = None
+    pool_size: int = 5
 
     @staticmethod
     def from_spec(spec: RuntimeMemorySpec, data_dir: Path) -> MemoryDefaults:
@@ -60,6 +62,7 @@ class MemoryDefaults:
             postgres_url=spec.postgres_url,
             qdrant_url=spec.qdrant_url,
             chroma_url=spec.chroma_url,
+            pool_size=spec.pool_size,
         )
 
     def path(self, name: str) -> Path:
@@ -146,7 +149,7 @@ def vector_store_spec(spec: SemanticMemorySpec, defaults: MemoryDefaults) -> Vec
     kind = spec.backend
     kwargs: dict[str, Any]
     if kind == "pgvector":
-        kwargs = {"url": url or defaults.postgres_url}
+        kwargs = {"url": url or defaults.postgres_url, "max_size": defaults.pool_size}
     elif kind == "qdrant":
         remote = url if url and "://" in url else None if url else defaults.qdrant_url
         kwargs = {"url": remote} if remote else {"path": str(defaults.path(url or "qdrant"))}
@@ -191,6 +194,14 @@ def build_embedder(kind: str, kwargs: Mapping[str, Any]) -> Embedder:
     return embedder
 
 
+def embedder_identity(spec: EmbeddingSpec) -> str:
+    """Identifies an embedder: the same one (and the same deployment) has the same
+    identity, whichever agent declares it."""
+    kind, kwargs = embedder_kwargs(spec)
+    deployment = spec.deployment.model_dump(mode="json") if spec.deployment else None
+    return json.dumps({"kind": kind, "kwargs": kwargs, "deployment": deployment}, sort_keys=True)
+
+
 class MemoryFactory:
     """Builds memory backends from YAML blocks; owns (and closes) what it built."""
 
@@ -217,8 +228,12 @@ class MemoryFactory:
         if kind == "sqlite":
             path = self.defaults.path(spec.connection.url if spec.connection else SQLITE_FILE)
             return self._keep(cls(path, ttl_s=spec.ttl))  # type: ignore[no-any-return]
-        default = self.defaults.redis_url if kind == "redis" else self.defaults.postgres_url
-        return self._keep(cls(_url(spec.connection, default), ttl_s=spec.ttl))  # type: ignore[no-any-return]
+        pool = self.defaults.pool_size
+        if kind == "redis":
+            url = _url(spec.connection, self.defaults.redis_url)
+            return self._keep(cls(url, ttl_s=spec.ttl, max_connections=pool))  # type: ignore[no-any-return]
+        url = _url(spec.connection, self.defaults.postgres_url)
+        return self._keep(cls(url, ttl_s=spec.ttl, max_size=pool))  # type: ignore[no-any-return]
 
     def vectors(self, spec: SemanticMemorySpec) -> VectorStore:
         """The vector store of ``spec``."""
@@ -234,11 +249,7 @@ class MemoryFactory:
 
     def embedder(self, spec: EmbeddingSpec) -> Embedder:
         """The embedder of ``spec``; agents with the same one share it."""
-        kind, kwargs = embedder_kwargs(spec)
-        key = kind + ":" + ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
-        if spec.deployment is not None:
-            key += ":" + spec.deployment.model_dump_json()
-        return self._once(key, lambda: self.embedder_for(spec))  # type: ignore[no-any-return]
+        return self._once(embedder_identity(spec), lambda: self.embedder_for(spec))  # type: ignore[no-any-return]
 
     def embedder_for(self, spec: EmbeddingSpec) -> Embedder:
         """A new embedder for ``spec``: here, in this process (under Serve, one with
@@ -256,7 +267,8 @@ class MemoryFactory:
         if kind == "sqlite":
             path = self.defaults.path(spec.connection.url if spec.connection else SQLITE_FILE)
             return self._keep(cls(path))  # type: ignore[no-any-return]
-        return self._keep(cls(_url(spec.connection, self.defaults.postgres_url)))  # type: ignore[no-any-return]
+        url = _url(spec.connection, self.defaults.postgres_url)
+        return self._keep(cls(url, max_size=self.defaults.pool_size))  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Close every backend built (each once); one that fails is logged."""

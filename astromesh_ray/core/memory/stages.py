@@ -5,9 +5,10 @@
   recall finds for the query (``state.recall.semantic``); the ``prompts`` stage that
   follows places them.  After a turn that answered: the turn's whole transcript
   (user message, tool calls and results, answer; not the system prompt nor the
-  replayed history) is appended as one record, the strategy updates its summary,
-  and the turn is indexed for recall when ``semantic.index_turns`` asks.  A turn that
-  failed stores nothing in the conversation.
+  replayed history) is appended as one record; then the strategy updates its
+  summary and the turn is indexed for recall (``semantic.index_turns``), both
+  best-effort once the turn is stored (a failure is logged and listed in the run
+  span's ``memory_warnings``).  A turn that failed stores nothing.
 - ``episodic`` (finish).  Every run, answered or failed, appends its episodes:
   the request, each model call (provider, model, tokens, cost, latency), each tool
   call (arguments and result), and the answer or the error; all through ``redact``,
@@ -20,9 +21,10 @@ record).  Without a ``session_id`` a turn neither loads nor stores history.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from astromesh_ray.core.events import ToolStep
 from astromesh_ray.core.memory.base import Episode
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from astromesh_ray.core.stages import StageEnv
     from astromesh_ray.core.trace import Span
     from astromesh_ray.spec import AgentSpec
+
+log = logging.getLogger("astromesh.memory")
+T = TypeVar("T")
 
 SUMMARIZER_ROLE = "summarizer"
 """The model role that writes conversation summaries (``spec.model.roles``); the
@@ -62,14 +67,36 @@ class MemoryStage:
         if error is not None or state.answer is None:
             return  # a failed turn stores nothing (the episodic log has it)
         session = ctx.session_id
-        if session is not None and self.memory.conversation is not None:
-            messages = state.messages[state.turn_start :]
-            meta = {"trace_id": state.trace.trace_id, "usage": state.usage.to_dict()}
-            _, usage = await self.memory.save_turn(
-                session, ctx.run_id, messages, meta, _summarizer(ctx, state)
-            )
+        memory = self.memory
+        if session is None or memory.conversation is None:
+            # Indexing is all this turn's memory: its failure fails the turn.
+            await memory.index_turn(session, ctx.run_id, ctx.request.query, state.answer)
+            return
+        messages = state.messages[state.turn_start :]
+        meta = {"trace_id": state.trace.trace_id, "usage": state.usage.to_dict()}
+        await memory.save_turn(session, ctx.run_id, messages, meta)
+        # The turn is stored: what follows only adds to it.  Failing now would report
+        # a stored turn as lost (and a retry would store it twice), so a failure is
+        # logged and shown in the trace; the summary fold catches up on a later turn.
+        usage = await _after_saving(
+            state, "summary", memory.update_summary(session, _summarizer(ctx, state))
+        )
+        if usage is not None:
             state.usage = state.usage + usage
-        await self.memory.index_turn(session, ctx.run_id, ctx.request.query, state.answer)
+        indexing = memory.index_turn(session, ctx.run_id, ctx.request.query, state.answer)
+        await _after_saving(state, "index", indexing)
+
+
+async def _after_saving(state: TurnState, what: str, work: Awaitable[T]) -> T | None:
+    """``work`` after the turn was stored: a failure is logged and recorded on the run
+    span (``memory_warnings``), not raised."""
+    try:
+        return await work
+    except AstromeshError as exc:
+        log.warning("memory %s after a stored turn failed: %s", what, exc)
+        run = state.trace.spans[0]
+        run.set(memory_warnings=[*run.attributes.get("memory_warnings", []), f"{what}: {exc}"])
+        return None
 
 
 def _summarizer(ctx: RunContext, state: TurnState) -> Summarizer | None:
@@ -97,6 +124,7 @@ class EpisodicStage:
         """The episodes of one run, in the order they happened."""
         request = ctx.request
         spans = state.trace.spans
+        own = _own_spans(spans)
 
         def episode(kind: str, ts: float, data: dict[str, Any]) -> Episode:
             return Episode(
@@ -125,13 +153,13 @@ class EpisodicStage:
         ]
         found += [
             episode("model_call", span.start_time, _model_call(span))
-            for span in spans
+            for span in own
             if span.name in ("model_call", "memory.summarize")
         ]
-        tool_spans = iter([s for s in spans if s.name == "tool_call"])
+        tool_spans = {s.attributes.get("call_id"): s for s in own if s.name == "tool_call"}
         for step in state.steps:
             if isinstance(step, ToolStep):
-                span = next(tool_spans, None)
+                span = tool_spans.get(step.id)
                 found.append(
                     episode(
                         "tool_call",
@@ -155,6 +183,23 @@ class EpisodicStage:
             )
         found.sort(key=lambda e: e.ts)
         return found
+
+
+def _own_spans(spans: Sequence[Span]) -> list[Span]:
+    """The spans of this run itself (``spans[0]`` is its run span): not those its
+    sub-runs (other agents) or providers recorded, which the trace also holds."""
+    run_span = spans[0].span_id
+    by_id = {s.span_id: s for s in spans}
+    own = []
+    for span in spans[1:]:
+        parent = span.parent_id
+        while parent is not None and parent != run_span:
+            above = by_id.get(parent)
+            # Under another agent's run (or a span recorded elsewhere): not ours.
+            parent = None if above is None or above.name == "run" else above.parent_id
+        if parent == run_span and span.name != "run":
+            own.append(span)
+    return own
 
 
 def _model_call(span: Span) -> dict[str, Any]:

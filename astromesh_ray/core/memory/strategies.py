@@ -8,9 +8,10 @@
 - ``RunningSummary``: a summary of older turns, plus the turns after it verbatim.
   When more than ``max_turns`` turns are not yet in the summary, the oldest of them
   are folded in (the newest half of ``max_turns`` stays verbatim): the summariser
-  model gets the previous summary and only the turns being folded, never the whole
-  history again, and the store keeps the summary only if it folds more turns than
-  the stored one (so concurrent replicas never move it back).
+  model gets the previous summary and only the turns being folded (at most
+  ``2 * max_turns`` at a time), never the whole history again, and the store keeps
+  the summary only if it folds more turns than the stored one (so concurrent
+  replicas never move it back).  One fold per session runs at a time in a process.
 
 Every strategy replays whole turns only (a tool result is never separated from the
 call that asked for it), and ``max_messages`` drops the oldest whole turns to fit.
@@ -212,6 +213,7 @@ class RunningSummary:
         self.max_turns = max_turns
         self.keep = max(1, max_turns // 2)
         self.max_messages = max_messages
+        self._folding: set[SessionKey] = set()  # sessions being folded in this process
 
     async def load(self, store: ConversationStore, key: SessionKey) -> Replay:
         # The fold keeps at most max_turns unsummarised turns (a few more while
@@ -227,17 +229,30 @@ class RunningSummary:
     async def after_append(
         self, store: ConversationStore, key: SessionKey, summarizer: Summarizer | None
     ) -> Usage:
-        if summarizer is None:
+        if summarizer is None or key in self._folding:
+            # Another turn of this session is folding in this process: it takes these
+            # turns too (replicas may still race; the store keeps the furthest fold).
             return Usage()
+        self._folding.add(key)
+        try:
+            return await self._fold(store, key, summarizer)
+        finally:
+            self._folding.discard(key)
+
+    async def _fold(
+        self, store: ConversationStore, key: SessionKey, summarizer: Summarizer
+    ) -> Usage:
         first = await store.history(key, last=self.max_turns * 2)
         upto = first.summary.upto_seq if first.summary else 0
         pending = [t for t in first.turns if t.seq > upto]
         if len(pending) <= self.max_turns:
             return Usage()
-        if len(first.turns) == self.max_turns * 2 and first.turns[0].seq > upto + 1:
-            # The fold fell behind (a summariser failed earlier): take everything.
+        if first.turns[0].seq > upto + 1:
+            # The fold fell behind (a summariser failed earlier): older turns wait
+            # beyond this window.  Fold from the oldest, at most a window at a time,
+            # so one prompt never grows with the backlog; later turns catch up.
             pending = (await store.history(key, after=upto)).turns
-        fold = pending[: len(pending) - self.keep]
+        fold = pending[: min(len(pending) - self.keep, self.max_turns * 2)]
         text, usage = await self._summarize(first, fold, summarizer)
         await store.set_summary(key, Summary(text=text, upto_seq=fold[-1].seq))
         return usage

@@ -41,7 +41,7 @@ async def tool_step(
     reads; the run's deadline passing is a ``RunTimeout``; anything else is a bug
     and propagates."""
     span = state.trace.start("tool_call", parent or ctx.trace.span_id, tool=call.name)
-    span.set(iteration=iteration)
+    span.set(iteration=iteration, call_id=call.id)
     try:
         result = await _run_tool(ctx, state, call, span)
     except BaseException as exc:

@@ -291,7 +291,7 @@ def test_fork_copies_a_session_to_a_new_id(api: str, llm: ScriptedOpenAIServer) 
     again = httpx.post(
         f"{api}/v1/memory/pg/sessions/{session}/fork", json={"new_session_id": new}, timeout=30
     )
-    assert again.status_code == 422 and "already exists" in again.json()["error"]["message"]
+    assert again.status_code == 409 and "already exists" in again.json()["error"]["message"]
 
 
 def test_one_agents_sessions_are_not_readable_through_another(

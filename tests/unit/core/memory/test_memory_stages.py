@@ -16,7 +16,13 @@ from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.memory.api import memory_op
 from astromesh_ray.core.memory.factory import MemoryDefaults, MemoryFactory
 from astromesh_ray.core.messages import Message, ToolCall
-from astromesh_ray.errors import InvalidRequest, MemoryNotFound, MemoryUnavailable, ProviderError
+from astromesh_ray.errors import (
+    InvalidRequest,
+    MemoryConflict,
+    MemoryNotFound,
+    MemoryUnavailable,
+    ProviderError,
+)
 from astromesh_ray.spec import AgentSpec
 from astromesh_ray.testing import ScriptedProvider
 from tests.unit.core.engine_helpers import agent_yaml, load_agents
@@ -293,7 +299,7 @@ async def test_memory_api_sessions_fork_and_erase(tmp_path: Path) -> None:
         assert forked["turns"] == 2
         await turn(agents, "q3", session="alpha2")
         assert [m.content for m in model.requests[3].messages] == ["q1", "a1", "q2", "a2", "q3"]
-        with pytest.raises(InvalidRequest, match="already exists"):
+        with pytest.raises(MemoryConflict, match="already exists"):
             await memory_op(
                 memory, "mem", "fork", {"session_id": "beta", "new_session_id": "alpha"}
             )
@@ -309,7 +315,7 @@ async def test_memory_api_sessions_fork_and_erase(tmp_path: Path) -> None:
         await agents.aclose()
 
 
-@pytest.mark.parametrize("bad", ["", "../etc/passwd", "a b", "x" * 129, "-lead", "é"])
+@pytest.mark.parametrize("bad", ["", "../etc/passwd", "a b", "x" * 129, "-lead", "é", "abc\n"])
 async def test_session_ids_are_validated(tmp_path: Path, bad: str) -> None:
     agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
     agents = LocalAgents(
@@ -329,7 +335,7 @@ async def test_session_ids_are_validated(tmp_path: Path, bad: str) -> None:
 async def test_episodic_log_records_every_run_without_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MEM_TEST_KEY", "sk-live-0123456789abcdef")
+    monkeypatch.setenv("MEM_TEST_KEY", "Zq7plainvalue42xyz")
     doc = agent_yaml(
         "mem",
         model={
@@ -352,7 +358,7 @@ async def test_episodic_log_records_every_run_without_secrets(
     try:
         runtime = await agents.runtime("mem")
         request = RunRequest(
-            query="1+1? my key is sk-live-0123456789abcdef",
+            query="1+1? my key is Zq7plainvalue42xyz",
             session_id="s1",
             context={"api_key": "hunter2-secret-value"},
         )
@@ -382,7 +388,8 @@ async def test_episodic_log_records_every_run_without_secrets(
     assert [e["type"] for e in failed] == ["request", "model_call", "error"]
     assert failed[-1]["data"]["code"] == "provider_error"
     dumped = json.dumps(episodes)
-    assert "sk-live-0123456789abcdef" not in dumped
+    # A value with no secret shape: only the agent's api_key_env names it as one.
+    assert "Zq7plainvalue42xyz" not in dumped
     assert "hunter2-secret-value" not in dumped
     assert [e["type"] for e in only_tools["episodes"]] == ["tool_call"]
 
@@ -509,3 +516,203 @@ async def test_prompts_that_place_memory_themselves_get_it_as_variables(tmp_path
     system = model.requests[1].messages[0].content
     assert system is not None and system.startswith("Known: - User: the launch code is blue")
     assert system.endswith("(1)")
+
+
+async def test_the_summarizer_role_writes_the_summary(tmp_path: Path) -> None:
+    from astromesh_ray.core.build import build_runtime
+
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory", "strategy": "summary", "max_turns": 2}},
+    )
+    reasoner = ScriptedProvider(["a1", "a2", "a3"])
+    summarizer = ScriptedProvider(["the summary"])
+    memory = factory(tmp_path)
+    runtime = build_runtime(
+        agent, models={"reasoner": reasoner, "summarizer": summarizer}, memory=memory
+    )
+    try:
+        for q in ("q1", "q2", "q3"):
+            result = await runtime.run(RunRequest(query=q, session_id="s1"))
+    finally:
+        await runtime.aclose()
+        await memory.aclose()
+    assert len(reasoner.requests) == 3 and len(summarizer.requests) == 1
+    assert summarizer.requests[0].messages[0].content.startswith("You keep a running summary")
+    # The fold's model call is part of the turn that made it: usage and trace.
+    assert result.usage.calls == 2
+    assert [s.name for s in result.trace].count("memory.summarize") == 1
+
+
+class SlowProvider:
+    """A model that never answers in time."""
+
+    name = "slow"
+
+    async def complete(self, request: Any) -> Any:
+        import asyncio
+
+        await asyncio.sleep(30)
+
+    def stream(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def health(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_timed_out_turn_stores_nothing_and_is_logged(tmp_path: Path) -> None:
+    from astromesh_ray.core.build import build_runtime
+    from astromesh_ray.errors import RunTimeout
+
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "sqlite"}, "episodic": {"backend": "sqlite"}},
+        orchestration={"timeout_seconds": 0.3},
+    )
+    memory = factory(tmp_path)
+    runtime = build_runtime(agent, provider=SlowProvider(), memory=memory)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(RunTimeout):
+            await runtime.run(RunRequest(query="hello", session_id="s1"))
+        listed = await memory_op(runtime.memory, "mem", "sessions", {})
+        logged = await memory_op(runtime.memory, "mem", "episodes", {"session_id": "s1"})
+    finally:
+        await runtime.aclose()
+        await memory.aclose()
+    assert listed["sessions"] == []
+    assert [e["type"] for e in logged["episodes"]][-1] == "error"
+    assert logged["episodes"][-1]["data"]["code"] == "run_timeout"
+
+
+async def test_a_failed_summary_fold_keeps_the_stored_turn(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory", "strategy": "summary", "max_turns": 2}},
+    )
+    down = ProviderError("summariser down", provider="scripted", status=503, retryable=False)
+    model = ScriptedProvider(["a1", "a2", "a3", down, "a4", "caught up"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        await turn(agents, "q1")
+        await turn(agents, "q2")
+        third = await turn(agents, "q3")  # answered and stored; its fold failed
+        await turn(agents, "q4")  # the next fold catches up
+        runtime = await agents.runtime("mem")
+        history = await memory_op(runtime.memory, "mem", "history", {"session_id": "s1"})
+    finally:
+        await agents.aclose()
+    assert third.answer == "a3"
+    warnings = third.trace[0].attributes["memory_warnings"]
+    assert len(warnings) == 1 and "summariser down" in warnings[0]
+    assert [t["seq"] for t in history["turns"]] == [1, 2, 3, 4]
+    assert history["summary"]["text"] == "caught up" and history["summary"]["upto_seq"] == 3
+
+
+async def test_concurrent_turns_fold_a_session_once(tmp_path: Path) -> None:
+    import asyncio
+
+    from astromesh_ray.core.memory.base import NewTurn, SessionKey
+    from astromesh_ray.core.memory.conversational.memory import InMemoryConversationStore
+    from astromesh_ray.core.memory.strategies import RunningSummary, Summarizer
+    from astromesh_ray.core.trace import Trace
+
+    store = InMemoryConversationStore()
+    key = SessionKey("ns", "mem", "s1")
+    for i in range(5):
+        await store.append(key, NewTurn(f"r{i}", [Message(role="user", content=f"q{i}")]))
+    gate = asyncio.Event()
+
+    def slow_summary(request: Any) -> str:
+        return "folded"
+
+    model = ScriptedProvider([slow_summary])
+    strategy = RunningSummary(max_turns=2)
+    summarizer = Summarizer(model=model, trace=Trace("0" * 32, None), parent_span=None)
+
+    async def fold() -> Any:
+        await gate.wait()
+        return await strategy.after_append(store, key, summarizer)
+
+    tasks = [asyncio.create_task(fold()) for _ in range(6)]
+    gate.set()
+    usages = await asyncio.gather(*tasks)
+    assert len(model.requests) == 1  # one fold; the others saw it under way
+    assert sum(u.calls for u in usages) == 1
+    assert (await store.history(key)).summary is not None
+
+
+async def test_a_prompt_placing_only_knowledge_still_gets_the_summary(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory", "strategy": "summary", "max_turns": 2}},
+        prompts={"system": "Facts: {{ knowledge }}"},
+    )
+    model = ScriptedProvider(["a1", "a2", "a3", "S.", "a4"])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        for q in ("q1", "q2", "q3", "q4"):
+            await turn(agents, q)
+    finally:
+        await agents.aclose()
+    assert model.requests[4].messages[0].content == (
+        "Facts:\n\nSummary of the earlier conversation:\nS."
+    )
+
+
+async def test_the_episodic_log_holds_this_agents_calls_not_its_sub_runs(
+    tmp_path: Path,
+) -> None:
+    docs = [
+        agent_yaml(
+            "boss",
+            memory={"episodic": {"backend": "sqlite"}},
+            tools=[{"name": "ask_helper", "type": "agent", "agent": "helper"}],
+        ),
+        agent_yaml("helper"),
+    ]
+    agents_specs = load_agents(tmp_path, *docs)
+    boss = ScriptedProvider(
+        [ToolCall(id="c1", name="ask_helper", arguments={"query": "hi"}), "done"]
+    )
+    helper = ScriptedProvider(["hello from helper"])
+    agents = LocalAgents(
+        agents_specs, scripted={"boss": boss, "helper": helper}, memory=factory(tmp_path)
+    )
+    try:
+        runtime = await agents.runtime("boss")
+        result = await runtime.run(RunRequest(query="go", session_id="s1"))
+        logged = await memory_op(runtime.memory, "boss", "episodes", {"run_id": result.run_id})
+    finally:
+        await agents.aclose()
+    types = [e["type"] for e in logged["episodes"]]
+    assert types == ["request", "model_call", "tool_call", "model_call", "answer"]
+    assert logged["episodes"][2]["data"]["sub_run_id"]
+
+
+async def test_a_failed_save_is_still_logged(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory"}, "episodic": {"backend": "sqlite"}},
+    )
+    agents = LocalAgents(
+        {"mem": agent}, scripted={"mem": ScriptedProvider(["lost"])}, memory=factory(tmp_path)
+    )
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryUnavailable("store gone", backend="test", retryable=True)
+
+    try:
+        runtime = await agents.runtime("mem")
+        assert runtime.memory is not None and runtime.memory.conversation is not None
+        runtime.memory.conversation.append = refuse  # type: ignore[method-assign]
+        with pytest.raises(MemoryUnavailable):
+            await runtime.run(RunRequest(query="hi", session_id="s1"))
+        logged = await memory_op(runtime.memory, "mem", "episodes", {"session_id": "s1"})
+    finally:
+        await agents.aclose()
+    assert [e["type"] for e in logged["episodes"]] == ["request", "model_call", "error"]
+    assert logged["episodes"][-1]["data"]["code"] == "memory_unavailable"
