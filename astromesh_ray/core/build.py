@@ -14,7 +14,11 @@ from typing import cast
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
 from astromesh_ray.core.memory.build import build_memory, has_memory
-from astromesh_ray.core.memory.factory import MemoryFactory, default_memory_factory
+from astromesh_ray.core.memory.factory import (
+    MemoryFactory,
+    check_backends,
+    default_memory_factory,
+)
 from astromesh_ray.core.memory.redact import secret_values
 from astromesh_ray.core.memory.stages import SUMMARIZER_ROLE
 from astromesh_ray.core.messages import ToolSchema
@@ -378,6 +382,7 @@ def check_buildable(
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
             pattern = pattern_for(agent.spec.orchestration.pattern)
             _check_roles(agent, model_roles(agent, pattern.roles))
+            check_backends(agent.spec.memory)
             for endpoint in _endpoints(agent, providers):
                 if endpoint.options.get("mode") != "in_cluster":  # built by Serve
                     local_provider(endpoint)

