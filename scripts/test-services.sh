@@ -55,5 +55,5 @@ psql_() { psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
 if [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
   psql_ -d postgres -c "CREATE DATABASE \"$PG_DB\""
 fi
-psql_ -d "$PG_DB" -c "CREATE EXTENSION IF NOT EXISTS vector" >/dev/null
+psql_ -d "$PG_DB" -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS vector" >/dev/null
 echo "test services: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/$PG_DB with pgvector $(psql_ -d "$PG_DB" -c "SELECT extversion FROM pg_extension WHERE extname = 'vector'")"
