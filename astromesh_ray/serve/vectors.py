@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,33 +56,56 @@ def actor_name(kind: str, kwargs: Mapping[str, Any]) -> str:
     return f"astromesh-vectors-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+# A store that failed to build (a snapshot that does not load, a directory another
+# process holds) is tried again on a call at most this often.
+REBUILD_EVERY_S = 2.0
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=1)
 class VectorStoreActor:
     """Owns one embedded vector store; every method returns an outcome value
-    (``{"ok": ...}`` or ``{"error": ...}``, ``serve/outcome.py``)."""
+    (``{"ok": ...}`` or ``{"error": ...}``, ``serve/outcome.py``).
+
+    Calls in flight when the actor dies are replayed once on its next incarnation
+    (``max_task_retries=1``): upserts are idempotent (same ids, same items) and
+    searches and counts read only; ``delete`` is never replayed, since a replay of a
+    delete that had already committed would report nothing removed."""
 
     def __init__(self, kind: str, kwargs: dict[str, Any]) -> None:
+        self._kind, self._kwargs = kind, kwargs
         self._store: VectorStore | None = None
         self._broken: dict[str, Any] | None = None
+        self._tried = 0.0
+        self._build()
+
+    def _build(self) -> None:
+        self._tried = time.monotonic()
         try:
-            # The plain factory builds the store here, in this process (on a restart,
-            # loading what the last incarnation persisted).
-            self._store = build_vector_store(VectorStoreSpec(kind, kwargs))
+            # Built here, in this process (on a restart, loading what the last
+            # incarnation persisted).
+            self._store = build_vector_store(VectorStoreSpec(self._kind, self._kwargs))
+            self._broken = None
         except Exception as exc:
-            # Kept and answered to every call: an actor whose constructor raised would
-            # only say "creation task failed", losing the error's type and hint.
+            # Answered to calls (an actor whose constructor raised would only say
+            # "creation task failed", losing the error's type and hint) until a later
+            # call builds the store: the cause may pass (a lock released, a file moved).
             self._broken = failure(exc)
 
-    def _ready(self) -> VectorStore:
+    def _ready(self) -> VectorStore | dict[str, Any]:
+        """The store, or the error of the last attempt to build it."""
+        if self._store is None and time.monotonic() - self._tried >= REBUILD_EVERY_S:
+            self._build()
         if self._store is None:
-            raise AssertionError("unreachable: a broken actor answers its error")
+            assert self._broken is not None
+            return self._broken
         return self._store
 
     async def upsert(self, collection: str, items: list[VectorItem]) -> dict[str, Any]:
-        if self._broken is not None:
-            return self._broken
+        store = self._ready()
+        if isinstance(store, dict):
+            return store
         try:
-            await self._ready().upsert(collection, items)
+            await store.upsert(collection, items)
         except Exception as exc:  # the actor's edge: every error leaves as a value
             return failure(exc)
         return ok(None)
@@ -94,32 +118,34 @@ class VectorStoreActor:
         threshold: float | None,
         where: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        if self._broken is not None:
-            return self._broken
+        store = self._ready()
+        if isinstance(store, dict):
+            return store
         try:
-            hits = await self._ready().search(
-                collection, vector, k=k, threshold=threshold, where=where
-            )
+            hits = await store.search(collection, vector, k=k, threshold=threshold, where=where)
         except Exception as exc:
             return failure(exc)
         return ok([hit.to_dict() for hit in hits])
 
+    @ray.method(max_task_retries=0)  # type: ignore[untyped-decorator, unused-ignore]
     async def delete(
         self, collection: str, ids: list[str] | None, where: dict[str, Any] | None
     ) -> dict[str, Any]:
-        if self._broken is not None:
-            return self._broken
+        store = self._ready()
+        if isinstance(store, dict):
+            return store
         try:
-            removed = await self._ready().delete(collection, ids=ids, where=where)
+            removed = await store.delete(collection, ids=ids, where=where)
         except Exception as exc:
             return failure(exc)
         return ok(removed)
 
     async def count(self, collection: str, where: dict[str, Any] | None) -> dict[str, Any]:
-        if self._broken is not None:
-            return self._broken
+        store = self._ready()
+        if isinstance(store, dict):
+            return store
         try:
-            found = await self._ready().count(collection, where)
+            found = await store.count(collection, where)
         except Exception as exc:
             return failure(exc)
         return ok(found)
@@ -245,9 +271,11 @@ class ActorVectorStore:
             ref = getattr(self._actor, method).remote(*args)
             outcome = await asyncio.wait_for(ref, self.call_timeout_s)
         except TimeoutError as exc:
+            ray.cancel(ref)  # not left to run unseen (it may already be applied)
             raise MemoryUnavailable(
                 f"the {self.kind} vector store actor {self.actor_name} did not answer "
                 f"{method} within {self.call_timeout_s:g}s",
+                hint="it was cancelled, but may already have been applied",
                 backend=self.kind,
                 retryable=True,
             ) from exc

@@ -204,6 +204,15 @@ def _transcript(turns: Sequence[StoredTurn]) -> str:
     return "\n".join(lines)
 
 
+def _valid(history: History) -> Summary | None:
+    """The history's summary, unless it claims turns the session does not have (one
+    written for an erased session before its id was used again): never replayed."""
+    summary = history.summary
+    if summary is None or not history.turns or summary.upto_seq > history.turns[-1].seq:
+        return None
+    return summary
+
+
 class RunningSummary:
     """A running summary of older turns plus the newer turns verbatim."""
 
@@ -219,9 +228,10 @@ class RunningSummary:
         # The fold keeps at most max_turns unsummarised turns (a few more while
         # concurrent turns race it): read that window and drop what is summarised.
         history = await store.history(key, last=self.max_turns * 2)
-        upto = history.summary.upto_seq if history.summary else 0
+        summary = _valid(history)
+        upto = summary.upto_seq if summary else 0
         turns = [t for t in history.turns if t.seq > upto][-self.max_turns :]
-        return _replay(_cap_messages(turns, self.max_messages), history.summary)
+        return _replay(_cap_messages(turns, self.max_messages), summary)
 
     async def turn_meta(self, messages: Sequence[Message]) -> dict[str, int]:
         return {}
@@ -243,7 +253,8 @@ class RunningSummary:
         self, store: ConversationStore, key: SessionKey, summarizer: Summarizer
     ) -> Usage:
         first = await store.history(key, last=self.max_turns * 2)
-        upto = first.summary.upto_seq if first.summary else 0
+        summary = _valid(first)
+        upto = summary.upto_seq if summary else 0
         pending = [t for t in first.turns if t.seq > upto]
         if len(pending) <= self.max_turns:
             return Usage()
@@ -253,14 +264,14 @@ class RunningSummary:
             # so one prompt never grows with the backlog; later turns catch up.
             pending = (await store.history(key, after=upto)).turns
         fold = pending[: min(len(pending) - self.keep, self.max_turns * 2)]
-        text, usage = await self._summarize(first, fold, summarizer)
+        text, usage = await self._summarize(summary, fold, summarizer)
         await store.set_summary(key, Summary(text=text, upto_seq=fold[-1].seq))
         return usage
 
     async def _summarize(
-        self, history: History, fold: Sequence[StoredTurn], summarizer: Summarizer
+        self, summary: Summary | None, fold: Sequence[StoredTurn], summarizer: Summarizer
     ) -> tuple[str, Usage]:
-        previous = history.summary.text if history.summary else "(none yet)"
+        previous = summary.text if summary else "(none yet)"
         prompt = f"Current summary:\n{previous}\n\nTurns to fold in:\n{_transcript(fold)}"
         span = summarizer.trace.start(
             "memory.summarize", summarizer.parent_span, turns=len(fold), upto_seq=fold[-1].seq

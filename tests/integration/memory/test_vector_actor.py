@@ -162,3 +162,28 @@ def test_without_ray_it_is_memory_unavailable(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "unavailable: the faiss vector store lives in a Ray actor" in proc.stdout
     assert "initialized: False" in proc.stdout  # no private cluster was started
+
+
+async def test_a_store_that_failed_to_build_is_built_again_once_it_can(
+    tmp_path: Path, actors: list[str]
+) -> None:
+    from astromesh_ray.core.memory.semantic.qdrant import QdrantVectorStore
+    from astromesh_ray.errors import ConfigError
+
+    path = tmp_path / "qdrant"
+    path.mkdir()
+    holder = QdrantVectorStore(path=str(path))  # this process holds the directory's lock
+    await holder.upsert("c", [item("a", E1)])
+    store = ActorVectorStore("qdrant", {"path": str(path)})
+    actors.append(store.actor_name)
+    with pytest.raises(ConfigError):  # the actor cannot open what another process holds
+        await store.count("c")
+    await holder.aclose()  # the lock is released: a later call builds the store
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert await store.count("c") == 1
+            break
+        except ConfigError:
+            assert time.monotonic() < deadline, "the actor never built its store again"
+            await asyncio.sleep(0.5)

@@ -733,3 +733,24 @@ def test_a_backend_whose_package_is_missing_fails_the_build_check(
     with pytest.raises(ConfigError, match="needs the 'chromadb' package") as info:
         check_buildable([agent])
     assert "astromesh-ray[chroma]" in str(info.value)
+
+
+async def test_a_summary_of_an_erased_session_is_never_replayed(tmp_path: Path) -> None:
+    from astromesh_ray.core.memory.base import NewTurn, SessionKey, Summary
+    from astromesh_ray.core.memory.conversational.memory import InMemoryConversationStore
+    from astromesh_ray.core.memory.strategies import RunningSummary
+
+    store = InMemoryConversationStore()
+    key = SessionKey("ns", "mem", "s1")
+    for i in range(3):
+        await store.append(key, NewTurn(f"r{i}", [Message(role="user", content=f"q{i}")]))
+    strategy = RunningSummary(max_turns=2)
+    assert await store.set_summary(key, Summary("about q0-q2", upto_seq=3))
+    assert (await strategy.load(store, key)).summary == "about q0-q2"
+    await store.delete(key)  # erased; then the id is used again
+    await store.append(key, NewTurn("new", [Message(role="user", content="fresh")]))
+    # Even if a summariser of the old session stored its summary now, it would not be
+    # replayed: it claims turns this session does not have.
+    await store.set_summary(key, Summary("ERASED TEXT", upto_seq=3))
+    replay = await strategy.load(store, key)
+    assert replay.summary is None and [m.content for m in replay.messages] == ["fresh"]
