@@ -164,7 +164,9 @@ class ConversationStore(Protocol):
     async def set_summary(self, key: SessionKey, summary: Summary) -> bool:
         """Store ``summary`` unless the stored one already folds as many turns
         (``upto_seq`` only grows, so concurrent summarisers never go back); returns
-        whether it was stored."""
+        whether it was stored.  It also stores nothing when ``upto_seq`` is above the
+        session's highest seq or the session has no turns, so a summary of deleted
+        turns cannot land on a new session with the same id."""
         ...
 
     async def sessions(

@@ -89,13 +89,16 @@ class InMemoryConversationStore:
         return History([_records.decode_turn(seq, body) for seq, body in bodies], summary)
 
     async def set_summary(self, key: SessionKey, summary: Summary) -> bool:
-        """Store ``summary`` if it folds more turns than the stored one; an unknown or
-        expired session stores nothing."""
+        """Store ``summary`` if it folds more turns than the stored one and no more
+        than the session holds (``upto_seq`` at most its highest seq: a summary of a
+        deleted session's turns cannot land on a new one under the same id); an
+        unknown, expired or empty session stores nothing."""
         _records.check_key(key)
         _records.check_summary(summary)
         with self._lock:
             session = self._live(key, self._clock())
-            if session is None:
+            # Never past the last turn (turn seq n is bodies[n - 1]).
+            if session is None or not session.bodies or summary.upto_seq > len(session.bodies):
                 return False
             if session.summary is not None and session.summary.upto_seq >= summary.upto_seq:
                 return False

@@ -258,14 +258,17 @@ class PostgresConversationStore:
         return await self._run(op)
 
     async def set_summary(self, key: SessionKey, summary: Summary) -> bool:
-        """Store ``summary`` if it folds more turns than the stored one; an unknown or
-        expired session stores nothing."""
+        """Store ``summary`` if it folds more turns than the stored one and no more
+        than the session holds (``upto_seq`` at most its highest seq: a summary of a
+        deleted session's turns cannot land on a new one under the same id); an
+        unknown, expired or empty session stores nothing."""
         _records.check_key(key)
         _records.check_summary(summary)
         args = (key.namespace, key.agent, key.session)
 
         async def op(conn: Any) -> bool:
-            # One statement: the comparison and the write are atomic.
+            # One statement: the comparisons (with the stored summary and the session's
+            # last seq) and the write are atomic.
             status = await conn.execute(
                 self._sql.set_summary,
                 *args,
@@ -379,7 +382,7 @@ class _Statements:
         self.turns = f"SELECT seq, body FROM {turns} WHERE {_KEY} AND seq >= $4 ORDER BY seq"
         self.set_summary = (
             f"UPDATE {sessions} SET summary_text = $4, summary_upto = $5, summary_at = $6"
-            f" WHERE {_KEY} AND seq > 0 AND {live}"
+            f" WHERE {_KEY} AND seq > 0 AND seq >= $5 AND {live}"
             f" AND (summary_upto IS NULL OR summary_upto < $5)"
         )
         self.sessions = (

@@ -76,8 +76,12 @@ return {1, seq, ARGV[2]}
 """
 
 _SET_SUMMARY = """
--- KEYS: meta.  ARGV: upto_seq, text, updated_at.
+-- KEYS: meta, turns.  ARGV: upto_seq, text, updated_at.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+-- Never past the last turn (turn seq n is index n - 1, so the length is the last
+-- seq): a summary of a deleted session's turns must not land on a new one.
+local highest = redis.call('LLEN', KEYS[2])
+if highest == 0 or tonumber(ARGV[1]) > highest then return 0 end
 local upto = redis.call('HGET', KEYS[1], 'summary_upto')
 if upto and tonumber(upto) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'summary_upto', ARGV[1], 'summary_text', ARGV[2],
@@ -255,14 +259,17 @@ class RedisConversationStore:
         return History(stored, summary)
 
     async def set_summary(self, key: SessionKey, summary: Summary) -> bool:
-        """Store ``summary`` if it folds more turns than the stored one; an unknown or
-        expired session stores nothing."""
+        """Store ``summary`` if it folds more turns than the stored one and no more
+        than the session holds (``upto_seq`` at most its highest seq: a summary of a
+        deleted session's turns cannot land on a new one under the same id); an
+        unknown, expired or empty session stores nothing."""
         _records.check_key(key)
         _records.check_summary(summary)
-        _, meta, _, _, _ = self._keys(key)
+        _, meta, turns, _, _ = self._keys(key)
         with self._errors():
             stored = await self._set_summary(
-                keys=[meta], args=[summary.upto_seq, summary.text, repr(float(summary.updated_at))]
+                keys=[meta, turns],
+                args=[summary.upto_seq, summary.text, repr(float(summary.updated_at))],
             )
         return bool(stored)
 

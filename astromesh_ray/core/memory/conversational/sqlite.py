@@ -312,8 +312,10 @@ class SqliteConversationStore:
         return History([_records.decode_turn(seq, body) for seq, body in rows], summary)
 
     async def set_summary(self, key: SessionKey, summary: Summary) -> bool:
-        """Store ``summary`` if it folds more turns than the stored one; an unknown or
-        expired session stores nothing."""
+        """Store ``summary`` if it folds more turns than the stored one and no more
+        than the session holds (``upto_seq`` at most its highest seq: a summary of a
+        deleted session's turns cannot land on a new one under the same id); an
+        unknown, expired or empty session stores nothing."""
         _records.check_key(key)
         _records.check_summary(summary)
         return await self._call(functools.partial(self._set_summary, _keyargs(key), summary))
@@ -321,16 +323,19 @@ class SqliteConversationStore:
     def _set_summary(
         self, key: tuple[str, str, str], summary: Summary, conn: sqlite3.Connection
     ) -> bool:
-        # One statement: the comparison and the write are atomic without a transaction.
+        # One statement: the comparisons (with the stored summary and the session's last
+        # seq) and the write are atomic without a transaction.
         cursor = conn.execute(
             "UPDATE conversation_sessions SET summary_text = ?, summary_upto = ?, summary_at = ?"
-            f" WHERE {_KEY} AND {_LIVE} AND (summary_upto IS NULL OR summary_upto < ?)",
+            f" WHERE {_KEY} AND {_LIVE} AND seq > 0 AND seq >= ?"
+            " AND (summary_upto IS NULL OR summary_upto < ?)",
             (
                 summary.text,
                 summary.upto_seq,
                 summary.updated_at,
                 *key,
                 self._clock(),
+                summary.upto_seq,
                 summary.upto_seq,
             ),
         )

@@ -202,6 +202,33 @@ class ConversationStoreContract:
         assert await store.set_summary(KEY, Summary("all three", 3, 103.25))
         assert (await store.history(KEY)).summary == Summary("all three", 3, 103.25)
 
+    async def test_summary_of_a_deleted_session_cannot_land_on_its_successor(
+        self, backend: Backend
+    ) -> None:
+        store = await backend.open()
+        for i in range(3):
+            await store.append(KEY, new_turn(f"r{i}"))
+        assert await store.set_summary(KEY, Summary("the old three", 3, 10.0))
+        assert await store.delete(KEY)
+        await store.append(KEY, new_turn("new1"))
+        # A summariser that read the erased session must not bring its text back.
+        assert not await store.set_summary(KEY, Summary("the old three", 3, 11.0))
+        history = await store.history(KEY)
+        assert history.summary is None
+        assert seqs(history) == [1]
+        assert await store.set_summary(KEY, Summary("the new one", 1, 12.0))
+        assert (await store.history(KEY)).summary == Summary("the new one", 1, 12.0)
+
+    async def test_summary_cannot_fold_more_turns_than_stored(self, backend: Backend) -> None:
+        store = await backend.open()
+        for i in range(2):
+            await store.append(KEY, new_turn(f"r{i}"))
+        assert not await store.set_summary(KEY, Summary("from the future", 5, 10.0))
+        assert not await store.set_summary(KEY, Summary("one too many", 3, 10.5))
+        assert (await store.history(KEY)).summary is None
+        assert await store.set_summary(KEY, Summary("both", 2, 11.0))
+        assert (await store.history(KEY)).summary == Summary("both", 2, 11.0)
+
     async def test_sessions_most_recently_updated_first(self, backend: Backend) -> None:
         store = await backend.open()
         for name in ("a", "b", "c"):
