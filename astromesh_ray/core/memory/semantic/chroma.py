@@ -9,13 +9,18 @@ client.  Collections use cosine space (Chroma's distance ``1 - cosine``, reporte
 here as the similarity) and remember their dimension in the collection's metadata.
 We pass the embeddings ourselves, so Chroma's own embedding function is never
 used.  The client is synchronous: every call runs on one thread of the store's own.
+
+Collection names follow Chroma's rules on top of the common ones: at least 3
+characters, starting and ending with a letter or digit.  The metadata key
+``_astromesh`` is reserved (it marks items stored without metadata).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -32,7 +37,7 @@ from astromesh_ray.core.memory.semantic.common import (
     check_vector,
     check_where,
 )
-from astromesh_ray.errors import ConfigError, MemoryUnavailable
+from astromesh_ray.errors import ConfigError, InvalidRequest, MemoryUnavailable
 
 __all__ = ["ChromaVectorStore"]
 
@@ -42,6 +47,30 @@ _DIM_KEY = "astromesh_dim"  # collection metadata: the collection's dimension
 # dropped again on the way out.
 _EMPTY_MARKER = "_astromesh"
 _BATCH = 500  # items per upsert call (Chroma caps a batch's size)
+# Chroma's own rule (3 to 512 characters, a letter or digit at both ends), within
+# what ``check_collection`` allows (at most 63 of [A-Za-z0-9_-]).
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*[A-Za-z0-9]$")
+_NAME_MIN = 3
+
+
+def _check_name(collection: str) -> str:
+    """``collection`` if Chroma accepts it as a name too, else ``InvalidRequest``."""
+    check_collection(collection)
+    if len(collection) < _NAME_MIN or not _NAME_PATTERN.match(collection):
+        raise InvalidRequest(
+            f"invalid Chroma collection name {collection!r}",
+            hint="Chroma collection names are at least 3 characters and start and end "
+            "with a letter or digit",
+        )
+    return collection
+
+
+def _check_keys(meta: Mapping[str, MetaValue] | None, what: str) -> None:
+    if meta and _EMPTY_MARKER in meta:
+        raise InvalidRequest(
+            f"the {what} key {_EMPTY_MARKER!r} is reserved by the Chroma store",
+            hint="use another key name",
+        )
 
 
 def _chromadb() -> Any:
@@ -73,7 +102,15 @@ def _metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class ChromaVectorStore:
-    """Vector collections in ChromaDB; ``url`` and ``path`` are exclusive."""
+    """Vector collections in ChromaDB; ``url`` and ``path`` are exclusive.
+
+    An upsert is not atomic.  Chroma's own upsert merges the new metadata into the
+    old, so this store replaces items by deleting their ids, then adding them, 500
+    at a time: a reader in between (another client of a shared server) misses those
+    items, and an upsert that fails part-way may have stored its first batches and
+    removed the old items of the batch it failed in.  Retrying the upsert puts
+    everything in place.
+    """
 
     name = "chromadb"
 
@@ -97,8 +134,10 @@ class ChromaVectorStore:
 
     async def upsert(self, collection: str, items: Sequence[VectorItem]) -> None:
         """Add ``items``, replacing those with the same ids."""
-        check_collection(collection)
+        _check_name(collection)
         checked = check_items(items)
+        for it in checked:
+            _check_keys(it.metadata, "metadata")
         if checked:
             await self._run(self._upsert, collection, checked)
 
@@ -112,26 +151,31 @@ class ChromaVectorStore:
         where: Where | None = None,
     ) -> list[VectorHit]:
         """The ``k`` items most similar to ``vector`` matching ``where``, best first."""
-        check_collection(collection)
+        _check_name(collection)
         check_search(k, threshold)
         query = check_vector(vector)
-        return await self._run(self._search, collection, query, k, threshold, check_where(where))
+        checked = check_where(where)
+        _check_keys(checked, "where")
+        return await self._run(self._search, collection, query, k, threshold, checked)
 
     async def delete(
         self, collection: str, *, ids: Sequence[str] | None = None, where: Where | None = None
     ) -> int:
         """Remove the items with these ``ids`` and/or matching ``where`` (both: the ids
         that also match); returns how many were removed."""
-        check_collection(collection)
+        _check_name(collection)
         checked_ids, checked_where = check_delete(ids, where)
+        _check_keys(checked_where, "where")
         if checked_ids == []:
             return 0
         return await self._run(self._delete, collection, checked_ids, checked_where)
 
     async def count(self, collection: str, where: Where | None = None) -> int:
         """How many items of ``collection`` match ``where``."""
-        check_collection(collection)
-        return await self._run(self._count, collection, check_where(where))
+        _check_name(collection)
+        checked = check_where(where)
+        _check_keys(checked, "where")
+        return await self._run(self._count, collection, checked)
 
     async def aclose(self) -> None:
         """Stop the store's thread (a persistent client has written everything)."""

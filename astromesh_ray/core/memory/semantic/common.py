@@ -4,6 +4,10 @@ Each store validates through these before it touches its backend, so a bad call 
 the same ``InvalidRequest`` on FAISS, Qdrant, pgvector and Chroma, and ``where``
 means the same thing everywhere: every key must equal, booleans are not numbers,
 ``1`` and ``1.0`` are equal (as JSON, jsonb and Qdrant compare them).
+
+Texts and string metadata values (and ``where`` values, so that they still find
+them) have NUL and lone surrogates replaced by U+FFFD: PostgreSQL cannot store
+either, and UTF-8 cannot encode a surrogate, so every store keeps the same text.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ __all__ = [
     "check_search",
     "check_vector",
     "check_where",
+    "clean_text",
     "matches",
     "value_key",
 ]
@@ -37,6 +42,20 @@ become file names, table names and Qdrant collection names unchanged)."""
 # Metadata keys become Qdrant payload paths and Chroma filter keys: no dots, brackets
 # or operators, which those would read as syntax.
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# What no store can keep as text: NUL (PostgreSQL text and jsonb) and surrogates
+# (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD (a surrogate pair, as
+    some JSON decoders leave them, becomes the character it encodes)."""
+    if not _UNSTORABLE.search(text):
+        return text
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        # UTF-16 joins the valid pairs and replaces each lone surrogate.
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text.replace("\x00", "\ufffd")
 
 
 def check_collection(collection: str) -> str:
@@ -87,7 +106,7 @@ def _check_meta(data: Mapping[str, MetaValue], what: str) -> dict[str, MetaValue
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRequest(f"{what} value of {key!r} must be finite")
-        out[key] = value
+        out[key] = clean_text(value) if isinstance(value, str) else value
     return out
 
 
@@ -97,8 +116,10 @@ def check_where(where: Where | None) -> dict[str, MetaValue] | None:
 
 
 def check_items(items: Sequence[VectorItem]) -> list[VectorItem]:
-    """``items`` with their vectors and metadata checked, all of one dimension; an id
-    given twice keeps its last item (as two upserts in a row would)."""
+    """``items`` with their vectors and metadata checked, all of one dimension, and
+    NUL and lone surrogates in texts and string metadata values replaced by U+FFFD
+    (``clean_text``); an id given twice keeps its last item (as two upserts in a row
+    would)."""
     by_id: dict[str, VectorItem] = {}
     dim: int | None = None
     for item in items:
@@ -112,7 +133,7 @@ def check_items(items: Sequence[VectorItem]) -> list[VectorItem]:
         dim = len(vector)
         by_id.pop(item.id, None)  # re-inserted last: the batch keeps its order
         by_id[item.id] = VectorItem(
-            item.id, vector, item.text, _check_meta(item.metadata, "metadata")
+            item.id, vector, clean_text(item.text), _check_meta(item.metadata, "metadata")
         )
     return list(by_id.values())
 

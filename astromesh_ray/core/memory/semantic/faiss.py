@@ -1,9 +1,12 @@
 """``FaissVectorStore``: an HNSW index per collection in this process, snapshot to disk.
 
 Vectors are L2-normalised on the way in, so the index's inner product is their
-cosine similarity.  HNSW cannot remove vectors: a delete (or an upsert replacing an
-id) leaves a tombstone, which searches skip, and when tombstones pass
-``compact_fraction`` of a collection's index it is rebuilt from the live vectors.
+cosine similarity.  HNSW cannot remove vectors: an upsert replacing an id leaves a
+tombstone, which searches skip, and when tombstones pass ``compact_fraction`` of a
+collection's index it is rebuilt from the live vectors.  A delete always rebuilds
+the collection (before its snapshot is written), so a deleted item's embedding
+leaves memory and disk at once (erasure); that costs a rebuild of the index per
+delete call, so delete in bulk (by ``where`` or a list of ids) rather than one by one.
 
 Searches are exact over small candidate sets (a selective ``where``, a small
 collection: a NumPy dot product over the candidates' stored vectors); otherwise they
@@ -154,8 +157,9 @@ class FaissVectorStore:
     async def delete(
         self, collection: str, *, ids: Sequence[str] | None = None, where: Where | None = None
     ) -> int:
-        """Tombstone the items with these ``ids`` and/or matching ``where`` (both: the
-        ids that also match), then snapshot; returns how many were removed."""
+        """Remove the items with these ``ids`` and/or matching ``where`` (both: the
+        ids that also match), rebuilding the collection without them, then
+        snapshot; returns how many were removed."""
         check_collection(collection)
         checked_ids, checked_where = check_delete(ids, where)
         return await self._run(self._delete, collection, checked_ids, checked_where)
@@ -225,7 +229,9 @@ class FaissVectorStore:
             targets = [i for i in ids if found.by_id.get(i, -1) in positions]
         removed = sum(found.kill(id_) for id_ in targets if id_ is not None)
         if removed:
-            self._after_mutation(collection, found)
+            # Erased means gone: no tombstoned embedding stays in the index or the
+            # snapshot (those of earlier replacements go too).
+            self._after_mutation(collection, found, compact=True)
         return removed
 
     def _count(self, collection: str, where: dict[str, MetaValue] | None) -> int:
@@ -293,8 +299,10 @@ class FaissVectorStore:
             )
         return hits
 
-    def _after_mutation(self, collection: str, found: Collection) -> None:
-        if found.tombstones > self.compact_fraction * len(found.ids):
+    def _after_mutation(self, collection: str, found: Collection, *, compact: bool = False) -> None:
+        if found.tombstones and (
+            compact or found.tombstones > self.compact_fraction * len(found.ids)
+        ):
             found = self._compact(collection, found)
         if self.directory is None:
             return

@@ -5,6 +5,11 @@
 lock on it: one process at a time, so in Ray it lives in one actor,
 ``serve/vectors.py``); neither: local mode in memory.
 
+Local mode is qdrant-client's own engine in this process: NumPy and SQLite work
+that never awaits (its async client would do it all inside the event loop).  So
+local mode uses the synchronous ``QdrantClient`` on one thread of the store's own
+(as the FAISS and Chroma stores do): off the event loop, one operation at a time.
+
 Qdrant point ids must be UUIDs or integers: a string id is mapped to
 ``uuid5(ID_NAMESPACE, id)`` (the same id always maps to the same point, so upserts
 replace) and kept in the payload, next to the text and the metadata
@@ -14,11 +19,14 @@ score Qdrant reports as the cosine similarity.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from qdrant_client import AsyncQdrantClient, models
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from astromesh_ray.core.memory.base import VectorHit, VectorItem, Where
@@ -92,17 +100,29 @@ class QdrantVectorStore:
         self.path = path
         self.api_key_env = api_key_env
         self.where = url or path or ":memory:"
+        # A server: the async client.  Local mode: the sync one, on ``_executor``.
+        self._client: AsyncQdrantClient | None = None
+        self._local: QdrantClient | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
         try:
             if url is not None:
                 # No version probe: it would block here, on a server that may be down.
                 self._client = AsyncQdrantClient(
                     url=url, api_key=api_key(api_key_env), check_compatibility=False
                 )
-            elif path is not None:
-                self._client = AsyncQdrantClient(path=path)
             else:
-                self._client = AsyncQdrantClient(location=":memory:")
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="qdrant-store"
+                )
+                # Made on the store's thread, which alone uses it (and its SQLite
+                # connections, which may be bound to the thread that opened them).
+                self._local = self._executor.submit(
+                    QdrantClient, location=":memory:" if path is None else None, path=path
+                ).result()
         except RuntimeError as exc:  # local mode: another client holds the directory
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
             raise ConfigError(
                 f"QdrantVectorStore: {exc}",
                 hint="local mode has one owner: share one store (on Ray: one actor) per path",
@@ -123,17 +143,17 @@ class QdrantVectorStore:
         dim = len(checked[0].vector)
         have = await self._dimension(collection, create=dim)
         check_vector(checked[0].vector, have)  # InvalidRequest on another dimension
-        points = [
-            models.PointStruct(
-                id=point_id(item.id),
-                vector=list(item.vector),
-                payload={"id": item.id, "text": item.text, "metadata": dict(item.metadata)},
-            )
-            for item in checked
-        ]
-        for start in range(0, len(points), _UPSERT_BATCH):
-            batch = points[start : start + _UPSERT_BATCH]
-            await self._call(self._client.upsert, collection, points=batch, wait=True)
+        for start in range(0, len(checked), _UPSERT_BATCH):
+            # Built a batch at a time: the event loop runs between batches.
+            batch = [
+                models.PointStruct(
+                    id=point_id(item.id),
+                    vector=list(item.vector),
+                    payload={"id": item.id, "text": item.text, "metadata": dict(item.metadata)},
+                )
+                for item in checked[start : start + _UPSERT_BATCH]
+            ]
+            await self._call("upsert", collection, points=batch, wait=True)
 
     async def search(
         self,
@@ -154,7 +174,7 @@ class QdrantVectorStore:
             return []
         check_vector(query, dim)
         response = await self._call(
-            self._client.query_points,
+            "query_points",
             collection,
             query=query,
             query_filter=_filter(checked),
@@ -188,10 +208,10 @@ class QdrantVectorStore:
         assert selector is not None  # check_delete demands ids or a where
         # Counted first: Qdrant's delete does not say how many points it removed.  On a
         # server another writer may change the count in between; the delete is exact.
-        found = await self._call(self._client.count, collection, count_filter=selector)
+        found = await self._call("count", collection, count_filter=selector)
         if found.count:
             await self._call(
-                self._client.delete,
+                "delete",
                 collection,
                 points_selector=models.FilterSelector(filter=selector),
                 wait=True,
@@ -204,14 +224,21 @@ class QdrantVectorStore:
         checked = check_where(where)
         if await self._dimension(collection) is None:
             return 0
-        result = await self._call(
-            self._client.count, collection, count_filter=_filter(checked), exact=True
-        )
+        result = await self._call("count", collection, count_filter=_filter(checked), exact=True)
         return int(result.count)
 
     async def aclose(self) -> None:
-        """Close the client (local mode: release the directory's lock)."""
-        await self._client.close()
+        """Close the client (local mode: once pending work is done, release the
+        directory's lock and stop the store's thread)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._client is not None:
+            await self._client.close()
+        executor, self._executor = self._executor, None
+        if executor is not None and self._local is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, self._local.close)
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -220,12 +247,12 @@ class QdrantVectorStore:
         gives the dimension to create it with."""
         if collection in self._dims:
             return self._dims[collection]
-        if not await self._call(self._client.collection_exists, collection):
+        if not await self._call("collection_exists", collection):
             if create is None:
                 return None
             try:
                 await self._call(
-                    self._client.create_collection,
+                    "create_collection",
                     collection,
                     vectors_config=models.VectorParams(
                         size=create, distance=models.Distance.COSINE
@@ -234,9 +261,9 @@ class QdrantVectorStore:
             except (ValueError, MemoryUnavailable):
                 # Created meanwhile by another writer (local mode says ValueError, a
                 # server 409): use theirs; anything else fails the lookup below.
-                if not await self._call(self._client.collection_exists, collection):
+                if not await self._call("collection_exists", collection):
                     raise
-        info = await self._call(self._client.get_collection, collection)
+        info = await self._call("get_collection", collection)
         params = info.config.params.vectors
         if not isinstance(params, models.VectorParams):
             raise MemoryUnavailable(
@@ -248,11 +275,21 @@ class QdrantVectorStore:
         self._dims[collection] = int(params.size)
         return self._dims[collection]
 
-    async def _call(self, method: Any, collection: str, /, **kwargs: Any) -> Any:
-        """``method(collection, **kwargs)``; a server that cannot be reached or fails
-        becomes ``MemoryUnavailable``."""
+    async def _call(self, method: str, collection: str, /, **kwargs: Any) -> Any:
+        """The client's ``method(collection, **kwargs)`` (local mode: on the store's
+        thread); a server that cannot be reached or fails becomes
+        ``MemoryUnavailable``."""
+        if self._closed:
+            raise MemoryUnavailable(
+                "the Qdrant store is closed", backend=self.name, retryable=False
+            )
         try:
-            return await method(collection, **kwargs)
+            if self._local is not None:
+                assert self._executor is not None
+                call = functools.partial(getattr(self._local, method), collection, **kwargs)
+                return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            assert self._client is not None
+            return await getattr(self._client, method)(collection, **kwargs)
         except ResponseHandlingException as exc:  # transport: refused, reset, timed out
             raise MemoryUnavailable(
                 f"Qdrant at {self.where} cannot be reached: {exc}",

@@ -9,6 +9,7 @@ tests run the same class against their servers.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import sys
@@ -20,7 +21,8 @@ import numpy as np
 import pytest
 
 from astromesh_ray.core.memory.base import VectorItem, VectorStore
-from astromesh_ray.core.memory.semantic.faiss import EXACT_LIMIT, FaissVectorStore
+from astromesh_ray.core.memory.semantic.faiss import EXACT_LIMIT, FaissStats, FaissVectorStore
+from astromesh_ray.core.memory.semantic.faiss_collection import SUFFIX, normalise, read_snapshot
 from astromesh_ray.core.memory.semantic.qdrant import QdrantVectorStore, point_id
 from astromesh_ray.errors import ConfigError, InvalidRequest, MemoryUnavailable
 
@@ -196,13 +198,47 @@ class VectorStoreContract:
         assert await store.count("docs") == 0
 
     async def test_text_and_metadata_round_trip(self, store: VectorStore) -> None:
-        meta = {"s": "ünïcødé ✓", "i": 7, "f": 0.25, "t": True, "no": False, "dash-key_1": "x"}
+        meta: dict[str, Any] = {
+            "s": "ünïcødé ✓",
+            "i": 7,
+            "f": 0.25,
+            "t": True,
+            "no": False,
+            "dash-key_1": "x",
+        }
         await store.upsert("docs", [VectorItem("id with spaces/ü", E1, "Grüße, 世界", meta)])
         [hit] = await store.search("docs", E1, k=1)
         assert (hit.id, hit.text) == ("id with spaces/ü", "Grüße, 世界")
         assert hit.metadata == meta
         assert isinstance(hit.metadata["i"], int) and isinstance(hit.metadata["t"], bool)
         assert await store.count("docs", {"s": "ünïcødé ✓", "f": 0.25}) == 1
+
+    async def test_nul_and_lone_surrogates_are_stored_as_replacement_characters(
+        self, store: VectorStore
+    ) -> None:
+        # What PDF extraction and broken JSON produce; PostgreSQL cannot store NUL and
+        # UTF-8 cannot encode a surrogate: every store keeps U+FFFD instead.
+        text = "pdf page\x00text \ud83d end"
+        meta: dict[str, Any] = {
+            "source": "a\x00b",
+            "half": "\ud83d",
+            "pair": "\ud83d\ude00",
+            "n": 1,
+        }
+        await store.upsert("docs", [VectorItem("odd", E1, text, meta), item("plain", E2)])
+        [hit] = await store.search("docs", E1, k=1)
+        assert (hit.id, hit.text) == ("odd", "pdf page\ufffdtext \ufffd end")
+        assert hit.metadata == {
+            "source": "a\ufffdb",
+            "half": "\ufffd",
+            "pair": "\U0001f600",
+            "n": 1,
+        }
+        # ``where`` values are cleaned alike, so they find what was stored.
+        assert await store.count("docs", {"source": "a\x00b"}) == 1
+        assert await store.count("docs", {"source": "a\ufffdb", "half": "\ud83d"}) == 1
+        hits = await store.search("docs", E2, k=5, where={"pair": "\U0001f600"})
+        assert [h.id for h in hits] == ["odd"]
 
 
 @pytest.fixture(params=["faiss-memory", "faiss-directory", "qdrant-memory", "qdrant-path"])
@@ -309,31 +345,46 @@ async def test_faiss_tombstones_are_skipped_then_compacted(tmp_path: Path) -> No
     assert len(items) > EXACT_LIMIT
     store = FaissVectorStore(tmp_path, compact_fraction=0.25)
     await store.upsert("big", items)
-    doomed = {f"v{i}" for i in range(0, 3000, 5)}  # 600 tombstones: 20%, below the fraction
-    assert await store.delete("big", ids=sorted(doomed)) == 600
+    current = {it.id: it for it in items}
+    others = {it.id: it for it in random_items(3000, dim, seed=8)}  # same ids, new vectors
+
+    async def replace(ids: list[str]) -> None:
+        moved = [VectorItem(i, others[i].vector, f"moved {i}", current[i].metadata) for i in ids]
+        await store.upsert("big", moved)
+        current.update((it.id, it) for it in moved)
+
+    # Replacing 600 items leaves 600 tombstones: 600 of 3600, below the fraction.
+    await replace([f"v{i}" for i in range(0, 3000, 5)])
     stats = await store.stats("big")
-    assert stats is not None and (stats.live, stats.tombstones, stats.dim) == (2400, 600, dim)
-    live = [it for it in items if it.id not in doomed]
+    assert stats is not None and (stats.live, stats.tombstones, stats.dim) == (3000, 600, dim)
+    live = list(current.values())
     rng = random.Random(3)
     overlap = 0
     for _ in range(20):
         query = [rng.gauss(0, 1) for _ in range(dim)]
         hits = await store.search("big", query, k=10)
-        assert len(hits) == 10 and not doomed & {h.id for h in hits}
+        assert len({h.id for h in hits}) == 10
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        for hit in hits:  # the current vector and text of each, never a replaced one
+            assert hit.score == pytest.approx(cosine(query, list(current[hit.id].vector)), abs=1e-4)
+            assert hit.text == current[hit.id].text
         overlap += len({h.id for h in hits} & set(brute_force(live, query, 10)))
     assert overlap / 200 >= 0.9  # HNSW is approximate; at 8 dimensions, barely
-    # Past the fraction: rebuilt from the live items, none lost.
-    more = {f"v{i}" for i in range(1, 3000, 5)}
-    assert await store.delete("big", ids=sorted(more)) == 600
+    # Past the fraction (1200 of 4200): rebuilt from the live items, none lost.
+    await replace([f"v{i}" for i in range(1, 3000, 5)])
+    stats = await store.stats("big")
+    assert stats is not None and (stats.live, stats.tombstones) == (3000, 0)
+    # A delete rebuilds at once, whatever the fraction.
+    doomed = {f"v{i}" for i in range(2, 3000, 5)} | {f"v{i}" for i in range(3, 3000, 5)}
+    assert await store.delete("big", ids=sorted(doomed)) == 1200
     stats = await store.stats("big")
     assert stats is not None and (stats.live, stats.tombstones) == (1800, 0)
-    live = [it for it in live if it.id not in more]
+    live = [it for it in current.values() if it.id not in doomed]
     query = [rng.gauss(0, 1) for _ in range(dim)]
     expected = brute_force(live, query, 5)
     hits = await store.search("big", query, k=5)  # 1800 live: exact
     assert [h.id for h in hits] == expected
-    assert hits[0].text == next(it.text for it in items if it.id == expected[0])
+    assert hits[0].text == current[expected[0]].text
     await store.aclose()
     # The compacted collection is what the snapshot holds.
     reopened = FaissVectorStore(tmp_path)
@@ -341,6 +392,39 @@ async def test_faiss_tombstones_are_skipped_then_compacted(tmp_path: Path) -> No
     stats = await reopened.stats("big")
     assert stats is not None and (stats.live, stats.tombstones) == (1800, 0)
     await reopened.aclose()
+
+
+async def test_faiss_delete_erases_the_vectors_from_memory_and_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    dim = 16
+    items = random_items(200, dim, seed=21)
+    store = FaissVectorStore(tmp_path)  # compact_fraction 0.25: one delete is far below it
+    await store.upsert("docs", items)
+    # A replacement's tombstone goes too: its old vector is erased with the rest.
+    replaced = items[0]
+    await store.upsert("docs", [VectorItem(replaced.id, E1 * 4, "new", replaced.metadata)])
+    assert await store.delete("docs", where={"parity": "odd"}) == 100
+    assert await store.stats("docs") == FaissStats(100, 0, dim)
+    assert await store.delete("docs", ids=["v2"]) == 1  # one by id: compacted as well
+    assert await store.stats("docs") == FaissStats(99, 0, dim)
+    await store.aclose()
+
+    path = tmp_path / f"docs{SUFFIX}"
+    raw = path.read_bytes()
+    snapshot = read_snapshot(path, 200)
+    assert snapshot.index.ntotal == 99 and snapshot.tombstones == 0
+    stored = snapshot.vectors()
+    erased = [it for it in items if it.metadata["parity"] == "odd" or it.id in ("v0", "v2")]
+    kept = [it for it in items if it not in erased]
+    for it in erased:
+        vector = normalise([it.vector])[0]
+        assert not np.isclose(stored, vector, atol=1e-6).all(axis=1).any(), it.id
+        assert vector.tobytes() not in raw, it.id
+        assert f'"{it.id}"'.encode() not in raw or it.id == "v0", it.id
+    for it in kept:  # what was not deleted is all there, unchanged
+        assert normalise([it.vector])[0].tobytes() in raw
+    assert normalise([E1 * 4])[0].tobytes() in raw  # v0's replacement stays
 
 
 async def test_faiss_filtered_search_through_hnsw_finds_k_matches() -> None:
@@ -404,6 +488,37 @@ async def test_qdrant_local_mode_persists_under_its_path(tmp_path: Path) -> None
     with pytest.raises(InvalidRequest, match="dimension"):
         await second.upsert("docs", [item("x", [1.0, 2.0])])
     await second.aclose()
+
+
+@pytest.mark.parametrize("local", ["memory", "path"])
+async def test_qdrant_local_mode_keeps_the_event_loop_running(tmp_path: Path, local: str) -> None:
+    # Local mode is NumPy and SQLite work: on the store's thread, not in the loop.
+    store = QdrantVectorStore() if local == "memory" else QdrantVectorStore(path=str(tmp_path))
+    rows = np.random.default_rng(1).standard_normal((5000, 384)).tolist()
+    items = [VectorItem(f"v{i}", row, f"item {i}") for i, row in enumerate(rows)]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0.05)
+        before = ticks
+        await store.upsert("big", items)
+        during = ticks - before
+    finally:
+        task.cancel()
+    assert during >= 5, f"the event loop ticked {during} times during the upsert"
+    assert await store.count("big") == 5000
+    [hit] = await store.search("big", rows[7], k=1)
+    assert (hit.id, hit.text) == ("v7", "item 7")
+    await store.aclose()
+    with pytest.raises(MemoryUnavailable, match="closed"):
+        await store.count("big")
 
 
 def test_qdrant_point_ids_are_stable_uuids() -> None:
