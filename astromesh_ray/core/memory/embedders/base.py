@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+from astromesh_ray.core.memory.text import clean_text
 from astromesh_ray.errors import ConfigError, InvalidRequest, MemoryUnavailable
 
 __all__ = ["batches", "check_batch_size", "clean_text", "embed_batched", "normalise"]
@@ -33,16 +34,6 @@ def batches(texts: Sequence[str], size: int) -> Iterator[list[str]]:
     """``texts`` in consecutive lists of at most ``size``."""
     for start in range(0, len(texts), size):
         yield list(texts[start : start + size])
-
-
-def clean_text(text: str) -> str:
-    """``text``, its lone surrogates replaced with U+FFFD (one per UTF-8 byte of
-    the surrogate); valid text comes back as it is."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
 
 
 def normalise(vector: Sequence[float], *, backend: str) -> list[float]:

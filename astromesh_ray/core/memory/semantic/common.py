@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from astromesh_ray.core.memory.base import VectorItem, Where
+from astromesh_ray.core.memory.text import clean_text
 from astromesh_ray.errors import InvalidRequest
 
 __all__ = [
@@ -44,18 +45,6 @@ become file names, table names and Qdrant collection names unchanged)."""
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # What no store can keep as text: NUL (PostgreSQL text and jsonb) and surrogates
 # (not encodable as UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def clean_text(text: str) -> str:
-    """``text`` with NUL and lone surrogates replaced by U+FFFD (a surrogate pair, as
-    some JSON decoders leave them, becomes the character it encodes)."""
-    if not _UNSTORABLE.search(text):
-        return text
-    if any("\ud800" <= c <= "\udfff" for c in text):
-        # UTF-16 joins the valid pairs and replaces each lone surrogate.
-        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return text.replace("\x00", "\ufffd")
 
 
 def check_collection(collection: str) -> str:
