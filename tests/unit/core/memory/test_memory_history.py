@@ -1,11 +1,9 @@
-"""Memory in the run path, from YAML, with the scripted model: history replayed,
-turns stored whole, strategies, semantic recall, the episodic log and the memory
-API operations (in_memory and SQLite backends; the servers are integration tests)."""
+"""Conversational memory in the run path, from YAML, with the scripted model: history
+replayed, turns stored whole, and the sliding_window, token_budget and summary
+strategies (in_memory and SQLite; the servers are integration tests)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +12,18 @@ import pytest
 from astromesh_ray.core.build import LocalAgents, check_buildable
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.memory.api import memory_op
-from astromesh_ray.core.memory.factory import MemoryDefaults, MemoryFactory
 from astromesh_ray.core.messages import Message, ToolCall
 from astromesh_ray.errors import (
-    InvalidRequest,
-    MemoryConflict,
-    MemoryNotFound,
-    MemoryUnavailable,
     ProviderError,
 )
-from astromesh_ray.spec import AgentSpec
 from astromesh_ray.testing import ScriptedProvider
 from tests.unit.core.engine_helpers import agent_yaml, load_agents
-
-
-def factory(tmp_path: Path) -> MemoryFactory:
-    return MemoryFactory(MemoryDefaults(data_dir=str(tmp_path / "data")))
-
-
-def agent_with(tmp_path: Path, memory: dict[str, Any], **spec: Any) -> AgentSpec:
-    doc = agent_yaml("mem", memory=memory, **spec)
-    return load_agents(tmp_path, doc)["mem"]
-
-
-async def turn(agents: LocalAgents, query: str, session: str | None = "s1") -> Any:
-    runtime = await agents.runtime("mem")
-    return await runtime.run(RunRequest(query=query, session_id=session))
-
-
-def roles_and_texts(messages: Sequence[Message]) -> list[tuple[str, str | None]]:
-    return [(m.role, m.content) for m in messages]
+from tests.unit.core.memory.memory_helpers import (
+    agent_with,
+    factory,
+    roles_and_texts,
+    turn,
+)
 
 
 @pytest.mark.parametrize("backend", ["in_memory", "sqlite"])
@@ -277,247 +257,6 @@ async def test_a_role_nobody_uses_is_still_refused(tmp_path: Path) -> None:
         check_buildable([agent])
 
 
-async def test_memory_api_sessions_fork_and_erase(tmp_path: Path) -> None:
-    agent = agent_with(
-        tmp_path,
-        {"conversational": {"backend": "sqlite"}, "episodic": {"backend": "sqlite"}},
-    )
-    model = ScriptedProvider(["a1", "a2", "b1", "forked"])
-    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
-    try:
-        await turn(agents, "q1", session="alpha")
-        await turn(agents, "q2", session="alpha")
-        await turn(agents, "other", session="beta")
-        runtime = await agents.runtime("mem")
-        memory = runtime.memory
-        listed = await memory_op(memory, "mem", "sessions", {})
-        assert [s["session_id"] for s in listed["sessions"]] == ["beta", "alpha"]
-        assert [s["turns"] for s in listed["sessions"]] == [1, 2]
-        forked = await memory_op(
-            memory, "mem", "fork", {"session_id": "alpha", "new_session_id": "alpha2"}
-        )
-        assert forked["turns"] == 2
-        await turn(agents, "q3", session="alpha2")
-        assert [m.content for m in model.requests[3].messages] == ["q1", "a1", "q2", "a2", "q3"]
-        with pytest.raises(MemoryConflict, match="already exists"):
-            await memory_op(
-                memory, "mem", "fork", {"session_id": "beta", "new_session_id": "alpha"}
-            )
-        erased = await memory_op(memory, "mem", "erase", {"session_id": "alpha"})
-        assert erased["removed"]["conversation"] == 1
-        assert erased["removed"]["episodic"] == 2 * 3  # request, model_call, answer per turn
-        with pytest.raises(MemoryNotFound):
-            await memory_op(memory, "mem", "history", {"session_id": "alpha"})
-        left = await memory_op(memory, "mem", "episodes", {"session_id": "alpha"})
-        assert left["episodes"] == []
-        assert (await memory_op(memory, "mem", "history", {"session_id": "alpha2"}))["turns"]
-    finally:
-        await agents.aclose()
-
-
-@pytest.mark.parametrize("bad", ["", "../etc/passwd", "a b", "x" * 129, "-lead", "é", "abc\n"])
-async def test_session_ids_are_validated(tmp_path: Path, bad: str) -> None:
-    agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
-    agents = LocalAgents(
-        {"mem": agent}, scripted={"mem": ScriptedProvider([])}, memory=factory(tmp_path)
-    )
-    try:
-        runtime = await agents.runtime("mem")
-        with pytest.raises(InvalidRequest) as info:
-            await runtime.run(RunRequest(query="hi", session_id=bad))
-        assert info.value.details["field"] == "session_id"
-        with pytest.raises(InvalidRequest):
-            await memory_op(runtime.memory, "mem", "history", {"session_id": bad})
-    finally:
-        await agents.aclose()
-
-
-async def test_episodic_log_records_every_run_without_secrets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MEM_TEST_KEY", "Zq7plainvalue42xyz")
-    doc = agent_yaml(
-        "mem",
-        model={
-            "primary": {
-                "provider": "openai",
-                "model": "gpt",
-                "endpoint": "http://127.0.0.1:9/v1",
-                "api_key_env": "MEM_TEST_KEY",
-            }
-        },
-        memory={"episodic": {"backend": "sqlite"}},
-        tools=[{"name": "calculator", "type": "builtin"}],
-    )
-    agent = load_agents(tmp_path, doc)["mem"]
-    boom = ProviderError("down", provider="scripted", status=503, retryable=False)
-    model = ScriptedProvider(
-        [ToolCall(id="c1", name="calculator", arguments={"expression": "1+1"}), "2", boom]
-    )
-    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
-    try:
-        runtime = await agents.runtime("mem")
-        request = RunRequest(
-            query="1+1? my key is Zq7plainvalue42xyz",
-            session_id="s1",
-            context={"api_key": "hunter2-secret-value"},
-        )
-        result = await runtime.run(request)
-        with pytest.raises(ProviderError):
-            await runtime.run(RunRequest(query="again", session_id="s1"))
-        found = await memory_op(runtime.memory, "mem", "episodes", {"session_id": "s1"})
-        only_tools = await memory_op(
-            runtime.memory, "mem", "episodes", {"run_id": result.run_id, "types": ["tool_call"]}
-        )
-    finally:
-        await agents.aclose()
-    episodes = found["episodes"]
-    first = [e for e in episodes if e["run_id"] == result.run_id]
-    assert [e["type"] for e in first] == [
-        "request",
-        "model_call",
-        "tool_call",
-        "model_call",
-        "answer",
-    ]
-    assert first[1]["data"]["usage"]["calls"] == 1
-    assert first[2]["data"]["tool"] == "calculator" and first[2]["data"]["result"] == "2"
-    assert first[-1]["data"]["answer"] == "2"
-    assert all(e["trace_id"] == result.trace_id for e in first)
-    failed = [e for e in episodes if e["run_id"] != result.run_id]
-    assert [e["type"] for e in failed] == ["request", "model_call", "error"]
-    assert failed[-1]["data"]["code"] == "provider_error"
-    dumped = json.dumps(episodes)
-    # A value with no secret shape: only the agent's api_key_env names it as one.
-    assert "Zq7plainvalue42xyz" not in dumped
-    assert "hunter2-secret-value" not in dumped
-    assert [e["type"] for e in only_tools["episodes"]] == ["tool_call"]
-
-
-class _Down:
-    """A conversation store whose server is gone."""
-
-    name = "down"
-
-    async def history(self, *args: Any, **kwargs: Any) -> Any:
-        raise MemoryUnavailable("redis is down", backend="redis", retryable=True)
-
-    async def append(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a turn whose memory failed to load must not be stored")
-
-    async def aclose(self) -> None:
-        pass
-
-
-async def test_a_memory_outage_fails_the_turn_before_any_model_call(tmp_path: Path) -> None:
-    agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
-    agents = LocalAgents(
-        {"mem": agent}, scripted={"mem": ScriptedProvider([])}, memory=factory(tmp_path)
-    )
-    try:
-        runtime = await agents.runtime("mem")
-        assert runtime.memory is not None
-        runtime.memory.conversation = _Down()  # type: ignore[assignment]
-        with pytest.raises(MemoryUnavailable) as info:
-            await runtime.run(RunRequest(query="hi", session_id="s1"))
-        assert info.value.details["stage"] == "memory"
-        assert info.value.http_status == 503
-    finally:
-        await agents.aclose()
-
-
-class WordsEmbedder:
-    """A deterministic bag-of-words embedder (logic tests only; the real ones are
-    tested against their servers and the real model)."""
-
-    name = "words"
-    DIM = 64
-
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        import hashlib
-        import math
-
-        out = []
-        for text in texts:
-            vector = [0.0] * self.DIM
-            for word in text.lower().replace(".", " ").replace("?", " ").split():
-                digest = hashlib.sha256(word.encode()).digest()
-                vector[digest[0] % self.DIM] += 1.0
-            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-            out.append([v / norm for v in vector])
-        return out
-
-    async def aclose(self) -> None:
-        pass
-
-
-class WordsFactory(MemoryFactory):
-    def make_embedder(self, kind: str, kwargs: Any) -> Any:
-        return WordsEmbedder()
-
-
-async def test_semantic_recall_is_injected_and_scoped_to_the_session(tmp_path: Path) -> None:
-    agent = agent_with(
-        tmp_path,
-        {
-            "conversational": {"backend": "in_memory", "max_turns": 1},
-            "semantic": {
-                "backend": "faiss",
-                "index_turns": True,
-                "similarity_threshold": 0.3,
-                "max_results": 1,
-            },
-        },
-        prompts={"system": "Be brief."},
-    )
-    model = ScriptedProvider(["ok", "ok", "teal", "no idea"])
-    agents = LocalAgents(
-        {"mem": agent},
-        scripted={"mem": model},
-        memory=WordsFactory(MemoryDefaults(data_dir=str(tmp_path / "data"))),
-    )
-    try:
-        await turn(agents, "my favourite colour is teal")
-        await turn(agents, "I live in Lisbon")
-        await turn(agents, "what is my favourite colour")
-        await turn(agents, "what is my favourite colour", session="stranger")
-    finally:
-        await agents.aclose()
-    system = model.requests[2].messages[0].content
-    assert system is not None and system.startswith("Be brief.\n\nRelevant knowledge:\n- User: ")
-    assert "favourite colour is teal" in system
-    # The window (max_turns 1) no longer holds the first turn: only recall brought it.
-    assert "my favourite colour is teal" not in [m.content for m in model.requests[2].messages]
-    # Another session's recall does not see this session's items.
-    assert model.requests[3].messages[0].content == "Be brief."
-
-
-async def test_prompts_that_place_memory_themselves_get_it_as_variables(tmp_path: Path) -> None:
-    agent = agent_with(
-        tmp_path,
-        {
-            "semantic": {"backend": "faiss", "index_turns": True, "scope": "agent",
-                         "similarity_threshold": 0.3},
-        },
-        prompts={"system": "Known: {{ knowledge }} ({{ memory.semantic | length }})"},
-    )  # fmt: skip
-    model = ScriptedProvider(["ok", "ok"])
-    agents = LocalAgents(
-        {"mem": agent},
-        scripted={"mem": model},
-        memory=WordsFactory(MemoryDefaults(data_dir=str(tmp_path / "data"))),
-    )
-    try:
-        await turn(agents, "the launch code is blue", session=None)
-        await turn(agents, "what is the launch code", session="any")
-    finally:
-        await agents.aclose()
-    assert model.requests[0].messages[0].content == "Known:  (0)"
-    system = model.requests[1].messages[0].content
-    assert system is not None and system.startswith("Known: - User: the launch code is blue")
-    assert system.endswith("(1)")
-
-
 async def test_the_summarizer_role_writes_the_summary(tmp_path: Path) -> None:
     from astromesh_ray.core.build import build_runtime
 
@@ -538,54 +277,10 @@ async def test_the_summarizer_role_writes_the_summary(tmp_path: Path) -> None:
         await runtime.aclose()
         await memory.aclose()
     assert len(reasoner.requests) == 3 and len(summarizer.requests) == 1
-    assert summarizer.requests[0].messages[0].content.startswith("You keep a running summary")
+    assert str(summarizer.requests[0].messages[0].content).startswith("You keep a running")
     # The fold's model call is part of the turn that made it: usage and trace.
     assert result.usage.calls == 2
     assert [s.name for s in result.trace].count("memory.summarize") == 1
-
-
-class SlowProvider:
-    """A model that never answers in time."""
-
-    name = "slow"
-
-    async def complete(self, request: Any) -> Any:
-        import asyncio
-
-        await asyncio.sleep(30)
-
-    def stream(self, request: Any) -> Any:
-        raise NotImplementedError
-
-    async def health(self) -> bool:
-        return True
-
-    async def aclose(self) -> None:
-        pass
-
-
-async def test_a_timed_out_turn_stores_nothing_and_is_logged(tmp_path: Path) -> None:
-    from astromesh_ray.core.build import build_runtime
-    from astromesh_ray.errors import RunTimeout
-
-    agent = agent_with(
-        tmp_path,
-        {"conversational": {"backend": "sqlite"}, "episodic": {"backend": "sqlite"}},
-        orchestration={"timeout_seconds": 0.3},
-    )
-    memory = factory(tmp_path)
-    runtime = build_runtime(agent, provider=SlowProvider(), memory=memory)  # type: ignore[arg-type]
-    try:
-        with pytest.raises(RunTimeout):
-            await runtime.run(RunRequest(query="hello", session_id="s1"))
-        listed = await memory_op(runtime.memory, "mem", "sessions", {})
-        logged = await memory_op(runtime.memory, "mem", "episodes", {"session_id": "s1"})
-    finally:
-        await runtime.aclose()
-        await memory.aclose()
-    assert listed["sessions"] == []
-    assert [e["type"] for e in logged["episodes"]][-1] == "error"
-    assert logged["episodes"][-1]["data"]["code"] == "run_timeout"
 
 
 async def test_a_failed_summary_fold_keeps_the_stored_turn(tmp_path: Path) -> None:
@@ -661,78 +356,6 @@ async def test_a_prompt_placing_only_knowledge_still_gets_the_summary(tmp_path: 
     assert model.requests[4].messages[0].content == (
         "Facts:\n\nSummary of the earlier conversation:\nS."
     )
-
-
-async def test_the_episodic_log_holds_this_agents_calls_not_its_sub_runs(
-    tmp_path: Path,
-) -> None:
-    docs = [
-        agent_yaml(
-            "boss",
-            memory={"episodic": {"backend": "sqlite"}},
-            tools=[{"name": "ask_helper", "type": "agent", "agent": "helper"}],
-        ),
-        agent_yaml("helper"),
-    ]
-    agents_specs = load_agents(tmp_path, *docs)
-    boss = ScriptedProvider(
-        [ToolCall(id="c1", name="ask_helper", arguments={"query": "hi"}), "done"]
-    )
-    helper = ScriptedProvider(["hello from helper"])
-    agents = LocalAgents(
-        agents_specs, scripted={"boss": boss, "helper": helper}, memory=factory(tmp_path)
-    )
-    try:
-        runtime = await agents.runtime("boss")
-        result = await runtime.run(RunRequest(query="go", session_id="s1"))
-        logged = await memory_op(runtime.memory, "boss", "episodes", {"run_id": result.run_id})
-    finally:
-        await agents.aclose()
-    types = [e["type"] for e in logged["episodes"]]
-    assert types == ["request", "model_call", "tool_call", "model_call", "answer"]
-    assert logged["episodes"][2]["data"]["sub_run_id"]
-
-
-async def test_a_failed_save_is_still_logged(tmp_path: Path) -> None:
-    agent = agent_with(
-        tmp_path,
-        {"conversational": {"backend": "in_memory"}, "episodic": {"backend": "sqlite"}},
-    )
-    agents = LocalAgents(
-        {"mem": agent}, scripted={"mem": ScriptedProvider(["lost"])}, memory=factory(tmp_path)
-    )
-
-    async def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise MemoryUnavailable("store gone", backend="test", retryable=True)
-
-    try:
-        runtime = await agents.runtime("mem")
-        assert runtime.memory is not None and runtime.memory.conversation is not None
-        runtime.memory.conversation.append = refuse  # type: ignore[method-assign]
-        with pytest.raises(MemoryUnavailable):
-            await runtime.run(RunRequest(query="hi", session_id="s1"))
-        logged = await memory_op(runtime.memory, "mem", "episodes", {"session_id": "s1"})
-    finally:
-        await agents.aclose()
-    assert [e["type"] for e in logged["episodes"]] == ["request", "model_call", "error"]
-    assert logged["episodes"][-1]["data"]["code"] == "memory_unavailable"
-
-
-def test_a_backend_whose_package_is_missing_fails_the_build_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import importlib.util
-
-    from astromesh_ray.errors import ConfigError
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "chromadb" else real(name, *a)
-    )
-    agent = agent_with(tmp_path, {"semantic": {"backend": "chromadb"}})
-    with pytest.raises(ConfigError, match="needs the 'chromadb' package") as info:
-        check_buildable([agent])
-    assert "astromesh-ray[chroma]" in str(info.value)
 
 
 async def test_a_summary_of_an_erased_session_is_never_replayed(tmp_path: Path) -> None:
