@@ -14,22 +14,19 @@ session, seq)`` and ``(namespace, agent, session, run_id)`` hold the same rules
 again at the table level.
 
 Failures: a call that loses its connection (the server restarted, the network
-dropped) is retried once, after ``RETRY_DELAY_S``, on a fresh connection from the
-pool (a retried append finds its run id if the first attempt had committed), then
-raises ``MemoryUnavailable``.  Expiry: ``expires_at`` (the server's clock, like every
+dropped) is retried once on a fresh connection (``PgPool``; a retried append finds
+its run id if the first attempt had committed), then raises ``MemoryUnavailable``.
+Expiry: ``expires_at`` (the server's clock, like every
 time here) is filtered on every read; appends delete expired sessions in batches,
 at most every ``PURGE_EVERY_S``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from astromesh_ray.core.memory.base import (
     History,
@@ -40,6 +37,7 @@ from astromesh_ray.core.memory.base import (
     Summary,
 )
 from astromesh_ray.core.memory.conversational import _records
+from astromesh_ray.core.memory.postgres_pool import PgPool
 from astromesh_ray.errors import InvalidRequest, MemoryUnavailable
 
 T = TypeVar("T")
@@ -52,26 +50,6 @@ PURGE_EVERY_S = 60.0
 
 PURGE_BATCH = 500
 """How many expired sessions one purge deletes at most."""
-
-# Lost connections: worth one retry on a fresh connection.
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, timed out (TimeoutError is an OSError)
-    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError and the other 08xxx
-    asyncpg.InterfaceError,  # "connection is closed"
-    asyncpg.CannotConnectNowError,  # the server is starting or stopping
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
-# The server is up but cannot serve us now: no retry here, the caller may later.
-_BUSY_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.InsufficientResourcesError,  # too many connections, disk full, out of memory
-    asyncpg.ReadOnlySQLTransactionError,  # a standby
-)
-# Retrying cannot help: the URL is wrong.
-_REFUSED_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidCatalogNameError,
-)
 
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,31}")
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
@@ -109,40 +87,23 @@ class PostgresConversationStore:
                 f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1,"
                 f" got min_size={min_size!r}, max_size={max_size!r}"
             )
-        self._url = url
         self._ttl_s = ttl_s
-        self._min_size = min_size
-        self._max_size = max_size
         self._sessions_table = f"{table_prefix}conversation_sessions"
         self._turns_table = f"{table_prefix}conversation_turns"
         self._schema_lock_key = f"astromesh schema {table_prefix}conversation"
-        self._pool: Any = None  # asyncpg.Pool, once created
-        self._pool_lock = asyncio.Lock()
+        self._pool = PgPool(
+            url,
+            label=f"{table_prefix}conversation",
+            backend=self.name,
+            setup=self._create_tables,
+            min_size=min_size,
+            max_size=max_size,
+            timeout_s=10.0,  # a stuck server: fail (and retry once), not hang
+        )
         self._last_purge = float("-inf")
         self._sql = _Statements(self._sessions_table, self._turns_table)
 
     # ------------------------------------------------------------------ pool and errors
-
-    async def _ensure_pool(self) -> Any:
-        if self._pool is not None:
-            return self._pool
-        async with self._pool_lock:
-            if self._pool is None:
-                pool = await asyncpg.create_pool(
-                    self._url,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    timeout=5,  # to connect
-                    command_timeout=10,  # a stuck server: fail (and retry once), not hang
-                )
-                try:
-                    async with pool.acquire() as conn:
-                        await self._create_tables(conn)
-                except BaseException:
-                    pool.terminate()
-                    raise
-                self._pool = pool
-        return self._pool
 
     async def _create_tables(self, conn: Any) -> None:
         async with conn.transaction():
@@ -154,34 +115,10 @@ class PostgresConversationStore:
             )
             await conn.execute(self._sql.schema)
 
-    async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``op`` with a pooled connection; one retry if the connection was lost."""
-        for attempt in (1, 2):
-            try:
-                pool = await self._ensure_pool()
-                async with pool.acquire() as conn:
-                    return await op(conn)
-            except _REFUSED_ERRORS as exc:
-                raise self._unavailable(exc, retryable=False) from exc
-            except _BUSY_ERRORS as exc:
-                raise self._unavailable(exc, retryable=True) from exc
-            except _CONNECTION_ERRORS as exc:
-                if attempt == 2:
-                    raise self._unavailable(exc, retryable=True) from exc
-            await asyncio.sleep(RETRY_DELAY_S)
-        raise AssertionError("unreachable")
-
-    def _unavailable(self, exc: BaseException, *, retryable: bool) -> MemoryUnavailable:
-        return MemoryUnavailable(
-            f"PostgreSQL is unavailable for conversations: {type(exc).__name__}: {exc}",
-            hint=(
-                "check that the PostgreSQL server is running and reachable"
-                if retryable
-                else "check the user, password and database name in the PostgreSQL URL"
-            ),
-            backend=self.name,
-            retryable=retryable,
-        )
+    async def _run(self, what: str, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``op`` with a pooled connection; one retry if the connection was lost
+        (a retried append finds its run id if the first attempt committed)."""
+        return await self._pool.run(what, lambda conn, _retry: op(conn))
 
     # ------------------------------------------------------------------ the protocol
 
@@ -203,7 +140,7 @@ class PostgresConversationStore:
                 await conn.execute(self._sql.insert_turn, *args, seq, turn.run_id, body, ttl)
                 return seq, body
 
-        seq, stored = await self._run(op)
+        seq, stored = await self._run("append", op)
         return _records.decode_turn(seq, stored)
 
     async def _lock_session(self, conn: Any, args: tuple[str, str, str]) -> Any:
@@ -255,7 +192,7 @@ class PostgresConversationStore:
             turns = [_records.decode_turn(int(r["seq"]), str(r["body"])) for r in rows]
             return History(turns, summary)
 
-        return await self._run(op)
+        return await self._run("history", op)
 
     async def set_summary(self, key: SessionKey, summary: Summary) -> bool:
         """Store ``summary`` if it folds more turns than the stored one and no more
@@ -278,7 +215,7 @@ class PostgresConversationStore:
             )
             return bool(status == "UPDATE 1")
 
-        return await self._run(op)
+        return await self._run("set_summary", op)
 
     async def sessions(
         self, namespace: str, agent: str, *, limit: int = 100, offset: int = 0
@@ -296,7 +233,7 @@ class PostgresConversationStore:
                 for r in rows
             ]
 
-        return await self._run(op)
+        return await self._run("sessions", op)
 
     async def delete(self, key: SessionKey) -> bool:
         """Remove the session; returns whether a live one existed."""
@@ -307,13 +244,11 @@ class PostgresConversationStore:
             row = await conn.fetchrow(self._sql.delete, *args)
             return row is not None and bool(row["live"])
 
-        return await self._run(op)
+        return await self._run("delete", op)
 
     async def aclose(self) -> None:
         """Close the pool (a later call creates a new one)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pool.aclose()
 
 
 class _Statements:

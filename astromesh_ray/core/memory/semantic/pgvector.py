@@ -18,16 +18,15 @@ share the tables.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from astromesh_ray.core.memory.base import VectorHit, VectorItem, Where
+from astromesh_ray.core.memory.postgres_pool import PgPool
 from astromesh_ray.core.memory.semantic.common import (
     check_collection,
     check_delete,
@@ -47,17 +46,6 @@ _INDEX_SUFFIX = "_hnsw"  # the longest suffix an index name gets
 # statement's parameters (text literals of the vectors) to a few MB.
 _ROWS_PER_STATEMENT = 500
 _MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
-
-# The server away, restarting, out of connections, or the connection dropped; not
-# our SQL being wrong.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-)
 
 
 def _literal(vector: Sequence[float]) -> str:
@@ -121,17 +109,19 @@ class PgVectorStore:
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self.timeout_s = timeout_s
-        self._pool: asyncpg.Pool | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._opening: asyncio.Lock | None = None
+        self._pool = PgPool(
+            url,
+            label=f"{table_prefix}vectors",
+            backend=self.name,
+            setup=self._ensure_extension,
+            min_size=min_size,
+            max_size=max_size,
+            timeout_s=timeout_s,
+        )
         self._dims: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"PgVectorStore(table_prefix={self.table_prefix!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A live pool cannot cross processes: the copy opens its own.
-        return {**self.__dict__, "_pool": None, "_loop": None, "_opening": None}
 
     # -- VectorStore protocol ----------------------------------------------------------
 
@@ -142,17 +132,18 @@ class PgVectorStore:
         if not checked:
             return
         dim = len(checked[0].vector)
-        async with self._connection() as conn:
+        sql = (
+            f"INSERT INTO {_quote(table)} (id, embedding, text, metadata) "
+            "SELECT i, e::vector, x, m::jsonb "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(i, e, x, m) "
+            "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
+            "text = EXCLUDED.text, metadata = EXCLUDED.metadata"
+        )
+
+        async def work(conn: asyncpg.Connection, retry: bool) -> None:
             have = self._dims.get(collection) or await self._create(conn, table, dim)
             self._dims[collection] = have
             check_vector(checked[0].vector, have)  # InvalidRequest on another dimension
-            sql = (
-                f"INSERT INTO {_quote(table)} (id, embedding, text, metadata) "
-                "SELECT i, e::vector, x, m::jsonb "
-                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(i, e, x, m) "
-                "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
-                "text = EXCLUDED.text, metadata = EXCLUDED.metadata"
-            )
             try:
                 async with conn.transaction():
                     for start in range(0, len(checked), _ROWS_PER_STATEMENT):
@@ -172,6 +163,8 @@ class PgVectorStore:
                     backend=self.name,
                     retryable=True,
                 ) from None
+
+        await self._pool.run("upsert", work)  # idempotent: a retry writes the same rows
 
     async def search(
         self,
@@ -198,7 +191,8 @@ class PgVectorStore:
             f"FROM {_quote(table)} {filter_sql}"
             f"ORDER BY embedding <=> $1::text::vector LIMIT ${len(args)}"
         )
-        async with self._connection() as conn:
+
+        async def work(conn: asyncpg.Connection, retry: bool) -> list[Any]:
             dim = self._dims.get(collection) or await self._dimension(conn, table)
             if dim is None:
                 return []
@@ -213,10 +207,12 @@ class PgVectorStore:
                         "set_config('hnsw.iterative_scan', 'strict_order', true)",
                         str(min(_MAX_EF_SEARCH, max(self.ef_search, k))),
                     )
-                    rows = await conn.fetch(sql, *args)
+                    return list(await conn.fetch(sql, *args))
             except asyncpg.UndefinedTableError:
                 self._dims.pop(collection, None)
                 return []
+
+        rows = await self._pool.run("search", work)
         hits: list[VectorHit] = []
         for row in rows:
             score = min(1.0, float(row["score"]))  # float error can leave 1.0000001
@@ -243,13 +239,17 @@ class PgVectorStore:
             args.append(json.dumps(checked_where))
             conditions.append(f"metadata @> ${len(args)}::jsonb")
         sql = f"DELETE FROM {_quote(table)} WHERE " + " AND ".join(conditions)
-        async with self._connection() as conn:
+
+        async def work(conn: asyncpg.Connection, retry: bool) -> int:
             try:
                 status = await conn.execute(sql, *args)
             except asyncpg.UndefinedTableError:
                 self._dims.pop(collection, None)
                 return 0
-        return int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
+            return int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
+
+        # A retry after a lost commit reports only what it removed itself.
+        return await self._pool.run("delete", work)
 
     async def count(self, collection: str, where: Where | None = None) -> int:
         """How many rows of ``collection`` match ``where``."""
@@ -260,19 +260,20 @@ class PgVectorStore:
         if checked:
             sql += " WHERE metadata @> $1::jsonb"
             args.append(json.dumps(checked))
-        async with self._connection() as conn:
+
+        async def work(conn: asyncpg.Connection, retry: bool) -> int:
             try:
                 found: int = await conn.fetchval(sql, *args)
             except asyncpg.UndefinedTableError:
                 self._dims.pop(collection, None)
                 return 0
-        return found
+            return found
+
+        return await self._pool.run("count", work)
 
     async def aclose(self) -> None:
         """Close the connection pool (a later call opens a new one)."""
-        pool, self._pool, self._loop = self._pool, None, None
-        if pool is not None:
-            await pool.close()
+        await self._pool.aclose()
 
     # -- tables ------------------------------------------------------------------------
 
@@ -325,63 +326,23 @@ class PgVectorStore:
 
     # -- connections -------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; the server away becomes ``MemoryUnavailable``."""
+    async def _ensure_extension(self, conn: asyncpg.Connection) -> None:
+        if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'vector'"):
+            return
         try:
-            pool = await self._get_pool()
-            async with pool.acquire() as conn:
-                yield conn
-        except _UNAVAILABLE as exc:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except asyncpg.UniqueViolationError:
+            return  # created at the same moment by another process
+        except (
+            asyncpg.UndefinedFileError,
+            asyncpg.FeatureNotSupportedError,
+            asyncpg.InsufficientPrivilegeError,
+        ) as exc:
             raise MemoryUnavailable(
-                f"PostgreSQL for pgvector cannot be reached: {type(exc).__name__}: {exc}",
-                hint="check that PostgreSQL is running at the store's URL",
+                f"the pgvector extension is not available in this database: {exc}",
+                hint="install pgvector on the PostgreSQL server (e.g. the "
+                "postgresql-<version>-pgvector package), then run CREATE EXTENSION "
+                "vector as a superuser",
                 backend=self.name,
-                retryable=True,
+                retryable=False,
             ) from exc
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        loop = asyncio.get_running_loop()
-        if self._pool is not None and self._loop is loop:
-            return self._pool
-        if self._opening is None or self._loop is not loop:
-            # A pool (and a lock) belong to one event loop.
-            self._opening, self._loop, self._pool = asyncio.Lock(), loop, None
-        async with self._opening:
-            if self._pool is None:
-                pool = await asyncpg.create_pool(
-                    self.url,
-                    min_size=self.min_size,
-                    max_size=self.max_size,
-                    timeout=self.timeout_s,
-                    command_timeout=self.timeout_s,
-                )
-                try:
-                    await self._ensure_extension(pool)
-                except BaseException:
-                    await pool.close()
-                    raise
-                self._pool = pool
-        return self._pool
-
-    async def _ensure_extension(self, pool: asyncpg.Pool) -> None:
-        async with pool.acquire() as conn:
-            if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'vector'"):
-                return
-            try:
-                await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            except asyncpg.UniqueViolationError:
-                return  # created at the same moment by another process
-            except (
-                asyncpg.UndefinedFileError,
-                asyncpg.FeatureNotSupportedError,
-                asyncpg.InsufficientPrivilegeError,
-            ) as exc:
-                raise MemoryUnavailable(
-                    f"the pgvector extension is not available in this database: {exc}",
-                    hint="install pgvector on the PostgreSQL server (e.g. the "
-                    "postgresql-<version>-pgvector package), then run CREATE EXTENSION "
-                    "vector as a superuser",
-                    backend=self.name,
-                    retryable=False,
-                ) from exc
