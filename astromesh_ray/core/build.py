@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import difflib
 from collections.abc import Callable, Iterable, Mapping
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
 from astromesh_ray.core.memory.build import build_memory, has_memory
@@ -21,7 +22,6 @@ from astromesh_ray.core.memory.factory import (
 )
 from astromesh_ray.core.memory.redact import secret_values
 from astromesh_ray.core.memory.stages import SUMMARIZER_ROLE
-from astromesh_ray.core.messages import ToolSchema
 from astromesh_ray.core.patterns import pattern_for
 from astromesh_ray.core.peers import LocalPeer, Peer, check_peer_graph
 from astromesh_ray.core.pricing import Price, price_for
@@ -31,15 +31,13 @@ from astromesh_ray.core.providers.retry import RetryingProvider
 from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
 from astromesh_ray.core.runtime import AgentRuntime, Closeable
 from astromesh_ray.core.stages import StageEnv, stages_for
-from astromesh_ray.core.tools.agent import AgentTool, AgentToolset
-from astromesh_ray.core.tools.base import Tool, Toolset
-from astromesh_ray.core.tools.function import DeclaredTool, FunctionToolset, ToolLimits
-from astromesh_ray.core.tools.python import resolve_python_tool
+from astromesh_ray.core.tools.builders import build_toolsets
+from astromesh_ray.core.tools.env import ToolEnv, ToolServices
+from astromesh_ray.core.tools.services import local_tool_services
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec import (
     AgentSpec,
     AgentToolSpec,
-    InternalToolSpec,
     ModelEndpoint,
     ProviderEntrySpec,
     ProviderRoutingSpec,
@@ -47,7 +45,6 @@ from astromesh_ray.spec import (
     resolve_route,
 )
 from astromesh_ray.spec.resolve import resolve_block
-from astromesh_ray.spec.tools import ToolSpecBase
 
 ProviderFactory = Callable[[ModelEndpoint], Provider]
 PeerFactory = Callable[[str], Peer]
@@ -141,61 +138,6 @@ def reachable(name: str, agents: Mapping[str, AgentSpec]) -> list[AgentSpec]:
     return list(found.values())
 
 
-def _limits(spec: ToolSpecBase) -> ToolLimits:
-    return ToolLimits(timeout_s=spec.timeout_s, max_result_chars=spec.max_result_chars)
-
-
-def build_toolsets(agent: AgentSpec, peers: Mapping[str, Peer] | None = None) -> list[Toolset]:
-    """The agent's toolsets: its Python tools (``internal``, ``builtin``) as one, its
-    agents-as-tools (``agent``, through ``peers``) as another."""
-    python: list[Tool] = []
-    agents: list[AgentTool] = []
-    limits: dict[str, ToolLimits] = {}
-    for spec in agent.spec.tools:
-        if isinstance(spec, AgentToolSpec):
-            agents.append(
-                AgentTool(
-                    name=spec.name,
-                    agent=spec.agent,
-                    description=spec.description or f"Ask the {spec.agent} agent.",
-                    limits=_limits(spec),
-                )
-            )
-            continue
-        if spec.type not in ("internal", "builtin"):
-            # The loader's support check refuses these; reaching here is a bug.
-            raise ConfigError(f"tool {spec.name!r}: type {spec.type!r} is not supported yet")
-        function = spec.function if isinstance(spec, InternalToolSpec) else None
-        tool: Tool = resolve_python_tool(spec.name, function)
-        declared_parameters = spec.json_schema()
-        if declared_parameters is not None:
-            _check_declared_parameters(spec.name, declared_parameters, tool.schema.parameters)
-        if declared_parameters is not None or spec.description:
-            tool = DeclaredTool(
-                tool,
-                ToolSchema(
-                    name=spec.name,
-                    description=spec.description or tool.schema.description,
-                    parameters=declared_parameters or tool.schema.parameters,
-                ),
-            )
-        python.append(tool)
-        limits[spec.name] = _limits(spec)
-    toolsets: list[Toolset] = []
-    if python:
-        toolsets.append(FunctionToolset(python, limits))
-    if agents:
-        missing = sorted({t.agent for t in agents} - set(peers or {}))
-        if missing:
-            raise ConfigError(
-                f"agent {agent.name!r} calls agent(s) {', '.join(map(repr, missing))}, "
-                "which cannot be reached here",
-                hint="load them in the same configuration",
-            )
-        toolsets.append(AgentToolset(agents, peers or {}))
-    return toolsets
-
-
 def build_runtime(
     agent: AgentSpec,
     providers: Mapping[str, ProviderEntrySpec] | None = None,
@@ -209,6 +151,9 @@ def build_runtime(
     breakers: BreakerStore | None = None,
     health_checks: bool = True,
     memory: MemoryFactory | None = None,
+    tools: ToolServices | None = None,
+    rag: Mapping[str, Any] | None = None,
+    workdir: Path | None = None,
 ) -> AgentRuntime:
     """A runtime for ``agent``.
 
@@ -216,7 +161,10 @@ def build_runtime(
     from ``models`` by role, or ``provider`` for every role (tests with
     ``ScriptedProvider``).  Peers (agents called as tools) come from ``make_peer``.
     Memory backends come from ``memory`` (default: a factory of this process, with
-    ``./data`` as data directory, closed with the runtime).
+    ``./data`` as data directory, closed with the runtime).  Tool machinery (MCP stdio
+    servers, rate limits, the tool cache) comes from ``tools`` (default: this
+    process's); ``rag`` holds the configuration's RAG pipelines by name, ``workdir``
+    is where relative permission paths start (default: the working directory).
     """
     body = agent.spec
     pattern = pattern_for(body.orchestration.pattern)
@@ -242,13 +190,19 @@ def build_runtime(
     elif SUMMARIZER_ROLE in roles and SUMMARIZER_ROLE not in models:
         models = {**models, SUMMARIZER_ROLE: models[pattern.roles[0]]}
     agent_memory = None
+    pauses = can_pause(agent)
+    if memory is None and (has_memory(agent) or pauses):
+        memory = default_memory_factory()
+        resources.append(memory)
     if has_memory(agent):
-        if memory is None:
-            memory = default_memory_factory()
-            resources.append(memory)
+        assert memory is not None
         agent_memory, counter = build_memory(agent, memory, counter_endpoint)
         if counter is not None:
             resources.append(counter)
+    paused = None
+    if pauses:
+        assert memory is not None
+        paused = memory.paused_runs(body.memory.conversational if body.memory else None)
     names = peer_names(agent)
     if names and make_peer is None:
         raise ConfigError(
@@ -266,7 +220,16 @@ def build_runtime(
         models=models,
         pattern=pattern,
         stages=stages_for(agent, env),
-        toolsets=build_toolsets(agent, peers),
+        toolsets=build_toolsets(
+            ToolEnv(
+                agent=agent,
+                services=tools or local_tool_services(),
+                peers=peers,
+                memory=memory,
+                rag=dict(rag or {}),
+                workdir=workdir or Path.cwd(),
+            )
+        ),
         allowed_tools=allowed,
         peers=peers,
         max_iterations=body.orchestration.max_iterations,
@@ -274,7 +237,14 @@ def build_runtime(
         where=where,
         memory=agent_memory,
         resources=resources,
+        paused=paused,
     )
+
+
+def can_pause(agent: AgentSpec) -> bool:
+    """Whether a run of ``agent`` can pause for its caller: it has client tools, or
+    tools that require approval."""
+    return any(t.type == "client" or t.requires_approval for t in agent.spec.tools)
 
 
 def model_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> tuple[str, ...]:
@@ -308,8 +278,15 @@ class LocalAgents:
         make_provider: ProviderFactory = local_provider,
         scripted: Mapping[str, Provider] | None = None,
         memory: MemoryFactory | None = None,
+        tools: ToolServices | None = None,
+        rag: Mapping[str, Any] | None = None,
+        workdir: Path | None = None,
     ) -> None:
         self.agents = dict(agents)
+        # One set of tool services (rate limits, caches, MCP servers) for all agents.
+        self.tools = tools or local_tool_services()
+        self.rag = dict(rag or {})
+        self.workdir = workdir
         # One owner of every agent's memory backends (one SQLite file, one embedder).
         self.memory = memory or default_memory_factory()
         self.providers = dict(providers or {})
@@ -342,6 +319,9 @@ class LocalAgents:
                         routing=self.routing,
                         breakers=self.breakers,
                         memory=self.memory,
+                        tools=self.tools,
+                        rag=self.rag,
+                        workdir=self.workdir,
                     )
                     self._runtimes[name] = runtime
         await runtime.start()
@@ -359,6 +339,7 @@ def check_buildable(
     providers: Mapping[str, ProviderEntrySpec] | None = None,
     *,
     known: Mapping[str, AgentSpec] | None = None,
+    rag: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise one ``ConfigError`` listing every agent whose tools, prompts, pattern,
     peers or provider clients cannot be built (without ``providers``: the model blocks
@@ -377,7 +358,14 @@ def check_buildable(
     problems: list[str] = []
     for agent in agents:
         try:
-            build_toolsets(agent, {name: _NO_PEER for name in peer_names(agent)})
+            build_toolsets(
+                ToolEnv(
+                    agent=agent,
+                    services=_CHECK_SERVICES,
+                    peers={name: _NO_PEER for name in peer_names(agent)},
+                    rag=rag or {},
+                )
+            )
             _check_permissions(agent)
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
             pattern = pattern_for(agent.spec.orchestration.pattern)
@@ -394,6 +382,15 @@ def check_buildable(
         check_peer_graph(calls, set(known))
     except ConfigError as exc:
         problems.extend(exc.details.get("problems") or [exc.message])
+    for agent in agents:
+        pausing = sorted(p for p in peer_names(agent) if p in known and can_pause(known[p]))
+        if pausing:
+            problems.append(
+                f"{agent.source or agent.name}: agent {agent.name!r} calls agent(s) "
+                f"{', '.join(map(repr, pausing))}, which have client tools or tools that "
+                "require approval: a sub-run cannot pause for a caller (hint: give "
+                f"{agent.name!r} those tools instead)"
+            )
     if problems:
         raise ConfigError("\n".join(problems), problems=problems)
 
@@ -424,51 +421,32 @@ class _Unreachable:
 
 
 _NO_PEER = cast(Peer, _Unreachable())
-
-
-def _check_declared_parameters(
-    name: str, declared: dict[str, object], actual: dict[str, object]
-) -> None:
-    # The YAML schema is what the model sees: it must describe the function's real
-    # arguments, or every call would fail validation inside the tool.
-    def props(schema: dict[str, object]) -> set[str]:
-        value = schema.get("properties")
-        return set(value) if isinstance(value, dict) else set()
-
-    def required(schema: dict[str, object]) -> set[str]:
-        value = schema.get("required")
-        return set(value) if isinstance(value, list) else set()
-
-    extra = sorted(props(declared) - props(actual))
-    missing = sorted(required(actual) - props(declared))
-    if extra or missing:
-        problems = []
-        if extra:
-            problems.append("the function has no argument " + ", ".join(map(repr, extra)))
-        if missing:
-            problems.append("it requires " + ", ".join(map(repr, missing)))
-        raise ConfigError(
-            f"tool {name!r}: its YAML parameters do not match the function: " + "; ".join(problems),
-            hint="function arguments: " + (", ".join(sorted(props(actual))) or "(none)"),
-        )
+# Building toolsets starts nothing: check_buildable's services are never used.
+_CHECK_SERVICES = local_tool_services()
 
 
 def _check_permissions(agent: AgentSpec) -> None:
+    """Refuse a name in ``allowed_actions`` that looks like a misspelt tool name.
+
+    Other names that are not tool entries are accepted: an MCP server's tools are
+    only known once it is reached, and agent files written for the original
+    Astromesh grant actions they do not declare (``sales-qualifier``'s
+    ``search_crm``).  Granting a tool that does not exist gives nothing."""
     permissions = agent.spec.permissions
     if permissions is None or permissions.allowed_actions is None:
         return
     declared = {t.name for t in agent.spec.tools}
     unknown = [a for a in permissions.allowed_actions if a not in declared]
-    if unknown:
-        close = {a: difflib.get_close_matches(a, sorted(declared), n=1) for a in unknown}
-        hints = [f"{a!r}: did you mean {c[0]!r}?" for a, c in close.items() if c]
+    close = {a: difflib.get_close_matches(a, sorted(declared), n=1) for a in unknown}
+    typos = {a: c[0] for a, c in close.items() if c}
+    if typos:
         raise ConfigError(
             "spec.permissions.allowed_actions names "
-            + ", ".join(map(repr, unknown))
+            + ", ".join(map(repr, typos))
             + ", which "
-            + ("is not a tool" if len(unknown) == 1 else "are not tools")
+            + ("is not a tool" if len(typos) == 1 else "are not tools")
             + " of this agent",
-            hint="; ".join(hints) or "tools: " + (", ".join(sorted(declared)) or "(none)"),
+            hint="; ".join(f"{a!r}: did you mean {c!r}?" for a, c in typos.items()),
         )
 
 

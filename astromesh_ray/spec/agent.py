@@ -84,22 +84,42 @@ class OrchestrationSpec(StrictModel):
 
 
 class FilesystemPermissionsSpec(StrictModel):
-    """Paths tools may read and write."""
+    """Directories the file tools may read and write.  A relative path is taken against
+    the directory astromesh was started in; symlinks and ``..`` are resolved before a
+    path is checked."""
 
-    read: list[str] = Field(default_factory=list, description="Readable path globs.")
-    write: list[str] = Field(default_factory=list, description="Writable path globs.")
+    read: list[str] = Field(
+        default_factory=list, description="Directories (or files) read_file may read."
+    )
+    write: list[str] = Field(
+        default_factory=list, description="Directories (or files) write_file may write."
+    )
 
 
 class NetworkPermissionsSpec(StrictModel):
-    """Hosts tools may reach."""
+    """Hosts that webhooks, http_request and remote MCP servers may reach."""
 
-    allowed: list[str] = Field(default_factory=list, description="Allowed hosts or URLs.")
+    allowed: list[str] = Field(
+        default_factory=list,
+        description="Hosts: `example.com`, `example.com:8443`, `*.example.com`, an IP, or "
+        "a URL (its host and port are taken).  Webhooks and MCP servers may always reach "
+        "the host of their own URL.",
+    )
+    allow_private: list[str] = Field(
+        default_factory=list,
+        description="Private, loopback or link-local address ranges (CIDR, e.g. "
+        "`127.0.0.1/32`) that may be reached; all others are refused after DNS "
+        "resolution.  An IP literal or `localhost` listed in `allowed` counts too.",
+    )
 
 
 class ExecutionPermissionsSpec(StrictModel):
     """How tools execute."""
 
-    dry_run: bool = Field(default=False, description="Describe calls instead of making them.")
+    dry_run: bool = Field(
+        default=False,
+        description="Tools with side effects report what they would do instead of doing it.",
+    )
 
 
 class PermissionsSpec(StrictModel):
@@ -109,14 +129,14 @@ class PermissionsSpec(StrictModel):
         default=None, description="Tool names the agent may call (default: all its tools)."
     )
     filesystem: FilesystemPermissionsSpec | None = Field(
-        default=None, description="Filesystem limits (refused for now)."
+        default=None, description="What the file tools may read and write (default: nothing)."
     )
     network: NetworkPermissionsSpec | None = Field(
-        default=None, description="Network limits (refused for now)."
+        default=None,
+        description="Where network tools may connect (default: only the webhooks' and MCP "
+        "servers' own hosts, public addresses only).",
     )
-    execution: ExecutionPermissionsSpec | None = Field(
-        default=None, description="Execution mode (refused for now)."
-    )
+    execution: ExecutionPermissionsSpec | None = Field(default=None, description="Execution mode.")
 
 
 def _extra_block(what: str) -> Any:

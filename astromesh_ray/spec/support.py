@@ -112,13 +112,6 @@ RULES: tuple[Rule, ...] = (
     # --- Agent: tools ---------------------------------------------------------
     Rule(
         "Agent",
-        ("spec.tools.*.type",),
-        _one_of("mcp", "webhook", "rag"),
-        "tool type '{value}' is not supported yet",
-        "it arrives with the tool plug-ins work; meanwhile use an internal Python tool",
-    ),
-    Rule(
-        "Agent",
         ("spec.tools.*.context_transform",),
         _given,
         "context_transform is not supported yet",
@@ -138,30 +131,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "Agent",
         ("spec.tools.*.type",),
-        _one_of("client", "integration", "api"),
+        _one_of("integration", "api"),
         "tool type '{value}' is not supported by astromesh-ray",
-        "use an internal Python tool, or an mcp or webhook tool once they land",
-    ),
-    Rule(
-        "Agent",
-        ("spec.tools.*.rate_limit",),
-        _given,
-        "tool rate limits are not supported yet",
-        "they arrive with tool limits; remove it",
-    ),
-    Rule(
-        "Agent",
-        ("spec.tools.*.confirm",),
-        _nonempty,
-        "tool confirmation is not supported yet",
-        "it arrives with tool limits; remove it",
-    ),
-    Rule(
-        "Agent",
-        ("spec.tools.*.config",),
-        _nonempty,
-        "builtin tool config is not supported yet",
-        "remove config",
+        "reach the service through a webhook tool or an MCP server",
     ),
     # --- Agent: other blocks --------------------------------------------------
     Rule(
@@ -179,13 +151,6 @@ RULES: tuple[Rule, ...] = (
         _always,
         "guardrail '{value[type]}' is not supported yet",
         "guardrails arrive with the guardrails work; remove spec.guardrails",
-    ),
-    Rule(
-        "Agent",
-        ("spec.permissions.filesystem", "spec.permissions.network", "spec.permissions.execution"),
-        _given,
-        "{key} permissions are not supported yet",
-        "they arrive with tool permissions; allowed_actions is supported",
     ),
     Rule(
         "Agent",
@@ -231,14 +196,6 @@ RULES: tuple[Rule, ...] = (
         _not_react,
         "the {value} pattern is not supported yet; use react",
         "more patterns arrive with the orchestration patterns work",
-    ),
-    # --- Kinds ----------------------------------------------------------------
-    Rule(
-        "RAGPipeline",
-        ("kind",),
-        _always,
-        "kind RAGPipeline is not supported yet",
-        "RAG pipelines arrive with RAG support; keep this file out of the configuration",
     ),
 )
 

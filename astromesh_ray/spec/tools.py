@@ -1,29 +1,41 @@
 """``spec.tools[]``: what an agent can call, one model per ``type``.
 
 ``type`` picks the model and defaults to ``internal`` (a Python function).  Types the
-runtime does not run yet still parse, so the schema documents them, and are refused
-by the support check.
+runtime does not run (``integration``, ``api``) still parse, so the schema documents
+them, and are refused by the support check.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import AliasChoices, Discriminator, Field, Tag, model_validator
 
 from astromesh_ray.spec.base import StrictModel, rule_error
 from astromesh_ray.spec.parameters import ParameterSpec, ToolParameters, parameters_json_schema
 
 
 class RateLimitSpec(StrictModel):
-    """At most ``max_calls`` calls per ``window_seconds``."""
+    """At most ``max_calls`` calls per ``window_seconds``, counted per tool and agent
+    across the whole cluster."""
 
     max_calls: int = Field(default=10, ge=1, description="Calls allowed per window.")
     window_seconds: float = Field(default=60, gt=0, description="Window length in seconds.")
 
 
+class ToolResourcesSpec(StrictModel):
+    """Ray resources a Python tool runs with: it then runs as a Ray task on a node that
+    has them, not in the agent's replica."""
+
+    num_cpus: float | None = Field(default=None, ge=0, description="CPUs per call.")
+    num_gpus: float | None = Field(default=None, ge=0, description="GPUs per call.")
+    memory: int | None = Field(default=None, ge=0, description="Memory per call, in bytes.")
+
+
 class ToolSpecBase(StrictModel):
     """Keys every tool type shares."""
+
+    schema_aliases: ClassVar[dict[str, str]] = {"confirm": "requires_approval"}
 
     name: str = Field(
         pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$",
@@ -31,10 +43,20 @@ class ToolSpecBase(StrictModel):
     )
     description: str | None = Field(default=None, description="What the tool does.")
     rate_limit: RateLimitSpec | None = Field(
-        default=None, description="Call limit (refused until tool limits land)."
+        default=None, description="Calls allowed per window, per tool and agent, cluster-wide."
     )
-    confirm: bool | None = Field(
-        default=None, description="Ask a human before each call (refused for now)."
+    requires_approval: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("requires_approval", "confirm"),
+        serialization_alias="requires_approval",
+        description="Pause the run before each call until the caller approves or rejects "
+        "it (`confirm` is an old spelling).",
+    )
+    side_effects: bool | None = Field(
+        default=None,
+        description="Whether a call changes something outside the agent; under "
+        "permissions.execution.dry_run such calls are described, not made "
+        "(default: what the tool type says).",
     )
     timeout_s: float | None = Field(
         default=None,
@@ -80,6 +102,10 @@ class InternalToolSpec(ParameterizedToolSpec):
         description="Import path `package.module:callable` (default: a registered "
         "function of the same name).",
     )
+    resources: ToolResourcesSpec | None = Field(
+        default=None,
+        description="Run each call as a Ray task with these resources (under Serve).",
+    )
 
 
 class BuiltinToolSpec(ToolSpecBase):
@@ -87,7 +113,7 @@ class BuiltinToolSpec(ToolSpecBase):
 
     type: Literal["builtin"] = Field(description="Tool type.")
     config: dict[str, Any] = Field(
-        default_factory=dict, description="Tool settings (refused unless empty, for now)."
+        default_factory=dict, description="Settings of the built-in tool (each documents its own)."
     )
 
 
@@ -103,6 +129,17 @@ class McpServerSpec(StrictModel):
     url: str | None = Field(default=None, description="Server URL (sse, http).")
     headers: dict[str, str] = Field(
         default_factory=dict, description="HTTP headers (sse, http); ${ENV_VAR} substituted."
+    )
+    bearer_token_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding a bearer token (sse, http).",
+    )
+    max_restarts: int = Field(
+        default=5,
+        ge=0,
+        description="Times a stdio server that died is restarted in a row before its "
+        "tools report it down.",
     )
 
     @model_validator(mode="after")
@@ -125,6 +162,11 @@ class McpToolSpec(ToolSpecBase):
     exclude: list[str] = Field(
         default_factory=list, description="Do not register these of the server's tools."
     )
+    prefix: str | None = Field(
+        default=None,
+        pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]{0,31}$",
+        description="Prepended to each of the server's tool names (e.g. `time_`).",
+    )
 
 
 class WebhookSpec(StrictModel):
@@ -139,6 +181,19 @@ class WebhookSpec(StrictModel):
     )
     timeout_s: float | None = Field(
         default=None, alias="timeout", gt=0, description="Request timeout in seconds."
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Retries of a call that failed to connect or got 502/503/504 "
+        "(with backoff; only GET, PUT and DELETE, or any method when idempotent).",
+    )
+    idempotent: bool = Field(
+        default=False, description="The endpoint may be called twice for one call."
+    )
+    max_response_bytes: int = Field(
+        default=1_000_000, ge=1, description="A longer response is refused (a tool error)."
     )
 
 
@@ -186,7 +241,8 @@ class AgentToolSpec(ParameterizedToolSpec):
 
 
 class ClientToolSpec(ParameterizedToolSpec):
-    """``type: client`` (original Astromesh): executed by the calling client. Refused."""
+    """``type: client`` (original Astromesh): the caller executes it.  The run pauses
+    with ``status: requires_action`` and resumes when the caller posts the result."""
 
     type: Literal["client"] = Field(description="Tool type.")
 

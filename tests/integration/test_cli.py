@@ -258,13 +258,16 @@ def test_validate_builds_every_agent_document_whatever_its_file_is_called(
     support.parent.mkdir()
     support.write_text(
         AGENT.replace("name: helper", "name: support")
-        + "    - name: read_file\n      type: builtin\n"
+        + "    - name: send_slack\n      type: builtin\n"
     )
     (tmp_path / "loose" / "fine.yml").write_text(AGENT.replace("name: helper", "name: fine"))
     for target in (support, support.parent):
         proc = astromesh("validate", str(target))
         assert proc.returncode == 2, proc.stdout
-        assert f"{support}: internal tool 'read_file' is not registered" in proc.stderr
+        assert (
+            f"{support}: built-in tool 'send_slack' is not supported by astromesh-ray"
+            in proc.stderr
+        )
         assert "fine.yml" not in proc.stderr
 
 

@@ -30,7 +30,7 @@ from astromesh_ray.core.messages import (
 )
 from astromesh_ray.core.providers.base import local_provider
 from astromesh_ray.core.providers.openai import OpenAIProvider
-from astromesh_ray.core.tools.builtin import calculator
+from astromesh_ray.core.tools.builtins.basic import calculator
 from astromesh_ray.errors import ProviderError
 from astromesh_ray.spec import load_agent, resolve_models
 from astromesh_ray.testing.llamacpp_server import LlamaCppServer

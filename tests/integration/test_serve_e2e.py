@@ -45,7 +45,7 @@ spec:
       type: builtin
     - name: slow_echo
       type: internal
-      function: "tests.integration.tools:slow_echo"
+      function: "tests.integration.tool_functions:slow_echo"
 """
 
 

@@ -35,7 +35,7 @@ spec:
       type: builtin
     - name: slow_echo
       type: internal
-      function: "tests.integration.tools:slow_echo"
+      function: "tests.integration.tool_functions:slow_echo"
   permissions:
     allowed_actions: [calculator]
 """

@@ -12,14 +12,16 @@ validation, timeout, result size cap and a span.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from astromesh_ray.core.messages import ToolSchema, Usage
 
 if TYPE_CHECKING:
     from astromesh_ray.core.context import Caller
+    from astromesh_ray.core.providers.base import Provider
     from astromesh_ray.core.trace import Span
 
 DEFAULT_MAX_RESULT_CHARS = 20_000
@@ -46,7 +48,9 @@ class ToolResult:
 @dataclass(frozen=True, slots=True)
 class ToolContext:
     """What a tool call knows about the run it serves.  ``deadline`` is event-loop
-    time; ``trace_parent`` is the W3C ``traceparent`` of the tool's span."""
+    time; ``trace_parent`` is the W3C ``traceparent`` of the tool's span; ``models``
+    are the run's routed models by role (a tool that asks the agent's own model, such
+    as ``text_summarize``, reports the usage in its result)."""
 
     run_id: str
     agent: str
@@ -55,6 +59,7 @@ class ToolContext:
     deadline: float
     trace_parent: str
     lineage: tuple[str, ...]
+    models: Mapping[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
 
     def remaining_s(self) -> float:
         """Seconds left before the run's deadline."""
@@ -69,12 +74,23 @@ says so) or raises ``ToolError`` naming every bad argument."""
 @dataclass(frozen=True, slots=True)
 class ToolDef:
     """One tool a toolset offers: what the model is told, how arguments are checked,
-    and its limits (``None``: the run's remaining time; the default size cap)."""
+    and its limits (``None``: the run's remaining time; the default size cap).
+
+    ``side_effects``: a call changes something outside the agent (dry runs describe
+    it instead); ``side_effects_of``, when given, says so per call (``http_request``:
+    a GET has none, a POST has).  ``requires_approval``: the run pauses before each call until the
+    caller approves it.  ``client``: the caller runs it (the run pauses until the
+    caller posts its result; ``call`` is never used).
+    """
 
     schema: ToolSchema
     validate: Validator
     timeout_s: float | None = None
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
+    side_effects: bool = False
+    requires_approval: bool = False
+    client: bool = False
+    side_effects_of: Callable[[dict[str, Any]], bool] | None = None
 
     @property
     def name(self) -> str:

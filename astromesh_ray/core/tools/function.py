@@ -21,10 +21,12 @@ from astromesh_ray.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class ToolLimits:
-    """Per-tool limits from YAML (``timeout_seconds``, ``max_result_chars``)."""
+    """Per-tool limits from YAML (``timeout_seconds``, ``max_result_chars``,
+    ``side_effects``: ``None`` leaves it to the tool)."""
 
     timeout_s: float | None = None
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
+    side_effects: bool | None = None
 
 
 class DeclaredTool:
@@ -36,6 +38,8 @@ class DeclaredTool:
 
     def __init__(self, inner: Tool, declared: ToolSchema) -> None:
         self.inner = inner
+        self.side_effects = bool(getattr(inner, "side_effects", False))
+        self.side_effects_of = getattr(inner, "side_effects_of", None)
         self._schema = declared
         # The function's own schema already checks what it accepts: only a schema
         # that differs (enum, bounds, descriptions...) is worth a second pass.
@@ -81,6 +85,14 @@ class FunctionToolset:
                     validate=t.validate,
                     timeout_s=limits.timeout_s,
                     max_result_chars=limits.max_result_chars,
+                    side_effects=(
+                        limits.side_effects
+                        if limits.side_effects is not None
+                        else bool(getattr(t, "side_effects", False))
+                    ),
+                    side_effects_of=(
+                        getattr(t, "side_effects_of", None) if limits.side_effects is None else None
+                    ),
                 )
             )
         return defs

@@ -65,6 +65,11 @@ class PythonTool:
     def schema(self) -> ToolSchema:
         return self._schema
 
+    @property
+    def context_arg(self) -> str | None:
+        """The parameter that gets the call's ``ToolContext``, if any."""
+        return self._context_arg
+
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """The arguments checked and coerced by the function's signature."""
         try:
@@ -99,7 +104,7 @@ class PythonTool:
                 f"tool {self._schema.name!r} raised {type(exc).__name__}: {exc}",
                 tool=self._schema.name,
             ) from exc
-        return ToolResult(content=_to_text(value), data=value)
+        return ToolResult(content=to_text(value), data=value)
 
 
 @overload
@@ -205,7 +210,7 @@ def _context_parameter(fn: Callable[..., Any]) -> str | None:
 
 
 def _load_builtins() -> None:
-    importlib.import_module("astromesh_ray.core.tools.builtin")
+    importlib.import_module("astromesh_ray.core.tools.builtins.basic")
 
 
 def _arguments_model(
@@ -306,7 +311,7 @@ def _describe(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _to_text(value: Any) -> str:
+def to_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, pydantic.BaseModel):

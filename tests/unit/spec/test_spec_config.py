@@ -242,6 +242,7 @@ def test_validate_paths_files_and_directories(write: WriteYaml, tmp_path: Path) 
     ]
     originals = validate_paths(sorted(ORIGINAL.glob("*.agent.yaml")))
     assert {Path(i.file).name for i in originals} == {
+        "autolink-parts.agent.yaml",  # its guardrails; its client tools load
         "sales-qualifier.agent.yaml",
         "support-agent.agent.yaml",
         "role-router-demo.agent.yaml",

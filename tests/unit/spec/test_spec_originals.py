@@ -52,7 +52,6 @@ def test_runtime_original_with_legacy_api_version_loads() -> None:
 
 SALES_EXPECTED = [
     (52, "spec.output_schema", "structured output"),
-    (67, "spec.tools[0].type", "tool type 'client'"),
     (87, "spec.guardrails.input[0]", "guardrail 'pii_detection'"),
     (89, "spec.guardrails.input[1]", "guardrail 'max_length'"),
     (92, "spec.guardrails.output[0]", "guardrail 'cost_limit'"),

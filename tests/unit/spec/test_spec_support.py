@@ -51,21 +51,6 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"orchestration": {"max_repairs": 2}}, "spec.orchestration.max_repairs", "glyph"),
     ({"program": {"steps": []}}, "spec.program", "glyph"),
     (
-        {"tools": [{"name": "t", "type": "mcp", "mcp": {"transport": "stdio", "command": "x"}}]},
-        "spec.tools[0].type",
-        "tool type 'mcp' is not supported yet",
-    ),
-    (
-        {"tools": [{"name": "t", "type": "webhook", "webhook": {"url": "http://x"}}]},
-        "spec.tools[0].type",
-        "tool type 'webhook' is not supported yet",
-    ),
-    (
-        {"tools": [{"name": "t", "type": "rag", "rag": {"collection": "c"}}]},
-        "spec.tools[0].type",
-        "tool type 'rag' is not supported yet",
-    ),
-    (
         {"tools": [{"name": "t", "type": "agent", "agent": "other", "context_transform": "x"}]},
         "spec.tools[0].context_transform",
         "context_transform is not supported yet",
@@ -94,13 +79,6 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "spec.tools[0].type",
         "not supported by astromesh-ray",
     ),
-    ({"tools": [{"name": "t", "rate_limit": {}}]}, "spec.tools[0].rate_limit", "rate limits"),
-    ({"tools": [{"name": "t", "confirm": True}]}, "spec.tools[0].confirm", "confirmation"),
-    (
-        {"tools": [{"name": "t", "type": "builtin", "config": {"k": 1}}]},
-        "spec.tools[0].config",
-        "builtin tool config",
-    ),
     (
         {
             "memory": {
@@ -117,21 +95,6 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         {"guardrails": {"output": [{"type": "topic_filter", "blocked_topics": ["x"]}]}},
         "spec.guardrails.output[0]",
         "guardrail 'topic_filter'",
-    ),
-    (
-        {"permissions": {"network": {"allowed": ["x"]}}},
-        "spec.permissions.network",
-        "network permissions",
-    ),
-    (
-        {"permissions": {"filesystem": {"read": ["/tmp"]}}},
-        "spec.permissions.filesystem",
-        "filesystem permissions",
-    ),
-    (
-        {"permissions": {"execution": {"dry_run": True}}},
-        "spec.permissions.execution",
-        "execution permissions",
     ),
     ({"output_schema": {"a": {"type": "string"}}}, "spec.output_schema", "structured output"),
     ({"knowledge": {"sources": []}}, "spec.knowledge", "knowledge is not supported"),
@@ -153,8 +116,9 @@ def test_refused_feature(spec: dict[str, Any], path: str, words: str) -> None:
 def test_supported_agent_has_no_issues() -> None:
     spec = agent(
         tools=[
-            {"name": "t", "function": "pkg.mod:fn", "confirm": False},
-            {"name": "b", "type": "builtin"},
+            {"name": "t", "function": "pkg.mod:fn", "confirm": True},
+            {"name": "b", "type": "builtin", "rate_limit": {"max_calls": 2}},
+            {"name": "c", "type": "client", "requires_approval": False},
         ],
         permissions={"allowed_actions": ["t"]},
         orchestration={"pattern": "react", "max_iterations": 3},
@@ -162,6 +126,21 @@ def test_supported_agent_has_no_issues() -> None:
         guardrails={"input": [], "output": []},
     )
     assert check_support(spec) == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"tools": [{"name": "t", "type": "builtin", "config": {"k": 1}}]},
+        {"permissions": {"filesystem": {"read": ["/tmp"], "write": ["/tmp/out"]}}},
+        {"permissions": {"execution": {"dry_run": True}}},
+        {"permissions": {"network": {"allowed": ["x"], "allow_private": ["127.0.0.1/32"]}}},
+        {"tools": [{"name": "t", "type": "webhook", "webhook": {"url": "http://x"}}]},
+    ],
+)
+def test_tool_permissions_and_builtin_config_load(spec: dict[str, Any]) -> None:
+    # Checked where the tools are built (unknown config keys are a ConfigError there).
+    assert check_support(agent(**spec)) == []
 
 
 def test_inline_api_key_message(write: WriteYaml) -> None:
@@ -174,12 +153,11 @@ def test_inline_api_key_message(write: WriteYaml) -> None:
     )
 
 
-def test_rag_pipeline_kind_is_refused(write: WriteYaml) -> None:
+def test_rag_pipeline_kind_and_rag_tools_are_accepted(write: WriteYaml) -> None:
     path = write("p.yaml", "apiVersion: astromesh/v1\nkind: RAGPipeline\nmetadata: {name: p1}\n")
-    issues = issues_of(lambda: load_document(path))
-    assert [(i["path"], i["line"], i["message"]) for i in issues] == [
-        ("kind", 2, "kind RAGPipeline is not supported yet")
-    ]
+    assert load_document(path).kind == "RAGPipeline"
+    tools = [{"name": "t", "type": "rag", "rag": {"collection": "c"}}]
+    assert check_support(agent(tools=tools)) == []
 
 
 def test_runtime_mesh_keys_are_refused(write: WriteYaml) -> None:
@@ -228,5 +206,5 @@ def test_provider_entry_api_key_is_refused(write: WriteYaml) -> None:
 
 def test_rules_table_is_one_flat_list() -> None:
     kinds = {rule.kind for rule in RULES}
-    assert kinds == {"Agent", "ProviderConfig", "RuntimeConfig", "RAGPipeline"}
+    assert kinds == {"Agent", "ProviderConfig", "RuntimeConfig"}
     assert all(rule.paths and rule.message and rule.hint for rule in RULES)
