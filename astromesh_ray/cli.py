@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         default="Agent",
-        choices=["Agent", "ProviderConfig", "RuntimeConfig", "Event"],
+        choices=["Agent", "ProviderConfig", "RuntimeConfig", "RAGPipeline", "Event"],
         help="a YAML kind, or Event: one event of a run's stream (SSE, WebSocket)",
     )
     p.set_defaults(handler=_schema)
@@ -81,6 +81,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     with_config(p)
     p.set_defaults(handler=_run)
+
+    p = sub.add_parser(
+        "ingest",
+        help="ingest files into a RAG pipeline (kind: RAGPipeline, <config>/rag/*.yaml)",
+        description="Load, chunk, embed and store files: each file given, and every file "
+        "under each directory given (recursively) whose extension one of the pipeline's "
+        "loaders reads.  A file is named by its path (relative to the working directory "
+        "when under it); ingesting it again replaces its chunks, and an unchanged file is "
+        "skipped.  The pipeline's store is opened in this process: for an embedded store "
+        "(faiss, qdrant or chromadb without a server URL) that `astromesh serve` is "
+        "running, use POST /v1/rag/{pipeline}/ingest instead.",
+    )
+    p.add_argument("pipeline")
+    p.add_argument("paths", nargs="+", type=Path)
+    with_config(p)
+    p.set_defaults(handler=_ingest)
 
     p = sub.add_parser("serve", help="serve the agents over HTTP on a Ray cluster")
     p.add_argument(
@@ -138,7 +154,8 @@ def _build_problems(check: AgentCheck) -> list[str]:
         return []
     providers = check.config.providers if check.config is not None else None
     try:
-        check_buildable(check.agents, providers, known=check.known)
+        rag = check.config.rag_pipelines if check.config is not None else None
+        check_buildable(check.agents, providers, known=check.known, rag=rag)
         if check.config is not None:
             from astromesh_ray.serve.builders import plan  # imports Ray: only when needed
 
@@ -182,11 +199,20 @@ def _run(args: argparse.Namespace) -> int:
             hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
         )
     # The agent and every agent it can reach as a tool are checked as serve checks them.
-    check_buildable(reachable(args.agent, loaded.agents), loaded.providers, known=loaded.agents)
+    check_buildable(
+        reachable(args.agent, loaded.agents),
+        loaded.providers,
+        known=loaded.agents,
+        rag=loaded.rag_pipelines,
+    )
     # Every agent of the configuration, built on first use: the one asked for, and
     # the ones it calls as tools.  Routing defaults come from providers.yaml.
     agents = LocalAgents(
-        loaded.agents, loaded.providers, routing=loaded.routing, memory=memory_factory(loaded)
+        loaded.agents,
+        loaded.providers,
+        routing=loaded.routing,
+        memory=memory_factory(loaded),
+        rag=loaded.rag_pipelines,
     )
     request = RunRequest(query=args.query, session_id=args.session_id, context=context)
 
@@ -198,7 +224,47 @@ def _run(args: argparse.Namespace) -> int:
             await agents.aclose()
 
     result = asyncio.run(once())
-    print(json.dumps(result, indent=2) if args.json else result["answer"])
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result.get("status") == "requires_action":
+        waits = ", ".join(f"{p['name']} ({p['kind']})" for p in result["pending"])
+        print(f"error: the run paused: it waits on {waits}", file=sys.stderr)
+        print(
+            "hint: client tools and approvals are answered over HTTP (astromesh serve, "
+            "POST /v1/agents/{name}/runs/{run_id}/...)",
+            file=sys.stderr,
+        )
+        return 1
+    else:
+        print(result["answer"])
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from astromesh_ray.core.memory.factory import memory_factory
+    from astromesh_ray.core.rag.files import ProgressBar, collect_files, read_documents, summary
+    from astromesh_ray.core.rag.pipeline import RagPipelines
+    from astromesh_ray.spec import load_from_environment
+
+    loaded = load_from_environment(args.config, args.agents)
+    pipelines = RagPipelines(loaded.rag_pipelines, memory_factory(loaded))
+    if args.pipeline not in pipelines.specs:
+        pipelines.get(args.pipeline)  # raises, naming the pipelines there are
+    loaders = pipelines.specs[args.pipeline].spec.loaders
+    documents = read_documents(collect_files(args.paths, loaders))
+    if not documents:
+        print(f"error: no files to ingest in {' '.join(map(str, args.paths))}", file=sys.stderr)
+        print("hint: this pipeline reads " + ", ".join(loaders) + " files", file=sys.stderr)
+        return 1
+
+    async def once() -> Any:
+        try:
+            bar = ProgressBar(sys.stderr, args.pipeline)
+            return await pipelines.get(args.pipeline).ingest(documents, bar)
+        finally:
+            await pipelines.memory.aclose()
+
+    print(summary(asyncio.run(once())))
     return 0
 
 

@@ -184,3 +184,22 @@ class MemoryConflict(AstromeshError):
 _BY_CODE[MemoryUnavailable.code] = MemoryUnavailable
 _BY_CODE[MemoryNotFound.code] = MemoryNotFound
 _BY_CODE[MemoryConflict.code] = MemoryConflict
+
+
+class RunNotFound(AstromeshError):
+    """The request names a paused run that does not exist: unknown, already resumed
+    (a decision is single-use), or expired."""
+
+    code = "run_not_found"
+    http_status = 404
+
+
+class PipelineNotFound(AstromeshError):
+    """The request names a RAG pipeline the configuration does not declare."""
+
+    code = "pipeline_not_found"
+    http_status = 404
+
+
+_BY_CODE[RunNotFound.code] = RunNotFound
+_BY_CODE[PipelineNotFound.code] = PipelineNotFound

@@ -144,9 +144,43 @@ Step = Annotated[
 # -- the result of a run --------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingToolCall:
+    """A tool call the run waits on: the caller runs it (``kind: client``, then posts
+    its result) or decides on it (``kind: approval``, then approves or rejects it)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    kind: Literal["client", "approval"]
+    iteration: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "arguments": self.arguments,
+            "kind": self.kind,
+            "iteration": self.iteration,
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> PendingToolCall:
+        return PendingToolCall(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            arguments=dict(data.get("arguments") or {}),
+            kind=data["kind"],
+            iteration=int(data.get("iteration") or 0),
+        )
+
+
 @dataclass(slots=True, kw_only=True)
 class RunResult:
-    """The outcome of one turn."""
+    """The outcome of one turn.  ``status`` is ``completed`` (``answer`` is set) or
+    ``requires_action``: the run is paused on the tool calls in ``pending`` (its
+    ``answer`` is empty) until the caller posts their results or decisions."""
 
     __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
     run_id: str
@@ -162,6 +196,8 @@ class RunResult:
     # assistant message (what memory saves).
     messages: list[Message] = field(default_factory=list)
     where: dict[str, str] = field(default_factory=dict)  # where the agent itself ran
+    status: Literal["completed", "requires_action"] = "completed"
+    pending: list[PendingToolCall] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (what the API returns)."""
@@ -185,6 +221,8 @@ class RunResult:
             parent_run_id=data.get("parent_run_id"),
             messages=[Message.from_dict(m) for m in data.get("messages") or []],
             where=dict(data.get("where") or {}),
+            status=data.get("status") or "completed",
+            pending=[PendingToolCall.from_dict(p) for p in data.get("pending") or []],
         )
 
 

@@ -17,19 +17,34 @@ closes them and the model clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from astromesh_ray.core.context import RunContext, RunRequest, TurnState
+from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
 from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
 from astromesh_ray.core.patterns.base import Pattern
 from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
+from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore, ToolDecision
+from astromesh_ray.core.runs.pausing import (
+    Checkpoint,
+    Pauses,
+    Resume,
+    check_storable,
+    end_paused_span,
+    paused_result,
+    restore,
+)
+from astromesh_ray.core.runs.resume import complete_pending
 from astromesh_ray.core.stages import Stages
 from astromesh_ray.core.steps import bounded, deadline_exceeded
+from astromesh_ray.core.steps.tools import RunPaused
 from astromesh_ray.core.streams import aclose, closing_stream
 from astromesh_ray.core.tools.base import Toolset
 from astromesh_ray.core.tools.index import ToolIndex
@@ -40,6 +55,10 @@ if TYPE_CHECKING:
     from astromesh_ray.core.memory.agent import AgentMemory
 
 log = logging.getLogger("astromesh.runtime")
+
+
+TOOLSET_RETRY_S = 10.0
+"""How often (at most) a run makes the runtime list a toolset that is down again."""
 
 
 class Closeable(Protocol):
@@ -67,8 +86,13 @@ class AgentRuntime:
         where: Mapping[str, str] | None = None,
         memory: AgentMemory | None = None,
         resources: Sequence[Closeable] = (),
+        paused: PausedRunStore | None = None,
     ) -> None:
         self.name = name
+        # Where runs paused on client tools or approvals wait (None: the agent has
+        # no such tools, so none pauses).
+        self.paused = paused
+        self.pauses = Pauses(name, paused)
         # The agent's memory (what its stages use and the memory API reads), and
         # what the runtime closes with it (the memory backends' owner, ...).
         self.memory = memory
@@ -87,11 +111,14 @@ class AgentRuntime:
         self.where = dict(where) if where else None
         self.tools: ToolIndex | None = None
         self._starting: asyncio.Lock | None = None
+        self._refresh: asyncio.Future[None] | None = None
+        self._last_retry = float("-inf")
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """List every toolset's tools (once; later calls return at once)."""
+        """List every toolset's tools (once; later calls return at once), and follow
+        the toolsets that say when their tool list changes (MCP ``list_changed``)."""
         if self.tools is not None:
             return
         if self._starting is None:
@@ -99,6 +126,47 @@ class AgentRuntime:
         async with self._starting:
             if self.tools is None:
                 self.tools = await ToolIndex.build(self.toolsets, self.allowed_tools)
+                loop = asyncio.get_running_loop()
+                for toolset in self.toolsets:
+                    watch = getattr(toolset, "watch", None)
+                    if watch is not None:
+                        watch(lambda: loop.call_soon_threadsafe(self._tools_changed))
+
+    def _tools_changed(self) -> None:
+        # Runs started before the change keep the index they started with.
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self.refresh_tools())
+
+    def _retry_down_toolsets(self) -> None:
+        """A toolset that was down (an MCP server that did not answer) is listed
+        again in the background, at most every ``TOOLSET_RETRY_S``: its tools join
+        the index once it is back.  The run that notices goes on without them."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_retry < TOOLSET_RETRY_S:
+            return
+        if self.health()["status"] != "ok":
+            self._last_retry = now
+            self._tools_changed()
+
+    async def refresh_tools(self) -> None:
+        """List every toolset's tools again; runs that start later see the new index.
+        A failed listing keeps the current index (and is logged)."""
+        try:
+            self.tools = await ToolIndex.build(self.toolsets, self.allowed_tools)
+        except Exception:
+            log.warning("agent %r: refreshing its tools failed", self.name, exc_info=True)
+
+    def health(self) -> dict[str, Any]:
+        """Each toolset's health, for toolsets that report one (MCP servers):
+        ``{"status": "ok" | "degraded", "toolsets": {name: {...}}}``."""
+        toolsets: dict[str, Any] = {}
+        for toolset in self.toolsets:
+            health = getattr(toolset, "health", None)
+            report = health() if health is not None else None
+            if report is not None:
+                toolsets[toolset.name] = report
+        down = any(r.get("status") not in (None, "ok") for r in toolsets.values())
+        return {"status": "degraded" if down else "ok", "toolsets": toolsets}
 
     async def aclose(self) -> None:
         """Close the toolsets and the model clients (each once).  One that fails to
@@ -120,7 +188,7 @@ class AgentRuntime:
 
     # -- turns -----------------------------------------------------------------------------
 
-    async def run(self, request: RunRequest) -> RunResult:
+    async def run(self, request: RunRequest, *, _resume: Resume | None = None) -> RunResult:
         """Run one turn to its answer (no token streaming).
 
         Nobody else reads these events, so one timeout bounds the turn here and the
@@ -132,7 +200,7 @@ class AgentRuntime:
         deadline = loop.time() + self._timeout_s(request)
         turn = _Turn()
         result: RunResult | None = None
-        events = self._events(request, deadline=deadline, turn=turn)
+        events = self._events(request, deadline=deadline, turn=turn, resume=_resume)
         try:
             async with asyncio.timeout_at(deadline) as timeout:
                 turn.timeout = timeout
@@ -147,6 +215,8 @@ class AgentRuntime:
             error = deadline_exceeded(turn.ctx)
             await self._finish(turn.ctx, turn.state, error)
             _attach(error, turn.ctx.run_id, turn.state)
+            if turn.checkpoint is not None:
+                await self._interrupted(turn.checkpoint, error)
             raise error from None
         finally:
             await aclose(events)  # stopped by an error or the timeout: closed now
@@ -168,22 +238,76 @@ class AgentRuntime:
             return min(self.timeout_s, request.deadline_s)
         return self.timeout_s
 
+    # -- paused runs -------------------------------------------------------------------
+
+    async def paused_run(self, run_id: str, caller: Caller) -> PausedRun:
+        """The paused run ``run_id`` (what it waits on), for the caller that started it."""
+        return await self.pauses.get(run_id, caller)
+
+    async def resume(
+        self,
+        run_id: str,
+        decisions: Sequence[ToolDecision],
+        caller: Caller,
+        *,
+        trace_parent: str | None = None,
+    ) -> RunResult:
+        """Go on with paused run ``run_id`` once the caller answered every pending
+        call (client results, approvals or rejections; none to retry a run whose
+        resume failed after its calls were done).  The answer is checked first (a
+        refused one changes nothing), then the run is taken from the store: a second
+        answer to the same pause finds nothing (``RunNotFound``).  ``trace_parent``:
+        the resume request's span (default: the paused run's trace)."""
+        resume = await self.pauses.take(run_id, decisions, caller)
+        request = dataclasses.replace(resume.run.request, trace_parent=trace_parent)
+        return await self.run(request, _resume=resume)
+
+    async def resume_stream(
+        self,
+        run_id: str,
+        decisions: Sequence[ToolDecision],
+        caller: Caller,
+        *,
+        trace_parent: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """``resume`` as a stream of events (the last is ``RunFinished``)."""
+        resume = await self.pauses.take(run_id, decisions, caller)
+        request = dataclasses.replace(resume.run.request, trace_parent=trace_parent)
+        deadline = asyncio.get_running_loop().time() + self._timeout_s(request)
+        async with closing_stream(
+            self._events(request, deadline=deadline, turn=None, resume=resume)
+        ) as events:
+            async for event in events:
+                yield event
+
+    # -- the events of a turn -----------------------------------------------------------
+
     async def _events(
-        self, request: RunRequest, *, deadline: float, turn: _Turn | None
+        self,
+        request: RunRequest,
+        *,
+        deadline: float,
+        turn: _Turn | None,
+        resume: Resume | None = None,
     ) -> AsyncIterator[Event]:
         if self.tools is None:
             await self.start()
         assert self.tools is not None
+        self._retry_down_toolsets()
         request.check()
+        if self.paused is not None and resume is None:
+            check_storable(request)
         parent = TraceContext.parse(request.trace_parent)
         trace = Trace(
-            parent.trace_id if parent else new_trace_id(),
+            parent.trace_id if parent else resume.run.trace_id if resume else new_trace_id(),
             self.where,
             sampled=parent.sampled if parent else True,
         )
         run_span = trace.start("run", parent.span_id if parent else None, agent=self.name)
-        run_id = new_run_id()
+        run_id = resume.run.run_id if resume else new_run_id()
         run_span.set(run_id=run_id)
+        if resume:
+            run_span.set(resumed=True)
         ctx = RunContext(
             run_id=run_id,
             agent=self.name,
@@ -204,13 +328,18 @@ class AgentRuntime:
             where=trace.where,
         )
         state = TurnState(trace=trace)
+        if resume is not None:
+            restore(state, resume.run)
         if turn is not None:
             turn.ctx, turn.state = ctx, state
         error: AstromeshError | None = None
+        paused: RunPaused | None = None
+        checkpoint: Checkpoint | None = None
         layers: list[AsyncIterator[Event]] = []
         try:
-            for stage in self.stages.prepare:
-                await _in_stage(stage.name, bounded(ctx, stage.prepare(ctx, state), deadline))
+            if resume is None:  # a resumed run was prepared before it paused
+                for stage in self.stages.prepare:
+                    await _in_stage(stage.name, bounded(ctx, stage.prepare(ctx, state), deadline))
             yield RunStarted(
                 run_id=run_id,
                 agent=self.name,
@@ -218,6 +347,12 @@ class AgentRuntime:
                 trace_id=trace.trace_id,
                 parent_run_id=request.parent_run_id,
             )
+            if resume is not None:
+                checkpoint = await self._answer_pending(ctx, state, resume)
+                if turn is not None:
+                    turn.checkpoint = checkpoint
+                for event in checkpoint.events:
+                    yield event
             events = self.pattern.run(ctx, state)
             layers.append(events)
             if self.stages.transformers:
@@ -231,6 +366,18 @@ class AgentRuntime:
                 raise RunError(
                     f"pattern {self.pattern.name!r} ended without an answer", run_id=run_id
                 )
+        except RunPaused as exc:
+            if request.lineage:  # a sub-run: nobody could answer it
+                error = RunError(
+                    f"agent {self.name!r} runs as a sub-run of {request.lineage[-1]!r} and "
+                    f"called {', '.join(p.name for p in exc.pending)}, which need(s) the "
+                    "caller (a client tool or an approval): a sub-run cannot pause",
+                    hint="give the calling agent those tools instead",
+                    run_id=run_id,
+                    reason="sub_run_paused",
+                )
+            else:
+                paused = exc
         except AstromeshError as exc:
             error = exc
         except Exception as exc:  # a bug: report it as one, with the partial trace
@@ -247,20 +394,29 @@ class AgentRuntime:
             for span in trace.spans[1:]:
                 if span.duration_ms is None:  # its step never resumed to end it
                     span.end("abandoned")
-            if error is None and state.answer is None:
+            if error is None and paused is None and state.answer is None:
                 run_span.end("abandoned")  # the reader stopped, or the task was cancelled
         if turn is not None:
             # The turn answered (or failed) in time: what follows is not bounded.
             turn.finishing = True
             if turn.timeout is not None:
                 turn.timeout.reschedule(None)
+        if paused is not None:
+            # Not finished: nothing is stored in memory until the turn answers.
+            async for event in self._paused(ctx, state, paused):
+                yield event
+            return
         try:
             await self._finish(ctx, state, error)
         except AstromeshError as exc:  # only raised when the run itself succeeded
             error = exc
         if error is not None:
             _attach(error, run_id, state)
+            if checkpoint is not None:
+                await self._interrupted(checkpoint, error)
             raise error
+        if resume is not None:
+            await self.pauses.done(run_id)
         run_span.set(usage=state.usage.to_dict())
         run_span.end()
         assert state.answer is not None
@@ -279,6 +435,47 @@ class AgentRuntime:
                 where=dict(trace.where),
             )
         )
+
+    async def _answer_pending(
+        self, ctx: RunContext, state: TurnState, resume: Resume
+    ) -> Checkpoint:
+        """Complete the calls the run waited on, then save a checkpoint of it (nothing
+        pending): a failure from here on leaves a run the caller can retry without
+        those calls running again.  A failure before the checkpoint puts the run
+        back as it was taken (a call it interrupted may then run again)."""
+        events: list[Event] = []
+        try:
+            async for event in complete_pending(ctx, state, resume.run.pending, resume.decisions):
+                events.append(event)
+            saved = await self.pauses.save(ctx, state, [])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.pauses.put_back(resume.run)
+            raise
+        return Checkpoint(saved, events)
+
+    async def _interrupted(self, checkpoint: Checkpoint, error: AstromeshError) -> None:
+        """The resumed run failed after its checkpoint: say so on the checkpoint and
+        in the error (the caller can retry the run)."""
+        error.details["resumable"] = True
+        error.hint = ((error.hint + "; ") if error.hint else "") + (
+            f"POST /v1/agents/{self.name}/runs/{checkpoint.run.run_id}/retry goes on from "
+            "the answered tool calls"
+        )
+        with contextlib.suppress(AstromeshError):
+            await self.pauses.put_back(dataclasses.replace(checkpoint.run, error=error.message))
+
+    async def _paused(
+        self, ctx: RunContext, state: TurnState, paused: RunPaused
+    ) -> AsyncIterator[Event]:
+        """Save a run that waits on the caller; its last event says what it waits on."""
+        end_paused_span(state, paused.pending)
+        try:
+            await self.pauses.save(ctx, state, paused.pending)
+        except AstromeshError as exc:
+            _attach(exc, ctx.run_id, state)
+            raise
+        yield RunFinished(result=paused_result(ctx, state, paused.pending))
 
     async def _finish(
         self, ctx: RunContext, state: TurnState, error: AstromeshError | None
@@ -358,11 +555,13 @@ class _Turn:
     state: TurnState | None = None
     timeout: asyncio.Timeout | None = None
     finishing: bool = False
+    checkpoint: Checkpoint | None = None  # a resumed run's, once its calls are done
 
 
 def new_run_id() -> str:
-    """A unique run id (32 hex digits)."""
-    return new_trace_id()
+    """A unique run id: 32 hex digits from the OS's CSPRNG (a paused run is resumed by
+    its id, so ids must not be guessable from the trace ids a reply shows)."""
+    return secrets.token_hex(16)
 
 
 def _attach(error: AstromeshError, run_id: str, state: TurnState) -> None:

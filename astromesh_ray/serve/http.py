@@ -8,12 +8,13 @@ requests, unknown routes and wrong methods get the same envelope.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -186,3 +187,82 @@ class BodySizeLimit:
 
 async def _no_receive() -> Any:
     return {"type": "http.disconnect"}
+
+
+RUN_ID = r"^[0-9a-f]{32}$"
+"""What a run id is (``new_run_id``): 32 lowercase hex digits."""
+
+MAX_TOOL_RESULT_CHARS = 1_000_000
+"""The longest client tool result the API accepts (the agent's tool then cuts it to
+its ``max_result_chars``)."""
+
+
+class ToolResultBody(BaseModel):
+    """One client tool's result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: str = Field(min_length=1, max_length=200, description="The pending call.")
+    content: str | dict[str, Any] | list[Any] = Field(
+        description="What the tool returned (text, or JSON, which the model reads as text)."
+    )
+    is_error: bool = Field(default=False, description="The tool failed; content says why.")
+
+    @field_validator("content")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        size = len(value) if isinstance(value, str) else len(json.dumps(value))
+        if size > MAX_TOOL_RESULT_CHARS:
+            raise ValueError(f"at most {MAX_TOOL_RESULT_CHARS} characters (got {size})")
+        return value
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return json.dumps(self.content, separators=(",", ":"), ensure_ascii=False)
+
+
+class ToolResultsBody(BaseModel):
+    """``POST /v1/agents/{name}/runs/{run_id}/tool_results``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_results: list[ToolResultBody] = Field(
+        min_length=1, max_length=128, description="A result for each pending client call."
+    )
+
+
+class DecisionItem(BaseModel):
+    """One approval call's own decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: str = Field(min_length=1, max_length=200, description="The pending call.")
+    action: Literal["approve", "reject"] = Field(description="What is decided for it.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why.")
+
+
+class DecisionBody(BaseModel):
+    """``POST /v1/agents/{name}/runs/{run_id}/approve`` (or ``/reject``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_ids: list[str] | None = Field(
+        default=None,
+        max_length=128,
+        description="The pending approval calls this endpoint decides (default: all those "
+        "`decisions` does not name).",
+    )
+    decisions: list[DecisionItem] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Per-call decisions, to approve some calls and reject others at once.",
+    )
+    reason: str | None = Field(
+        default=None, max_length=2000, description="Why (a rejection's reason reaches the model)."
+    )
+    tool_results: list[ToolResultBody] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Results of pending client calls, answered in the same request.",
+    )

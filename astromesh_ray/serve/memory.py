@@ -6,18 +6,21 @@ memory call would cost more than the call.  Embedded vector stores (FAISS, Qdran
 or Chroma local mode) have a single owner: one named Ray actor per store, shared by
 every replica of every agent that uses it, which snapshots to the data directory and
 reloads on restart (``serve/vectors.py``).  SQLite files are shared by the replicas
-on a host (WAL mode, busy timeouts).  An embedder with a ``deployment`` block is its
-own application, batching the calls of every replica (``serve/embedders.py``);
-without one it runs in the replica.
+on a host (WAL mode, busy timeouts).  Paused runs of agents without a Redis or
+PostgreSQL history live in one actor (``serve/paused.py``), reachable from every
+node.  An embedder with a ``deployment`` block is its own application, batching the
+calls of every replica (``serve/embedders.py``); without one it runs in the replica.
 """
 
 from __future__ import annotations
 
 from astromesh_ray.core.memory.base import Embedder, VectorStore
-from astromesh_ray.core.memory.factory import MemoryFactory, VectorStoreSpec
+from astromesh_ray.core.memory.factory import SQLITE_FILE, MemoryFactory, VectorStoreSpec
+from astromesh_ray.core.runs.paused import PausedRunStore
 from astromesh_ray.serve.embedders import ServeEmbedder, embedder_app_name
+from astromesh_ray.serve.paused import ActorPausedRuns
 from astromesh_ray.serve.vectors import ActorVectorStore
-from astromesh_ray.spec.memory import EmbeddingSpec
+from astromesh_ray.spec.memory import ConversationalMemorySpec, EmbeddingSpec
 
 
 class ServeMemoryFactory(MemoryFactory):
@@ -26,6 +29,16 @@ class ServeMemoryFactory(MemoryFactory):
 
     def embedded_vectors(self, described: VectorStoreSpec) -> VectorStore:
         return ActorVectorStore(described.kind, dict(described.kwargs))
+
+    def paused_runs(self, spec: ConversationalMemorySpec | None) -> PausedRunStore:
+        """Next to a Redis or PostgreSQL history, as in one process; otherwise in the
+        paused-runs actor (``serve/paused.py``), which every node can reach."""
+        if spec is not None and spec.backend not in ("sqlite", "in_memory"):
+            return super().paused_runs(spec)
+        own = spec is not None and spec.backend == "sqlite" and spec.connection is not None
+        file = spec.connection.url if own and spec and spec.connection else None
+        path = str(self.defaults.path(file or SQLITE_FILE))
+        return self._once(f"paused:actor:{path}", lambda: ActorPausedRuns(path))  # type: ignore[no-any-return]
 
     def embedder_for(self, spec: EmbeddingSpec) -> Embedder:
         if spec.deployment is not None:

@@ -128,3 +128,25 @@ def test_run_remembers_a_session_between_invocations(tmp_path: Path) -> None:
     ]
     # The SQLite file lives in the data directory under the configuration.
     assert (tmp_path / "data" / "memory.sqlite3").is_file()
+
+
+def test_run_says_when_the_run_paused_for_a_client_tool(tmp_path: Path) -> None:
+    agent = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata: {name: parts}
+spec:
+  model:
+    primary: {provider: openai_compat, model: m, endpoint: "URL"}
+  tools:
+    - {name: search_parts, type: client, parameters: {part: {type: string}}}
+"""
+    with ScriptedOpenAIServer() as llm:
+        agents = tmp_path / "agents"
+        agents.mkdir()
+        (agents / "parts.agent.yaml").write_text(agent.replace("URL", llm.url))
+        llm.add_steps({"tool_calls": [{"name": "search_parts", "arguments": {"part": "x"}}]})
+        proc = astromesh("run", "parts", "find x", "--config", str(tmp_path))
+        assert proc.returncode == 1
+        assert "the run paused: it waits on search_parts (client)" in proc.stderr
+        assert proc.stdout == ""

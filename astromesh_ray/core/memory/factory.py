@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from astromesh_ray.core.memory.base import ConversationStore, Embedder, EpisodicLog, VectorStore
 from astromesh_ray.errors import ConfigError
@@ -37,6 +37,9 @@ from astromesh_ray.spec.memory import (
     RuntimeMemorySpec,
     SemanticMemorySpec,
 )
+
+if TYPE_CHECKING:
+    from astromesh_ray.core.runs.paused import PausedRunStore
 
 log = logging.getLogger("astromesh.memory")
 
@@ -300,6 +303,29 @@ class MemoryFactory:
             return self._keep(cls(path))  # type: ignore[no-any-return]
         url = _url(spec.connection, self.defaults.postgres_url)
         return self._keep(cls(url, max_size=self.defaults.pool_size))  # type: ignore[no-any-return]
+
+    def paused_runs(self, spec: ConversationalMemorySpec | None) -> PausedRunStore:
+        """Where an agent with conversation store ``spec`` keeps its paused runs: next
+        to its history (the same Redis, PostgreSQL or SQLite file); without a store,
+        or with ``in_memory`` history, in the data directory's SQLite file (a paused
+        run must outlive the replica that paused it)."""
+        from astromesh_ray.core.runs import stores
+
+        kind = _ALIASES.get(spec.backend, spec.backend) if spec is not None else "sqlite"
+        if kind == "redis":
+            assert spec is not None
+            url = _url(spec.connection, self.defaults.redis_url)
+            return self._once(f"paused:redis:{url}", lambda: stores.RedisPausedRuns(url))  # type: ignore[no-any-return]
+        if kind == "postgres":
+            assert spec is not None
+            url = _url(spec.connection, self.defaults.postgres_url)
+            return self._once(  # type: ignore[no-any-return]
+                f"paused:postgres:{url}",
+                lambda: stores.PostgresPausedRuns(url, max_size=self.defaults.pool_size),
+            )
+        file = spec.connection.url if kind == "sqlite" and spec and spec.connection else None
+        path = self.defaults.path(file or SQLITE_FILE)
+        return self._once(f"paused:sqlite:{path}", lambda: stores.SqlitePausedRuns(path))  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Close every backend built (each once); one that fails is logged."""

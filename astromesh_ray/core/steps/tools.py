@@ -1,4 +1,12 @@
-"""Tool calls: one (``tool_step``) or those of one answer (``tool_round``)."""
+"""Tool calls: one (``tool_step``) or those of one answer (``tool_round``).
+
+A call to a ``client`` tool, or to one that ``requires_approval``, needs the
+caller: ``tool_round`` runs the other calls of the answer, then raises
+``RunPaused`` with the pending ones; the runtime saves the run and answers
+``requires_action``.  When the caller answers, ``complete_pending`` records the
+client results, runs the approved calls (``approved=True``) and the rejected ones
+read as errors, and the pattern goes on.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +16,31 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from astromesh_ray.core.context import RunContext, TurnState
-from astromesh_ray.core.events import Event, ToolCallEvent, ToolResultEvent, ToolStep
+from astromesh_ray.core.events import (
+    Event,
+    PendingToolCall,
+    ToolCallEvent,
+    ToolResultEvent,
+    ToolStep,
+)
 from astromesh_ray.core.messages import Message, ToolCall
 from astromesh_ray.core.steps.limits import LimitReached, bounded
 from astromesh_ray.core.steps.records import record
 from astromesh_ray.core.tools.base import ToolContext, ToolResult
+from astromesh_ray.core.tools.index import ToolEntry
 from astromesh_ray.core.trace import Span
 from astromesh_ray.errors import ToolError
 
 T = TypeVar("T")
+
+
+class RunPaused(Exception):  # control flow, not an error
+    """The run waits on the caller for ``pending`` (raised by ``tool_round``, caught by
+    the runtime, which saves the run)."""
+
+    def __init__(self, pending: Sequence[PendingToolCall]) -> None:
+        super().__init__(f"waiting on {len(pending)} tool call(s)")
+        self.pending = list(pending)
 
 
 @dataclass(slots=True)
@@ -35,15 +59,19 @@ async def tool_step(
     *,
     iteration: int,
     parent: str | None = None,
+    approved: bool = False,
 ) -> ToolOutcome:
     """Run one tool call.  Whatever the tool's fault (unknown or refused tool, bad
     arguments, a ``ToolError``, its own timeout) becomes an error result the model
     reads; the run's deadline passing is a ``RunTimeout``; anything else is a bug
-    and propagates."""
+    and propagates.  ``approved``: the caller approved this call (its tool
+    ``requires_approval``)."""
     span = state.trace.start("tool_call", parent or ctx.trace.span_id, tool=call.name)
     span.set(iteration=iteration, call_id=call.id)
+    if approved:
+        span.set(approved=True)
     try:
-        result = await _run_tool(ctx, state, call, span)
+        result = await _run_tool(ctx, state, call, span, approved)
     except BaseException as exc:
         span.end(exc)
         raise
@@ -58,7 +86,9 @@ async def tool_step(
     return ToolOutcome(call, result, span.duration_ms or 0.0)
 
 
-async def _run_tool(ctx: RunContext, state: TurnState, call: ToolCall, span: Span) -> ToolResult:
+def _checked(ctx: RunContext, call: ToolCall) -> tuple[ToolEntry, dict[str, Any]] | ToolResult:
+    """The call's tool entry and validated arguments, or the error the model reads
+    (an unknown or refused tool, arguments that are not an object or do not match)."""
     entry = ctx.tools.get(call.name)
     if entry is None:
         return ToolResult(ctx.tools.missing(call.name), is_error=True)
@@ -69,11 +99,43 @@ async def _run_tool(ctx: RunContext, state: TurnState, call: ToolCall, span: Spa
             "its parameters",
             is_error=True,
         )
-    tool = entry.tool
     try:
-        arguments = tool.validate(call.arguments)
+        return entry, entry.tool.validate(call.arguments)
     except ToolError as exc:
         return ToolResult(f"error: {exc}", is_error=True)
+
+
+def pending_kind(ctx: RunContext, call: ToolCall) -> str | None:
+    """``client`` or ``approval`` when ``call`` needs the caller, else ``None`` (a
+    call that will fail its checks does not: the model reads why at once)."""
+    checked = _checked(ctx, call)
+    if isinstance(checked, ToolResult):
+        return None
+    tool = checked[0].tool
+    if tool.client:
+        return "client"
+    if tool.requires_approval:
+        return "approval"
+    return None
+
+
+async def _run_tool(
+    ctx: RunContext, state: TurnState, call: ToolCall, span: Span, approved: bool
+) -> ToolResult:
+    checked = _checked(ctx, call)
+    if isinstance(checked, ToolResult):
+        return checked
+    entry, arguments = checked
+    tool = entry.tool
+    if tool.client or (tool.requires_approval and not approved):
+        # Only tool_round's pending calls come here with these; reaching it otherwise
+        # (a pattern calling tool_step directly) must not run an unapproved call.
+        return ToolResult(
+            f"error: tool {call.name!r} needs the caller ("
+            + ("it runs client-side" if tool.client else "it requires approval")
+            + ") and cannot be called here",
+            is_error=True,
+        )
     when = ctx.deadline
     if tool.timeout_s is not None:
         when = min(when, asyncio.get_running_loop().time() + tool.timeout_s)
@@ -85,6 +147,7 @@ async def _run_tool(ctx: RunContext, state: TurnState, call: ToolCall, span: Spa
         deadline=ctx.deadline,
         trace_parent=span.context.traceparent,
         lineage=ctx.lineage,
+        models=ctx.models,
     )
     try:
         result = await bounded(ctx, entry.toolset.call(call.name, arguments, tool_ctx), when)
@@ -98,13 +161,20 @@ async def _run_tool(ctx: RunContext, state: TurnState, call: ToolCall, span: Spa
             f"error: tool {call.name!r} did not answer within {tool.timeout_s or 0:g} s",
             is_error=True,
         )
-    if len(result.content) > tool.max_result_chars:
-        cut = len(result.content) - tool.max_result_chars
-        result.content = (
-            result.content[: tool.max_result_chars] + f"\n[truncated: {cut} more characters]"
-        )
+    cut = cap_result(result, tool.max_result_chars)
+    if cut:
         span.set(truncated_chars=cut)
     return result
+
+
+def cap_result(result: ToolResult, limit: int) -> int:
+    """Cut ``result.content`` to ``limit`` characters, with a marker saying how many
+    more there were; returns that number (0: nothing cut)."""
+    if len(result.content) <= limit:
+        return 0
+    cut = len(result.content) - limit
+    result.content = result.content[:limit] + f"\n[truncated: {cut} more characters]"
+    return cut
 
 
 async def tool_round(
@@ -116,23 +186,73 @@ async def tool_round(
     parent: str | None = None,
 ) -> AsyncIterator[Event]:
     """The tool calls of one model answer: announced, run concurrently, and recorded
-    (transcript and steps) in call order whatever order they finish in."""
+    (transcript and steps) in call order whatever order they finish in.  Calls that
+    need the caller (client tools, approvals) are not run: once the others are
+    recorded, ``RunPaused`` carries them to the runtime."""
     for call in calls:
         yield ToolCallEvent(
             iteration=iteration, id=call.id, name=call.name, arguments=call.arguments
         )
+    pending = []
+    ready = []
+    for call in calls:
+        kind = pending_kind(ctx, call)
+        if kind is None:
+            ready.append(call)
+        else:
+            pending.append(
+                PendingToolCall(
+                    id=call.id,
+                    name=call.name,
+                    arguments=call.arguments,
+                    kind="client" if kind == "client" else "approval",
+                    iteration=iteration,
+                )
+            )
+    async for event in run_calls(ctx, state, ready, iteration=iteration, parent=parent):
+        yield event
+    if pending:
+        raise RunPaused(pending)
+
+
+async def run_calls(
+    ctx: RunContext,
+    state: TurnState,
+    calls: Sequence[ToolCall],
+    *,
+    iteration: int,
+    parent: str | None = None,
+    approved: bool = False,
+) -> AsyncIterator[Event]:
+    """Run ``calls`` concurrently and record them in call order."""
+    if not calls:
+        return
     if len(calls) == 1:  # no task to spawn for the common case
-        outcomes = [await tool_step(ctx, state, calls[0], iteration=iteration, parent=parent)]
+        outcomes = [
+            await tool_step(
+                ctx, state, calls[0], iteration=iteration, parent=parent, approved=approved
+            )
+        ]
     else:
         outcomes = await gather_all(
-            [tool_step(ctx, state, c, iteration=iteration, parent=parent) for c in calls]
+            [
+                tool_step(ctx, state, c, iteration=iteration, parent=parent, approved=approved)
+                for c in calls
+            ]
         )
     for outcome in outcomes:
-        call, result = outcome.call, outcome.result
-        state.messages.append(
-            Message(role="tool", content=result.content, tool_call_id=call.id, name=call.name)
-        )
-        yield ToolResultEvent(
+        for event in record_outcome(state, outcome, iteration):
+            yield event
+
+
+def record_outcome(state: TurnState, outcome: ToolOutcome, iteration: int) -> list[Event]:
+    """Put a finished call in the transcript and the steps; its events."""
+    call, result = outcome.call, outcome.result
+    state.messages.append(
+        Message(role="tool", content=result.content, tool_call_id=call.id, name=call.name)
+    )
+    return [
+        ToolResultEvent(
             iteration=iteration,
             id=call.id,
             name=call.name,
@@ -140,8 +260,8 @@ async def tool_round(
             is_error=result.is_error,
             duration_ms=outcome.duration_ms,
             sub_run_id=result.sub_run_id,
-        )
-        yield record(
+        ),
+        record(
             state,
             ToolStep(
                 iteration=iteration,
@@ -153,7 +273,8 @@ async def tool_round(
                 duration_ms=outcome.duration_ms,
                 sub_run_id=result.sub_run_id,
             ),
-        )
+        ),
+    ]
 
 
 async def gather_all(awaitables: Sequence[Coroutine[Any, Any, T]]) -> list[T]:

@@ -1,0 +1,180 @@
+"""The runtime's side of paused runs: saving a run that waits on its caller, the
+``requires_action`` result it answers with, and taking it back (once, checked) when
+the caller answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
+from astromesh_ray.core.events import Event, PendingToolCall, RunResult
+from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore, ToolDecision
+from astromesh_ray.core.runs.resume import check_answer
+from astromesh_ray.errors import AstromeshError, InvalidRequest, RunNotFound
+
+log = logging.getLogger("astromesh.runtime")
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """What a resumed run saved once its pending calls were done, and the events of
+    those calls."""
+
+    run: PausedRun
+    events: list[Event]
+
+
+@dataclass(slots=True)
+class Resume:
+    """A paused run taken from the store, and the caller's answer to it."""
+
+    run: PausedRun
+    decisions: list[ToolDecision]
+
+
+class Pauses:
+    """Agent ``agent``'s paused runs in ``store`` (``None``: the agent has no tool
+    that pauses, so asking for one of its paused runs finds none)."""
+
+    def __init__(self, agent: str, store: PausedRunStore | None) -> None:
+        self.agent = agent
+        self.store = store
+
+    def _store(self) -> PausedRunStore:
+        if self.store is None:
+            raise RunNotFound(
+                f"agent {self.agent!r} has no client tools nor tools that require "
+                "approval: none of its runs pauses",
+            )
+        return self.store
+
+    async def get(self, run_id: str, caller: Caller) -> PausedRun:
+        """The paused run, for the caller that started it (for anyone else it does
+        not exist: a run id is not proof of anything)."""
+        run = await self._store().get(self.agent, run_id)
+        if run is None or run.caller.id != caller.id:
+            raise self._missing(run_id)
+        return run
+
+    async def take(self, run_id: str, decisions: Sequence[ToolDecision], caller: Caller) -> Resume:
+        """Check the caller's answer against the paused run (a refused one changes
+        nothing), then take the run from the store: of two answers, one gets it.  If
+        what was taken is a newer pause than the one checked (another answer's run
+        paused again meanwhile) and the answer does not fit it, it is put back."""
+        store = self._store()
+        check_answer(await self.get(run_id, caller), decisions)
+        taken = await store.take(self.agent, run_id)
+        if taken is None:  # another answer took it meanwhile
+            raise self._missing(run_id)
+        try:
+            check_answer(taken, decisions)
+        except InvalidRequest:
+            await store.save(self.agent, taken)
+            raise
+        return Resume(taken, list(decisions))
+
+    async def save(
+        self,
+        ctx: RunContext,
+        state: TurnState,
+        pending: Sequence[PendingToolCall],
+        *,
+        error: str | None = None,
+    ) -> PausedRun:
+        """Keep the run, which waits on ``pending`` (nothing: a checkpoint of a
+        resumed run whose calls are done, kept until it answers)."""
+        run = PausedRun(
+            run_id=ctx.run_id,
+            agent=self.agent,
+            request=ctx.request,
+            messages=list(state.messages),
+            steps=list(state.steps),
+            usage=state.usage,
+            iterations=state.iterations,
+            turn_start=state.turn_start,
+            trace_id=state.trace.trace_id,
+            pending=list(pending),
+            spans=[s.to_dict() for s in state.trace.spans if s.duration_ms is not None],
+            error=error,
+        )
+        await self._store().save(self.agent, run)
+        return run
+
+    async def put_back(self, run: PausedRun) -> None:
+        """Save ``run`` again as it was taken (its resume stopped before anything it
+        waited on was done)."""
+        await self._store().save(self.agent, run)
+
+    async def done(self, run_id: str) -> None:
+        """The resumed run answered: its checkpoint goes.  Best effort: a checkpoint
+        left behind only lets a retry answer again (its turn is stored once)."""
+        if self.store is None:
+            return
+        try:
+            await self.store.take(self.agent, run_id)
+        except AstromeshError as exc:
+            log.warning(
+                "agent %r: removing the checkpoint of run %s failed: %s", self.agent, run_id, exc
+            )
+
+    def _missing(self, run_id: str) -> RunNotFound:
+        return RunNotFound(
+            f"agent {self.agent!r} has no paused run {run_id!r}",
+            hint="it was never paused, was already resumed (an answer is single-use), or expired",
+            run_id=run_id,
+        )
+
+
+def end_paused_span(state: TurnState, pending: Sequence[PendingToolCall]) -> None:
+    """End the run span of a run that pauses (the resumed run has a run span of its
+    own, in the same trace, and keeps this one)."""
+    run_span = state.trace.spans[0]
+    run_span.set(usage=state.usage.to_dict(), paused_on=[p.id for p in pending])
+    run_span.end()
+
+
+def paused_result(
+    ctx: RunContext, state: TurnState, pending: Sequence[PendingToolCall]
+) -> RunResult:
+    """The ``requires_action`` result of a run that waits on ``pending``."""
+    return RunResult(
+        run_id=ctx.run_id,
+        agent=ctx.agent,
+        answer="",
+        steps=state.steps,
+        usage=state.usage,
+        trace=state.trace.spans,
+        trace_id=state.trace.trace_id,
+        session_id=ctx.session_id,
+        parent_run_id=ctx.request.parent_run_id,
+        messages=state.messages,
+        where=dict(state.trace.where),
+        status="requires_action",
+        pending=list(pending),
+    )
+
+
+def restore(state: TurnState, run: PausedRun) -> None:
+    """Put a paused run's transcript, steps, usage, model call count and the spans
+    it recorded before the pause back."""
+    state.trace.extend(run.spans)
+    state.messages = list(run.messages)
+    state.steps = list(run.steps)
+    state.usage = run.usage
+    state.iterations = run.iterations
+    state.turn_start = run.turn_start
+
+
+def check_storable(request: RunRequest) -> None:
+    """A run that may pause is saved as JSON: its ``context`` must be JSON (checked
+    before the run starts, not when it pauses, after tools ran)."""
+    try:
+        json.dumps(request.context)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(
+            f"context must be JSON (this agent's runs may pause and are saved): {exc}",
+            field="context",
+        ) from None
