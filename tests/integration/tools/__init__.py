@@ -1,0 +1,1 @@
+"""Integration tests of tool types against real servers (MCP, webhooks, SQL)."""
