@@ -98,6 +98,9 @@ def embedder_specs(loaded: LoadedConfig) -> dict[str, EmbeddingSpec]:
         semantic = agent.spec.memory.semantic if agent.spec.memory else None
         if semantic is not None and semantic.embedding.deployment is not None:
             found[embedder_app_name(semantic.embedding)] = semantic.embedding
+    for pipeline in loaded.rag_pipelines.values():  # RAG pipelines' embedders too
+        if pipeline.spec.embedding.deployment is not None:
+            found[embedder_app_name(pipeline.spec.embedding)] = pipeline.spec.embedding
     return found
 
 
@@ -180,14 +183,20 @@ def agent_app(raw: dict[str, Any]) -> Application:
         )
     agent = loaded.agents[args.agent]
     # Fail the build, not the replica; the agents it calls must be in this config.
-    check_buildable([agent], loaded.providers, known=loaded.agents)
+    check_buildable([agent], loaded.providers, known=loaded.agents, rag=loaded.rag_pipelines)
     # The breaker actor exists, and probes this agent's providers, before any request.
     ensure_breaker_actor(agent_probes(agent, loaded.providers, loaded.routing))
     options = serve_options(AgentDeployment, agent.spec.deployment)
     return (
         _deployment(AgentDeployment)
         .options(**options)
-        .bind(agent, loaded.providers, loaded.routing, memory_defaults(loaded))
+        .bind(
+            agent,
+            loaded.providers,
+            loaded.routing,
+            memory_defaults(loaded),
+            rag=loaded.rag_pipelines,
+        )
     )
 
 
@@ -218,7 +227,11 @@ def gateway_app(raw: dict[str, Any]) -> Application:
         name: {"provider": ep.provider, "model": ep.model, "endpoint": ep.endpoint}
         for name, ep in provider_endpoints(loaded).items()
     }
-    return _deployment(Gateway).options(**options).bind(agents, apps, providers)
+    return (
+        _deployment(Gateway)
+        .options(**options)
+        .bind(agents, apps, providers, rag=loaded.rag_pipelines, memory=memory_defaults(loaded))
+    )
 
 
 BUILDERS = {

@@ -39,6 +39,7 @@ from astromesh_ray.spec.model import (
     RoleModelsSpec,
     RoutingSpec,
 )
+from astromesh_ray.spec.rag import RAGPipelineSpec
 from astromesh_ray.spec.resolve import ModelEndpoint, ModelRoute, resolve_models, resolve_route
 from astromesh_ray.spec.schema import json_schema
 from astromesh_ray.spec.support import RULES, SupportIssue, check_support
@@ -80,6 +81,7 @@ __all__ = [
     "ProviderConfigSpec",
     "ProviderEntrySpec",
     "ProviderRoutingSpec",
+    "RAGPipelineSpec",
     "RagToolSpec",
     "RayActorOptionsSpec",
     "RoleModelsSpec",

@@ -1,7 +1,9 @@
-"""A configuration directory: runtime.yaml, providers*.yaml and agents/*.agent.yaml.
+"""A configuration directory: runtime.yaml, providers*.yaml, agents/*.agent.yaml and
+rag/*.yaml (``kind: RAGPipeline``).
 
-Checks that span files live here: duplicate agent or provider names, ``providerRef``
-naming a provider entry, and the runtime's orchestration defaults applied to agents.
+Checks that span files live here: duplicate agent, provider or RAG pipeline names,
+``providerRef`` naming a provider entry, rag tools naming a loaded pipeline, and the
+runtime's orchestration defaults applied to agents.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from astromesh_ray.spec.config import (
 from astromesh_ray.spec.diagnostics import did_you_mean
 from astromesh_ray.spec.loader import LoadedFile, config_error, expect_kind, read_file, sort_issues
 from astromesh_ray.spec.model import ModelBlockSpec, ModelSpec
+from astromesh_ray.spec.rag import RAGPipelineSpec
+from astromesh_ray.spec.tools import BuiltinToolSpec, RagToolSpec
 
 SYSTEM_CONFIG_DIR = Path("/etc/astromesh")
 
@@ -34,6 +38,8 @@ class LoadedConfig:
     runtime: RuntimeConfigSpec = field(default_factory=RuntimeConfigSpec)
     providers: dict[str, ProviderEntrySpec] = field(default_factory=dict)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
+    # kind: RAGPipeline documents of <root>/rag/*.yaml, by name.
+    rag_pipelines: dict[str, RAGPipelineSpec] = field(default_factory=dict)
     routing: ProviderRoutingSpec | None = None
     # The agents directory when one was given (flag or environment); None when the
     # agents came from <root>/agents.
@@ -95,6 +101,7 @@ class _Collector:
         self.config = LoadedConfig(root=None)
         self._provider_files: dict[str, LoadedFile] = {}
         self._agent_files: dict[str, LoadedFile] = {}
+        self._rag_files: dict[str, LoadedFile] = {}
         self._routing_file: LoadedFile | None = None
 
     def read(self, path: Path) -> LoadedFile:
@@ -112,6 +119,52 @@ class _Collector:
         provider_files = _yaml_files(config_dir, "providers*.yaml", "providers*.yml")
         for providers in sorted(provider_files, key=lambda p: (p.stem != "providers", p.name)):
             self.providers(providers)
+        # RAG pipelines: <config>/rag/*.yaml (the original's *.rag.yaml among them).
+        for pipeline in _yaml_files(config_dir / "rag", "*.yaml", "*.yml"):
+            self.rag_pipeline(pipeline)
+
+    def rag_pipeline(self, path: Path) -> None:
+        loaded = self.read(path)
+        document = expect_kind(loaded, "RAGPipeline", "files in rag/ hold RAGPipelines")
+        if not isinstance(document, RAGPipelineSpec):
+            return
+        first = self._rag_files.get(document.name)
+        if first is not None:
+            loaded.issues.append(
+                loaded.issue(
+                    ("metadata", "name"),
+                    f"RAG pipeline {document.name!r} is also defined in "
+                    f"{first.where(('metadata', 'name'))}",
+                    "RAG pipeline names must be unique",
+                )
+            )
+            return
+        self._rag_files[document.name] = loaded
+        self.config.rag_pipelines[document.name] = document
+
+    def check_rag_refs(self) -> None:
+        """Every ``type: rag`` tool and ``rag_query``/``rag_ingest`` built-in names a
+        loaded pipeline."""
+        pipelines = self.config.rag_pipelines
+        for name, agent in self.config.agents.items():
+            loaded = self._agent_files[name]
+            for index, tool in enumerate(agent.spec.tools):
+                found: object = None
+                if isinstance(tool, RagToolSpec):
+                    found, key = tool.rag.pipeline, ("rag", "pipeline")
+                elif isinstance(tool, BuiltinToolSpec) and tool.name in ("rag_query", "rag_ingest"):
+                    # Not a string: the tool's own build check names what is wrong.
+                    found, key = tool.config.get("pipeline"), ("config", "pipeline")
+                if not isinstance(found, str):
+                    continue
+                ref, path = found, ("spec", "tools", index, *key)
+                if ref not in pipelines:
+                    hint = did_you_mean(ref, list(pipelines)) or (
+                        "defined RAG pipelines: " + ", ".join(sorted(pipelines))
+                        if pipelines
+                        else "no RAG pipelines are defined (<config>/rag/*.yaml)"
+                    )
+                    loaded.issues.append(loaded.issue(path, f"unknown RAG pipeline {ref!r}", hint))
 
     def missing_dir(self, path: Path, what: str, hint: str) -> None:
         self.issues.append(ConfigIssue(str(path), None, None, "", f"{what} not found", hint))
@@ -177,6 +230,7 @@ class _Collector:
         self.config.agents[document.name] = document
 
     def check_refs(self) -> None:
+        self.check_rag_refs()
         providers = self.config.providers
         for name, agent in self.config.agents.items():
             loaded = self._agent_files[name]
@@ -245,7 +299,8 @@ def _collect(
 
 def load_config(config_dir: Path | None = None, *, agents_dir: Path | None = None) -> LoadedConfig:
     """Load ``<config_dir>/runtime.yaml`` (defaults when absent), ``providers*.yaml``
-    (merged by entry name) and ``<config_dir>/agents/*.agent.yaml`` (or ``agents_dir``).
+    (merged by entry name), ``<config_dir>/agents/*.agent.yaml`` (or ``agents_dir``) and
+    ``<config_dir>/rag/*.yaml`` (RAG pipelines).
 
     Raises ``ConfigError`` listing every issue in every file.
     """
@@ -357,7 +412,7 @@ def _served_with(path: Path) -> Path | None:
     declared = _yaml_files(
         parent, "runtime.yaml", "runtime.yml", "providers*.yaml", "providers*.yml"
     )
-    return parent if declared else None
+    return parent if declared or (parent / "rag").is_dir() else None
 
 
 def _agent_files(

@@ -19,20 +19,25 @@ from astromesh_ray.spec.agent import AgentSpec
 from astromesh_ray.spec.base import ConfigIssue, YamlPath, render_path
 from astromesh_ray.spec.config import ProviderConfigSpec, RuntimeConfigSpec
 from astromesh_ray.spec.diagnostics import did_you_mean, issues_from_validation
+from astromesh_ray.spec.rag import RAGPipelineSpec
 from astromesh_ray.spec.support import SupportIssue, check_support, check_support_data
 from astromesh_ray.spec.yaml_positions import ParsedYaml, parse_yaml
 
-Document = AgentSpec | ProviderConfigSpec | RuntimeConfigSpec
+Document = AgentSpec | ProviderConfigSpec | RuntimeConfigSpec | RAGPipelineSpec
 """Any document the loader returns."""
 
-KINDS: dict[str, type[AgentSpec] | type[ProviderConfigSpec] | type[RuntimeConfigSpec]] = {
+KINDS: dict[
+    str,
+    type[AgentSpec] | type[ProviderConfigSpec] | type[RuntimeConfigSpec] | type[RAGPipelineSpec],
+] = {
     "Agent": AgentSpec,
     "ProviderConfig": ProviderConfigSpec,
     "RuntimeConfig": RuntimeConfigSpec,
+    "RAGPipeline": RAGPipelineSpec,
 }
 """Kinds the runtime loads, by ``kind``."""
 
-_REFUSED_KINDS = ("RAGPipeline",)
+_REFUSED_KINDS: tuple[str, ...] = ()
 
 # Keys a model accepts besides the one its dump uses (aliases, populate_by_name):
 # used to find the line of a support issue whose path comes from a model dump.
