@@ -11,10 +11,12 @@ from ray import serve
 
 from astromesh_ray.core.breaker import BreakerStore
 from astromesh_ray.core.build import build_runtime
-from astromesh_ray.core.context import RunRequest
+from astromesh_ray.core.context import Caller, RunRequest
 from astromesh_ray.core.events import event_to_dict
 from astromesh_ray.core.memory.api import memory_op
 from astromesh_ray.core.memory.factory import MemoryDefaults, default_memory_factory
+from astromesh_ray.core.runs import ToolDecision
+from astromesh_ray.core.runs.resume import decisions_for, paused_view
 from astromesh_ray.serve.breaker import ServeBreakerStore, agent_probes
 from astromesh_ray.serve.handles import agent_app_name
 from astromesh_ray.serve.location import replica_location
@@ -22,7 +24,8 @@ from astromesh_ray.serve.memory import ServeMemoryFactory
 from astromesh_ray.serve.outcome import failure, ok
 from astromesh_ray.serve.peers import ServePeer
 from astromesh_ray.serve.providers import ServeProvider
-from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec
+from astromesh_ray.serve.tools import serve_tool_services
+from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec, RAGPipelineSpec
 
 __all__ = ["AgentDeployment", "agent_app_name", "describe_agent"]
 
@@ -77,6 +80,7 @@ class AgentDeployment:
         providers: Mapping[str, ProviderEntrySpec],
         routing: ProviderRoutingSpec | None = None,
         memory: MemoryDefaults | None = None,
+        rag: Mapping[str, RAGPipelineSpec] | None = None,
     ) -> None:
         self._breakers = breakers = await self.make_breakers(agent, providers, routing)
         # The replica owns its memory backends (pools, embedders): closed on shutdown.
@@ -91,6 +95,8 @@ class AgentDeployment:
             breakers=breakers,
             health_checks=False,
             memory=self._memory,
+            rag=rag,
+            tools=serve_tool_services(agent.name),
         )
         # The replica owns the toolsets' lifecycle: listed now, closed on shutdown.
         await self._runtime.start()
@@ -123,6 +129,56 @@ class AgentDeployment:
                 yield ok(event_to_dict(event))
         except Exception as exc:
             yield failure(exc)
+
+    async def paused(self, run_id: str, caller: dict[str, Any] | None) -> dict[str, Any]:
+        """What paused run ``run_id`` waits on (``GET .../runs/{run_id}``)."""
+        try:
+            run = await self._runtime.paused_run(run_id, Caller.from_dict(caller))
+        except Exception as exc:
+            return failure(exc)
+        return ok(paused_view(run))
+
+    async def _resume_args(self, answer: dict[str, Any]) -> tuple[str, Caller, list[ToolDecision]]:
+        run_id = str(answer["run_id"])
+        caller = Caller.from_dict(answer.get("caller"))
+        run = await self._runtime.paused_run(run_id, caller)
+        decisions = decisions_for(
+            run,
+            str(answer["action"]),
+            results=[tuple(r) for r in answer.get("results") or []],
+            call_ids=answer.get("call_ids"),
+            reason=answer.get("reason"),
+            each=[tuple(e) for e in answer.get("each") or []],
+        )
+        return run_id, caller, decisions
+
+    async def resume(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """Go on with paused run ``answer["run_id"]`` once its caller answered
+        (``action`` result / approve / reject, ``results``, ``call_ids``, ``reason``,
+        ``caller``).  Any replica can: the paused run is in the store, not here."""
+        try:
+            run_id, caller, decisions = await self._resume_args(answer)
+            result = await self._runtime.resume(
+                run_id, decisions, caller, trace_parent=answer.get("trace_parent")
+            )
+        except Exception as exc:
+            return failure(exc)
+        return ok(result.to_dict())
+
+    async def resume_stream(self, answer: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            run_id, caller, decisions = await self._resume_args(answer)
+            events = self._runtime.resume_stream(
+                run_id, decisions, caller, trace_parent=answer.get("trace_parent")
+            )
+            async for event in events:
+                yield ok(event_to_dict(event))
+        except Exception as exc:
+            yield failure(exc)
+
+    def health(self) -> dict[str, Any]:
+        """The agent's toolsets' health (MCP servers up or down)."""
+        return self._runtime.health()
 
     async def memory(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """A memory API operation on this agent's memory (``core/memory/api.py``)."""

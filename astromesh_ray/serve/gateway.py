@@ -4,7 +4,14 @@ POST /v1/agents/{name}/run   {query, session_id, context} -> {answer, steps, usa
 POST /v1/agents/{name}/stream  same body -> Server-Sent Events, one per run event
 GET  /v1/agents              the loaded agents
 GET  /v1/agents/{name}       one agent
+GET  /v1/agents/{name}/health  its tool servers (MCP) up or down
 GET  /health                 liveness
+
+GET  /v1/agents/{name}/runs/{run_id}                a paused run: the calls it waits on
+POST /v1/agents/{name}/runs/{run_id}/tool_results   client tool results -> the run goes on
+POST /v1/agents/{name}/runs/{run_id}/approve        approve pending calls -> the run goes on
+POST /v1/agents/{name}/runs/{run_id}/reject         reject them (the model reads why)
+POST /v1/agents/{name}/runs/{run_id}/retry          go on with a resumed run that failed
 
 GET    /v1/memory/{name}/sessions                       the agent's sessions
 GET    /v1/memory/{name}/sessions/{session}/history     one session's turns and summary
@@ -12,6 +19,9 @@ DELETE /v1/memory/{name}/sessions/{session}[/history]   erase it from every back
 POST   /v1/memory/{name}/sessions/{session}/fork        copy it to a new session
 POST   /v1/memory/{name}/semantic/search                search the agent's semantic memory
 GET    /v1/memory/{name}/episodes                       the agent's episodic log
+
+POST   /v1/rag/{pipeline}/ingest    ingest documents into a RAG pipeline (serve/rag.py)
+POST   /v1/rag/{pipeline}/search    search it
 
 Memory calls go to the agent's own application (its replicas hold the backends),
 so one agent's memory is never reachable through another agent's routes.
@@ -25,9 +35,7 @@ agent's run, and the first span of the returned ``trace``.
 # objects on the ingress methods (Serve re-wraps them, losing the module globals
 # that string annotations would be resolved against).
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query
@@ -39,12 +47,18 @@ from ray.serve.schema import ApplicationStatus
 from astromesh_ray import __version__
 from astromesh_ray.core.breaker import most_severe
 from astromesh_ray.core.context import check_session_id
-from astromesh_ray.core.events import ErrorEvent, event_to_dict
 from astromesh_ray.core.memory.base import EPISODE_TYPES
 from astromesh_ray.core.streams import closing_stream
-from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError, InvalidRequest
 from astromesh_ray.serve.breaker import ActorBreakerStore
+from astromesh_ray.serve.gateway_spans import (
+    check_run_id,
+    decision_of,
+    gateway_span,
+    prepend,
+    results_of,
+    sse_events,
+)
 from astromesh_ray.serve.handles import (
     RAY_FAILURES,
     AppHandle,
@@ -54,13 +68,16 @@ from astromesh_ray.serve.handles import (
 )
 from astromesh_ray.serve.http import (
     BodySizeLimit,
+    DecisionBody,
     ForkBody,
     RunBody,
     SearchBody,
+    ToolResultsBody,
     install_error_handlers,
 )
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import unwrap
+from astromesh_ray.serve.rag import GatewayRag, IngestBody, RagSearchBody
 
 api = FastAPI(
     title="astromesh-ray",
@@ -69,29 +86,6 @@ api = FastAPI(
 )
 api.add_middleware(BodySizeLimit)
 install_error_handlers(api)
-
-
-# Helpers the routes call are defined before the ingress class: `serve.ingress`
-# pickles the FastAPI app by value when the class is decorated, capturing only
-# the globals that exist at that moment.
-async def _sse_events(
-    first: dict[str, Any], rest: AsyncIterator[Any], span: Span
-) -> AsyncIterator[str]:
-    # Closing `rest` when the client goes away (Starlette stops iterating) cancels the
-    # run in the agent replica, and with it the model call it was streaming.
-    async with closing_stream(rest) as outcomes:
-        yield _sse(first)
-        try:
-            async for outcome in outcomes:
-                event = unwrap(outcome)
-                if event.get("type") == "run_finished":
-                    span.end()
-                    _prepend(event["result"], span)
-                yield _sse(event)
-        except AstromeshError as exc:
-            span.end(exc.message)
-            _prepend(exc.details, span)
-            yield _sse(event_to_dict(ErrorEvent.from_error(exc)))
 
 
 def _unavailable(name: str, app: str, reason: str) -> AgentUnavailable:
@@ -127,29 +121,6 @@ async def _probe(app: AppHandle) -> bool:
     return bool(healthy)
 
 
-def _sse(event: dict[str, Any]) -> str:
-    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
-
-
-def _prepend(body: dict[str, Any], span: Span) -> None:
-    """Put the gateway's span first in a result's (or an error's) ``trace``."""
-    trace = body.get("trace")
-    if isinstance(trace, list):
-        trace.insert(0, span.to_dict())
-
-
-def _gateway_span(traceparent: str | None, name: str, where: dict[str, str]) -> Span:
-    """The gateway's span of one request: continues the client's trace if it sent a
-    valid ``traceparent``, else starts a new one."""
-    parent = TraceContext.parse(traceparent)
-    trace = Trace(
-        parent.trace_id if parent else new_trace_id(),
-        where,
-        sampled=parent.sampled if parent else True,
-    )
-    return trace.start("gateway", parent.span_id if parent else None, agent=name)
-
-
 @serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Gateway:
@@ -160,7 +131,12 @@ class Gateway:
         agents: dict[str, dict[str, Any]],
         apps: dict[str, str],
         providers: dict[str, dict[str, Any]],
+        rag: dict[str, Any] | None = None,
+        memory: Any = None,
     ) -> None:
+        # RAG pipelines (RAGPipelineSpec by name) with the memory defaults their
+        # stores use: ingested and searched in this replica (serve/rag.py).
+        self._rag = GatewayRag(rag or {}, memory)
         self._agents = agents
         self._apps = apps
         self._providers = providers
@@ -169,6 +145,12 @@ class Gateway:
         self._provider_apps = {name: AppHandle(name) for name in providers}
         # Snapshots only: read straight from the breaker actor (no cached copy).
         self._breakers = ActorBreakerStore()
+
+    async def __del__(self) -> None:
+        # Serve calls this on shutdown: the RAG pipelines' pools and embedders.
+        rag = getattr(self, "_rag", None)
+        if rag is not None:
+            await rag.aclose()
 
     def _app(self, name: str) -> str:
         """The application of agent ``name``; 404 for unknown names."""
@@ -240,16 +222,48 @@ class Gateway:
         self._app(name)  # 404 for unknown names
         return self._agents[name]
 
+    @api.get("/v1/agents/{name}/health")
+    async def agent_health(self, name: str) -> dict[str, Any]:
+        """One replica's view of the agent's tool servers: ``status`` ``ok``, or
+        ``degraded`` with the toolsets that are down (an MCP server that did not
+        answer at start is retried when the tools are listed again)."""
+        handle = await self._handle(name)
+        try:
+            health: dict[str, Any] = await asyncio.wait_for(
+                handle.health.remote(), MEMORY_PATIENCE_S
+            )
+        except _CALL_FAILURES as exc:
+            raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
+        return {"agent": name, **health}
+
     @api.post("/v1/agents/{name}/run")
     async def run(
         self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
     ) -> dict[str, Any]:
+        return await self._call(name, "run", body.model_dump(), traceparent)
+
+    @api.post("/v1/agents/{name}/stream")
+    async def stream(
+        self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
+    ) -> StreamingResponse:
+        return await self._stream(name, "stream", body.model_dump(), traceparent)
+
+    async def _call(
+        self,
+        name: str,
+        method: str,
+        body: dict[str, Any],
+        traceparent: str | None,
+        trace_id: str | None = None,
+    ) -> dict[str, Any]:
+        """``method`` of agent ``name``'s application with ``body`` (plus the trace
+        parent), in the gateway's span."""
         handle = await self._handle(name)
         patience_s = self._patience_s(name)
-        span = _gateway_span(traceparent, name, self._where)
-        request = {**body.model_dump(), "trace_parent": span.context.traceparent}
+        span = gateway_span(traceparent, name, self._where, trace_id)
+        request = {**body, "trace_parent": span.context.traceparent}
         try:
-            outcome = await asyncio.wait_for(handle.run.remote(request), patience_s)
+            outcome = await asyncio.wait_for(getattr(handle, method).remote(request), patience_s)
         except _CALL_FAILURES as exc:
             span.end(exc)
             raise self._failed(name, exc, patience_s) from None
@@ -257,26 +271,31 @@ class Gateway:
             result: dict[str, Any] = unwrap(outcome)
         except AstromeshError as exc:
             span.end(exc.message)
-            _prepend(exc.details, span)
+            prepend(exc.details, span)
             raise
         span.end()
-        _prepend(result, span)
+        prepend(result, span)
         return result
 
-    @api.post("/v1/agents/{name}/stream")
-    async def stream(
-        self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
+    async def _stream(
+        self,
+        name: str,
+        method: str,
+        body: dict[str, Any],
+        traceparent: str | None,
+        trace_id: str | None = None,
     ) -> StreamingResponse:
+        """The events ``method`` of agent ``name``'s application streams, as SSE."""
         handle = await self._handle(name)
         patience_s = self._patience_s(name)
-        span = _gateway_span(traceparent, name, self._where)
-        request = {**body.model_dump(), "trace_parent": span.context.traceparent}
+        span = gateway_span(traceparent, name, self._where, trace_id)
+        request = {**body, "trace_parent": span.context.traceparent}
         app = self._apps[name]
 
         def failed(exc: BaseException) -> AgentUnavailable:
             return _unavailable(name, app, f"failed: {describe(exc)}")
 
-        outcomes = stream_outcomes(handle, "stream", request, failed)
+        outcomes = stream_outcomes(handle, method, request, failed)
         try:
             # Errors before the first event (bad prompt context, ...) still get their
             # HTTP status; later ones arrive as an `error` event.
@@ -288,7 +307,7 @@ class Gateway:
             span.end(exc.message)
             if isinstance(exc, AgentUnavailable):
                 self._handles.pop(name, None)  # look the application up again next time
-            _prepend(exc.details, span)
+            prepend(exc.details, span)
             raise
         try:
             first = unwrap(outcome)
@@ -296,9 +315,83 @@ class Gateway:
             async with closing_stream(outcomes):  # the run already ended: release it
                 pass
             span.end(exc.message)
-            _prepend(exc.details, span)
+            prepend(exc.details, span)
             raise
-        return StreamingResponse(_sse_events(first, outcomes, span), media_type="text/event-stream")
+        return StreamingResponse(sse_events(first, outcomes, span), media_type="text/event-stream")
+
+    # -- paused runs: client tools and approvals ---------------------------------------
+
+    @api.get("/v1/agents/{name}/runs/{run_id}")
+    async def paused_run(self, name: str, run_id: str) -> dict[str, Any]:
+        check_run_id(run_id)
+        handle = await self._handle(name)
+        try:
+            outcome = await asyncio.wait_for(handle.paused.remote(run_id, None), MEMORY_PATIENCE_S)
+        except _CALL_FAILURES as exc:
+            raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
+        result: dict[str, Any] = unwrap(outcome)
+        return result
+
+    async def _answer(
+        self,
+        name: str,
+        run_id: str,
+        answer: dict[str, Any],
+        stream: bool,
+        traceparent: str | None,
+    ) -> Any:
+        # The paused run first: an unknown one is a 404 before anything runs, and the
+        # resumed run's spans join its trace (unless the client sends a traceparent).
+        paused = await self.paused_run(name, run_id)
+        body = {**answer, "run_id": run_id}
+        trace_id = str(paused.get("trace_id") or "") or None
+        if stream:
+            return await self._stream(name, "resume_stream", body, traceparent, trace_id)
+        return await self._call(name, "resume", body, traceparent, trace_id)
+
+    @api.post("/v1/agents/{name}/runs/{run_id}/tool_results")
+    async def toolresults_of(
+        self,
+        name: str,
+        run_id: str,
+        body: ToolResultsBody,
+        stream: bool = Query(default=False),
+        traceparent: str | None = Header(default=None),
+    ) -> Any:
+        answer = {"action": "result", "results": results_of(body.tool_results)}
+        return await self._answer(name, run_id, answer, stream, traceparent)
+
+    @api.post("/v1/agents/{name}/runs/{run_id}/approve")
+    async def approve(
+        self,
+        name: str,
+        run_id: str,
+        body: DecisionBody | None = None,
+        stream: bool = Query(default=False),
+        traceparent: str | None = Header(default=None),
+    ) -> Any:
+        return await self._answer(name, run_id, decision_of("approve", body), stream, traceparent)
+
+    @api.post("/v1/agents/{name}/runs/{run_id}/retry")
+    async def retry(
+        self,
+        name: str,
+        run_id: str,
+        stream: bool = Query(default=False),
+        traceparent: str | None = Header(default=None),
+    ) -> Any:
+        return await self._answer(name, run_id, {"action": "retry"}, stream, traceparent)
+
+    @api.post("/v1/agents/{name}/runs/{run_id}/reject")
+    async def reject(
+        self,
+        name: str,
+        run_id: str,
+        body: DecisionBody | None = None,
+        stream: bool = Query(default=False),
+        traceparent: str | None = Header(default=None),
+    ) -> Any:
+        return await self._answer(name, run_id, decision_of("reject", body), stream, traceparent)
 
     # -- memory ------------------------------------------------------------------------
 
@@ -378,3 +471,13 @@ class Gateway:
             "offset": offset,
         }
         return await self._memory(name, "episodes", args)
+
+    # -- RAG pipelines -----------------------------------------------------------------
+
+    @api.post("/v1/rag/{pipeline}/ingest")
+    async def rag_ingest(self, pipeline: str, body: IngestBody) -> dict[str, Any]:
+        return await self._rag.ingest(pipeline, body)
+
+    @api.post("/v1/rag/{pipeline}/search")
+    async def rag_search(self, pipeline: str, body: RagSearchBody) -> dict[str, Any]:
+        return await self._rag.search(pipeline, body)
