@@ -80,8 +80,10 @@ _IMPORT_ROOTS = os.pathsep.join(
 # Variables the child may need to start at all; none of the replica's secrets.
 _CHILD_ENV = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 # The child's wall-clock deadline: its CPU budget twice (a busy host shares its cores)
-# plus its start (interpreter, jinja2); RLIMIT_CPU bounds the CPU it burns.
-_STARTUP_SECONDS = 2.0
+# plus its start (interpreter, jinja2: about 0.1 s idle, seconds on a host whose cores
+# are saturated); RLIMIT_CPU bounds the CPU it burns, so this only catches a child
+# that waits instead of computing.
+_STARTUP_SECONDS = 10.0
 # Renderers running at once per event loop (others wait their turn): each may take
 # max_memory_mb, and more than the cores would only make all of them late.
 _MAX_RENDERS = max(
@@ -201,7 +203,10 @@ class JsonTransformTool(SchemaTool):
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                await proc.wait()
+            # Drain what is left of its pipes (to EOF, the child being gone) and reap
+            # it: an interrupted exchange must not leave its transport to the GC.
+            with contextlib.suppress(Exception):
+                await proc.communicate()
         if out is None:
             raise ToolError(
                 f"the template rendered more than {config.max_output_chars} characters "
