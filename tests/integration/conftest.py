@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from astromesh_ray.testing import ScriptedOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Before Ray starts: listeners on loopback, no usage stats, and workers that can
@@ -46,3 +49,28 @@ def serve_url() -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[ScriptedOpenAIServer]:
+    """A scripted OpenAI-compatible model server on loopback, for one test module (a
+    module may define its own ``llm`` instead)."""
+    with ScriptedOpenAIServer() as server:
+        yield server
+
+
+@contextmanager
+def deployed(root: Path) -> Iterator[list[str]]:
+    """The configuration directory ``root`` deployed on the session's Serve (as
+    ``astromesh serve`` deploys it), its applications deleted afterwards."""
+    from ray import serve
+
+    from astromesh_ray.serve.local import deploy_apps
+    from astromesh_ray.spec import load_config
+
+    apps = deploy_apps(load_config(root), config_dir=root)
+    try:
+        yield apps
+    finally:
+        for name in reversed(apps):
+            serve.delete(name)

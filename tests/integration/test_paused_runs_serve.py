@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from ray import serve
 
-from astromesh_ray.serve.local import deploy_apps
-from astromesh_ray.spec import load_config
 from astromesh_ray.testing import ScriptedOpenAIServer
+
+from .conftest import deployed
 
 AGENT = """\
 apiVersion: astromesh/v1
@@ -53,24 +52,14 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[ScriptedOpenAIServer]:
-    with ScriptedOpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def api(
     serve_url: str, llm: ScriptedOpenAIServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     root: Path = tmp_path_factory.mktemp("paused")
     (root / "agents").mkdir()
     (root / "agents" / "parts.agent.yaml").write_text(AGENT.format(endpoint=llm.url))
-    apps = deploy_apps(load_config(root), config_dir=root)
-    try:
+    with deployed(root):
         yield serve_url
-    finally:
-        for name in reversed(apps):
-            serve.delete(name)
 
 
 def _run_span(body: dict[str, Any]) -> dict[str, Any]:
