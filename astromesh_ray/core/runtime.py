@@ -17,7 +17,6 @@ closes them and the model clients.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
 from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
+from astromesh_ray.core.failures import attach_run, internal_error
 from astromesh_ray.core.patterns.base import Pattern
 from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
@@ -41,8 +41,7 @@ from astromesh_ray.core.runs.pausing import (
     paused_result,
     restore,
 )
-from astromesh_ray.core.runs.resume import complete_pending
-from astromesh_ray.core.stages import Stages
+from astromesh_ray.core.stages import Stages, in_stage, stage_layer
 from astromesh_ray.core.steps import bounded, deadline_exceeded
 from astromesh_ray.core.steps.tools import RunPaused
 from astromesh_ray.core.streams import aclose, closing_stream
@@ -214,9 +213,9 @@ class AgentRuntime:
                 raise
             error = deadline_exceeded(turn.ctx)
             await self._finish(turn.ctx, turn.state, error)
-            _attach(error, turn.ctx.run_id, turn.state)
+            attach_run(error, turn.ctx.run_id, turn.state)
             if turn.checkpoint is not None:
-                await self._interrupted(turn.checkpoint, error)
+                await self.pauses.interrupted(turn.checkpoint, error)
             raise error from None
         finally:
             await aclose(events)  # stopped by an error or the timeout: closed now
@@ -339,7 +338,7 @@ class AgentRuntime:
         try:
             if resume is None:  # a resumed run was prepared before it paused
                 for stage in self.stages.prepare:
-                    await _in_stage(stage.name, bounded(ctx, stage.prepare(ctx, state), deadline))
+                    await in_stage(stage.name, bounded(ctx, stage.prepare(ctx, state), deadline))
             yield RunStarted(
                 run_id=run_id,
                 agent=self.name,
@@ -348,7 +347,7 @@ class AgentRuntime:
                 parent_run_id=request.parent_run_id,
             )
             if resume is not None:
-                checkpoint = await self._answer_pending(ctx, state, resume)
+                checkpoint = await self.pauses.answer(ctx, state, resume)
                 if turn is not None:
                     turn.checkpoint = checkpoint
                 for event in checkpoint.events:
@@ -356,9 +355,11 @@ class AgentRuntime:
             events = self.pattern.run(ctx, state)
             layers.append(events)
             if self.stages.transformers:
-                events = _layer(None, events)
+                events = stage_layer(None, events)
                 for transformer in self.stages.transformers:
-                    events = _layer(transformer.name, transformer.transform(ctx, state, events))
+                    events = stage_layer(
+                        transformer.name, transformer.transform(ctx, state, events)
+                    )
                     layers.append(events)
             async for event in events:
                 yield event
@@ -382,7 +383,7 @@ class AgentRuntime:
             error = exc
         except Exception as exc:  # a bug: report it as one, with the partial trace
             log.exception("run %s of agent %r failed", run_id, self.name)
-            error = _internal(self.name, exc, run_id, state)
+            error = internal_error(self.name, exc, run_id, state)
         finally:
             # The pattern, the transformers and the streams the steps have open are
             # closed now, not when the garbage collector finds them: a run abandoned
@@ -411,9 +412,9 @@ class AgentRuntime:
         except AstromeshError as exc:  # only raised when the run itself succeeded
             error = exc
         if error is not None:
-            _attach(error, run_id, state)
+            attach_run(error, run_id, state)
             if checkpoint is not None:
-                await self._interrupted(checkpoint, error)
+                await self.pauses.interrupted(checkpoint, error)
             raise error
         if resume is not None:
             await self.pauses.done(run_id)
@@ -436,35 +437,6 @@ class AgentRuntime:
             )
         )
 
-    async def _answer_pending(
-        self, ctx: RunContext, state: TurnState, resume: Resume
-    ) -> Checkpoint:
-        """Complete the calls the run waited on, then save a checkpoint of it (nothing
-        pending): a failure from here on leaves a run the caller can retry without
-        those calls running again.  A failure before the checkpoint puts the run
-        back as it was taken (a call it interrupted may then run again)."""
-        events: list[Event] = []
-        try:
-            async for event in complete_pending(ctx, state, resume.run.pending, resume.decisions):
-                events.append(event)
-            saved = await self.pauses.save(ctx, state, [])
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.pauses.put_back(resume.run)
-            raise
-        return Checkpoint(saved, events)
-
-    async def _interrupted(self, checkpoint: Checkpoint, error: AstromeshError) -> None:
-        """The resumed run failed after its checkpoint: say so on the checkpoint and
-        in the error (the caller can retry the run)."""
-        error.details["resumable"] = True
-        error.hint = ((error.hint + "; ") if error.hint else "") + (
-            f"POST /v1/agents/{self.name}/runs/{checkpoint.run.run_id}/retry goes on from "
-            "the answered tool calls"
-        )
-        with contextlib.suppress(AstromeshError):
-            await self.pauses.put_back(dataclasses.replace(checkpoint.run, error=error.message))
-
     async def _paused(
         self, ctx: RunContext, state: TurnState, paused: RunPaused
     ) -> AsyncIterator[Event]:
@@ -473,7 +445,7 @@ class AgentRuntime:
         try:
             await self.pauses.save(ctx, state, paused.pending)
         except AstromeshError as exc:
-            _attach(exc, ctx.run_id, state)
+            attach_run(exc, ctx.run_id, state)
             raise
         yield RunFinished(result=paused_result(ctx, state, paused.pending))
 
@@ -487,7 +459,7 @@ class AgentRuntime:
         failed: AstromeshError | None = None
         for stage in self.stages.finish:
             try:
-                await _in_stage(stage.name, stage.finish(ctx, state, error or failed))
+                await in_stage(stage.name, stage.finish(ctx, state, error or failed))
             except AstromeshError as exc:
                 if error is None and failed is None:
                     failed = exc
@@ -495,56 +467,6 @@ class AgentRuntime:
                     log.warning("finish stage %r failed after a failed run: %s", stage.name, exc)
         if failed is not None:
             raise failed
-
-
-def _stage_error(name: str, exc: Exception) -> AstromeshError:
-    """``exc``, raised inside stage ``name``, as an error naming the stage."""
-    if isinstance(exc, AstromeshError):
-        exc.details.setdefault("stage", name)
-        return exc
-    # A bug in a stage: say which one.
-    error = RunError(f"stage {name!r} failed: {type(exc).__name__}: {exc}", stage=name)
-    error.__cause__ = exc
-    return error
-
-
-async def _in_stage(name: str, work: Awaitable[None]) -> None:
-    """Await a stage's work; its errors name the stage."""
-    try:
-        await work
-    except Exception as exc:
-        raise _stage_error(name, exc) from exc
-
-
-# Set on an error that came up through a transformer from below it (the pattern or
-# an earlier transformer): it is not that transformer's failure.
-_FROM_BELOW = "__astromesh_from_below__"
-
-
-async def _layer(name: str | None, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    """``events`` with what goes wrong in them named: by transformer ``name``, unless
-    it came from below (``name`` None: the pattern, only marked)."""
-    try:
-        async with closing_stream(events) as inner:
-            async for event in inner:
-                yield event
-    except Exception as exc:
-        if name is None or getattr(exc, _FROM_BELOW, False):
-            setattr(exc, _FROM_BELOW, True)
-            raise
-        error = _stage_error(name, exc)
-        setattr(error, _FROM_BELOW, True)
-        raise error from exc
-
-
-def _internal(agent: str, exc: Exception, run_id: str, state: TurnState) -> RunError:
-    error = RunError(
-        f"internal error in agent {agent!r}: {type(exc).__name__}: {exc}",
-        run_id=run_id,
-        step=len(state.steps),
-    )
-    error.__cause__ = exc
-    return error
 
 
 @dataclass(slots=True)
@@ -562,32 +484,3 @@ def new_run_id() -> str:
     """A unique run id: 32 hex digits from the OS's CSPRNG (a paused run is resumed by
     its id, so ids must not be guessable from the trace ids a reply shows)."""
     return secrets.token_hex(16)
-
-
-def _attach(error: AstromeshError, run_id: str, state: TurnState) -> None:
-    """End the run span with ``error`` and give the error this run's id, steps and
-    partial trace: what a user debugs from.  An error that came up from a sub-run
-    (another agent) carries that run's details: its spans join this run's trace (one
-    trace id) and its run id moves to ``sub_run_id``."""
-    details = error.details
-    child_run = details.get("run_id")
-    if child_run is not None and child_run != run_id:
-        seen = {span.span_id for span in state.trace.spans}
-        child_trace = details.get("trace")
-        if isinstance(child_trace, list):
-            state.trace.extend(
-                s for s in child_trace if isinstance(s, dict) and s.get("span_id") not in seen
-            )
-        details.setdefault("sub_run_id", child_run)
-    state.trace.spans[0].end(error.message)
-    details["run_id"] = run_id
-    details["trace_id"] = state.trace.trace_id
-    details["steps"] = [_step_dict(s) for s in state.steps]
-    details["trace"] = [s.to_dict() for s in state.trace.spans]
-
-
-def _step_dict(step: Any) -> dict[str, Any]:
-    from astromesh_ray.core.events import StepEvent, event_to_dict
-
-    data: dict[str, Any] = event_to_dict(StepEvent(step=step))["step"]
-    return data

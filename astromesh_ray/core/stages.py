@@ -17,13 +17,14 @@ pattern's events reach the caller directly: an empty chain costs nothing.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event
-from astromesh_ray.errors import AstromeshError
+from astromesh_ray.core.streams import closing_stream
+from astromesh_ray.errors import AstromeshError, RunError
 
 if TYPE_CHECKING:
     from astromesh_ray.core.memory.agent import AgentMemory
@@ -138,3 +139,43 @@ def stages_for(agent: AgentSpec, env: StageEnv | None = None) -> Stages:
         if not placed:
             raise TypeError(f"stage {name!r} implements no stage protocol")
     return Stages(tuple(prepare), tuple(transformers), tuple(finish))
+
+
+def stage_error(name: str, exc: Exception) -> AstromeshError:
+    """``exc``, raised inside stage ``name``, as an error naming the stage."""
+    if isinstance(exc, AstromeshError):
+        exc.details.setdefault("stage", name)
+        return exc
+    # A bug in a stage: say which one.
+    error = RunError(f"stage {name!r} failed: {type(exc).__name__}: {exc}", stage=name)
+    error.__cause__ = exc
+    return error
+
+
+async def in_stage(name: str, work: Awaitable[None]) -> None:
+    """Await a stage's work; its errors name the stage."""
+    try:
+        await work
+    except Exception as exc:
+        raise stage_error(name, exc) from exc
+
+
+# Set on an error that came up through a transformer from below it (the pattern or
+# an earlier transformer): it is not that transformer's failure.
+_FROM_BELOW = "__astromesh_from_below__"
+
+
+async def stage_layer(name: str | None, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """``events`` with what goes wrong in them named: by transformer ``name``, unless
+    it came from below (``name`` None: the pattern, only marked)."""
+    try:
+        async with closing_stream(events) as inner:
+            async for event in inner:
+                yield event
+    except Exception as exc:
+        if name is None or getattr(exc, _FROM_BELOW, False):
+            setattr(exc, _FROM_BELOW, True)
+            raise
+        error = stage_error(name, exc)
+        setattr(error, _FROM_BELOW, True)
+        raise error from exc

@@ -4,6 +4,8 @@ the caller answers."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
 from astromesh_ray.core.events import Event, PendingToolCall, RunResult
 from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore, ToolDecision
-from astromesh_ray.core.runs.resume import check_answer
+from astromesh_ray.core.runs.resume import check_answer, complete_pending
 from astromesh_ray.errors import AstromeshError, InvalidRequest, RunNotFound
 
 log = logging.getLogger("astromesh.runtime")
@@ -119,6 +121,33 @@ class Pauses:
             log.warning(
                 "agent %r: removing the checkpoint of run %s failed: %s", self.agent, run_id, exc
             )
+
+    async def answer(self, ctx: RunContext, state: TurnState, resume: Resume) -> Checkpoint:
+        """Complete the calls the run waited on, then save a checkpoint of it (nothing
+        pending): a failure from here on leaves a run the caller can retry without
+        those calls running again.  A failure before the checkpoint puts the run
+        back as it was taken (a call it interrupted may then run again)."""
+        events: list[Event] = []
+        try:
+            async for event in complete_pending(ctx, state, resume.run.pending, resume.decisions):
+                events.append(event)
+            saved = await self.save(ctx, state, [])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.put_back(resume.run)
+            raise
+        return Checkpoint(saved, events)
+
+    async def interrupted(self, checkpoint: Checkpoint, error: AstromeshError) -> None:
+        """The resumed run failed after its checkpoint: say so on the checkpoint and
+        in the error (the caller can retry the run)."""
+        error.details["resumable"] = True
+        error.hint = ((error.hint + "; ") if error.hint else "") + (
+            f"POST /v1/agents/{self.agent}/runs/{checkpoint.run.run_id}/retry goes on from "
+            "the answered tool calls"
+        )
+        with contextlib.suppress(AstromeshError):
+            await self.put_back(dataclasses.replace(checkpoint.run, error=error.message))
 
     def _missing(self, run_id: str) -> RunNotFound:
         return RunNotFound(
