@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +46,7 @@ from astromesh_ray.spec import (
     resolve_route,
 )
 from astromesh_ray.spec.resolve import resolve_block
+from astromesh_ray.spec.tools import BuiltinToolSpec, McpToolSpec, WebhookToolSpec
 
 ProviderFactory = Callable[[ModelEndpoint], Provider]
 PeerFactory = Callable[[str], Peer]
@@ -262,6 +264,28 @@ def _secret_envs(agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec] | 
     semantic = agent.spec.memory.semantic if agent.spec.memory else None
     if semantic is not None and semantic.embedding.api_key_env:
         names.append(semantic.embedding.api_key_env)
+    return names + tool_secret_envs(agent)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def tool_secret_envs(agent: AgentSpec) -> list[str]:
+    """The environment variables ``agent``'s tools read secrets from: ``${NAME}`` in
+    webhook URLs and headers and in MCP headers and env, MCP bearer tokens, the
+    ``sql_query`` DSN (the episodic log redacts their values)."""
+    names: list[str] = []
+    for tool in agent.spec.tools:
+        texts: list[str] = []
+        if isinstance(tool, WebhookToolSpec):
+            texts = [tool.webhook.url, *tool.webhook.headers.values()]
+        elif isinstance(tool, McpToolSpec):
+            texts = [tool.mcp.url or "", *tool.mcp.headers.values(), *tool.mcp.env.values()]
+            if tool.mcp.bearer_token_env:
+                names.append(tool.mcp.bearer_token_env)
+        elif isinstance(tool, BuiltinToolSpec) and isinstance(tool.config.get("dsn_env"), str):
+            names.append(tool.config["dsn_env"])
+        names += [m.group(1) for text in texts for m in _ENV_REF.finditer(text)]
     return names
 
 

@@ -31,8 +31,9 @@ from astromesh_ray.core.failures import attach_run, internal_error
 from astromesh_ray.core.patterns.base import Pattern
 from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
-from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore, ToolDecision
+from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore
 from astromesh_ray.core.runs.pausing import (
+    Answer,
     Checkpoint,
     Pauses,
     Resume,
@@ -54,10 +55,6 @@ if TYPE_CHECKING:
     from astromesh_ray.core.memory.agent import AgentMemory
 
 log = logging.getLogger("astromesh.runtime")
-
-
-TOOLSET_RETRY_S = 10.0
-"""How often (at most) a run makes the runtime list a toolset that is down again."""
 
 
 class Closeable(Protocol):
@@ -111,7 +108,6 @@ class AgentRuntime:
         self.tools: ToolIndex | None = None
         self._starting: asyncio.Lock | None = None
         self._refresh: asyncio.Future[None] | None = None
-        self._last_retry = float("-inf")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -135,17 +131,6 @@ class AgentRuntime:
         # Runs started before the change keep the index they started with.
         if self._refresh is None or self._refresh.done():
             self._refresh = asyncio.ensure_future(self.refresh_tools())
-
-    def _retry_down_toolsets(self) -> None:
-        """A toolset that was down (an MCP server that did not answer) is listed
-        again in the background, at most every ``TOOLSET_RETRY_S``: its tools join
-        the index once it is back.  The run that notices goes on without them."""
-        now = asyncio.get_running_loop().time()
-        if now - self._last_retry < TOOLSET_RETRY_S:
-            return
-        if self.health()["status"] != "ok":
-            self._last_retry = now
-            self._tools_changed()
 
     async def refresh_tools(self) -> None:
         """List every toolset's tools again; runs that start later see the new index.
@@ -246,7 +231,7 @@ class AgentRuntime:
     async def resume(
         self,
         run_id: str,
-        decisions: Sequence[ToolDecision],
+        decisions: Answer,
         caller: Caller,
         *,
         trace_parent: str | None = None,
@@ -264,7 +249,7 @@ class AgentRuntime:
     async def resume_stream(
         self,
         run_id: str,
-        decisions: Sequence[ToolDecision],
+        decisions: Answer,
         caller: Caller,
         *,
         trace_parent: str | None = None,
@@ -292,7 +277,6 @@ class AgentRuntime:
         if self.tools is None:
             await self.start()
         assert self.tools is not None
-        self._retry_down_toolsets()
         request.check()
         if self.paused is not None and resume is None:
             check_storable(request)

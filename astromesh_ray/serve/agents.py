@@ -15,7 +15,8 @@ from astromesh_ray.core.context import Caller, RunRequest
 from astromesh_ray.core.events import event_to_dict
 from astromesh_ray.core.memory.api import memory_op
 from astromesh_ray.core.memory.factory import MemoryDefaults, default_memory_factory
-from astromesh_ray.core.runs import ToolDecision
+from astromesh_ray.core.runs import PausedRun, ToolDecision
+from astromesh_ray.core.runs.pausing import Answer
 from astromesh_ray.core.runs.resume import decisions_for, paused_view
 from astromesh_ray.serve.breaker import ServeBreakerStore, agent_probes
 from astromesh_ray.serve.handles import agent_app_name
@@ -138,26 +139,29 @@ class AgentDeployment:
             return failure(exc)
         return ok(paused_view(run))
 
-    async def _resume_args(self, answer: dict[str, Any]) -> tuple[str, Caller, list[ToolDecision]]:
-        run_id = str(answer["run_id"])
-        caller = Caller.from_dict(answer.get("caller"))
-        run = await self._runtime.paused_run(run_id, caller)
-        decisions = decisions_for(
-            run,
-            str(answer["action"]),
-            results=[tuple(r) for r in answer.get("results") or []],
-            call_ids=answer.get("call_ids"),
-            reason=answer.get("reason"),
-            each=[tuple(e) for e in answer.get("each") or []],
-        )
-        return run_id, caller, decisions
+    @staticmethod
+    def _resume_args(answer: dict[str, Any]) -> tuple[str, Caller, Answer]:
+        """The run id, the caller, and how to make the decisions from the paused run
+        (read once, when the runtime takes it)."""
+
+        def decide(run: PausedRun) -> list[ToolDecision]:
+            return decisions_for(
+                run,
+                str(answer["action"]),
+                results=[tuple(r) for r in answer.get("results") or []],
+                call_ids=answer.get("call_ids"),
+                reason=answer.get("reason"),
+                each=[tuple(e) for e in answer.get("each") or []],
+            )
+
+        return str(answer["run_id"]), Caller.from_dict(answer.get("caller")), decide
 
     async def resume(self, answer: dict[str, Any]) -> dict[str, Any]:
         """Go on with paused run ``answer["run_id"]`` once its caller answered
         (``action`` result / approve / reject, ``results``, ``call_ids``, ``reason``,
         ``caller``).  Any replica can: the paused run is in the store, not here."""
         try:
-            run_id, caller, decisions = await self._resume_args(answer)
+            run_id, caller, decisions = self._resume_args(answer)
             result = await self._runtime.resume(
                 run_id, decisions, caller, trace_parent=answer.get("trace_parent")
             )
@@ -167,7 +171,7 @@ class AgentDeployment:
 
     async def resume_stream(self, answer: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
-            run_id, caller, decisions = await self._resume_args(answer)
+            run_id, caller, decisions = self._resume_args(answer)
             events = self._runtime.resume_stream(
                 run_id, decisions, caller, trace_parent=answer.get("trace_parent")
             )

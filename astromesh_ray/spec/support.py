@@ -130,6 +130,17 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "Agent",
+        ("spec.tools.*",),
+        lambda tool: (
+            isinstance(tool, Mapping)
+            and tool.get("type") == "client"
+            and tool.get("rate_limit") is not None
+        ),
+        "a client tool runs in the caller, which the runtime cannot rate-limit",
+        "limit it in the client, or remove rate_limit",
+    ),
+    Rule(
+        "Agent",
         ("spec.tools.*.type",),
         _one_of("integration", "api"),
         "tool type '{value}' is not supported by astromesh-ray",

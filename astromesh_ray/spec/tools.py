@@ -168,6 +168,13 @@ class McpToolSpec(ToolSpecBase):
         description="Prepended to each of the server's tool names (e.g. `time_`).",
     )
 
+    @model_validator(mode="after")
+    def _include_or_exclude(self) -> McpToolSpec:
+        both = sorted(set(self.include or ()) & set(self.exclude))
+        if both:
+            raise rule_error("exclude", f"{', '.join(both)} both included and excluded")
+        return self
+
 
 class WebhookSpec(StrictModel):
     """An HTTP endpoint called with the tool's arguments."""

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
@@ -18,6 +18,10 @@ from astromesh_ray.core.runs.resume import check_answer, complete_pending
 from astromesh_ray.errors import AstromeshError, InvalidRequest, RunNotFound
 
 log = logging.getLogger("astromesh.runtime")
+
+
+Answer = Sequence[ToolDecision] | Callable[[PausedRun], Sequence[ToolDecision]]
+"""A caller's answer to a paused run: its decisions, or how to make them from it."""
 
 
 @dataclass(slots=True)
@@ -61,13 +65,17 @@ class Pauses:
             raise self._missing(run_id)
         return run
 
-    async def take(self, run_id: str, decisions: Sequence[ToolDecision], caller: Caller) -> Resume:
+    async def take(self, run_id: str, answer: Answer, caller: Caller) -> Resume:
         """Check the caller's answer against the paused run (a refused one changes
         nothing), then take the run from the store: of two answers, one gets it.  If
         what was taken is a newer pause than the one checked (another answer's run
-        paused again meanwhile) and the answer does not fit it, it is put back."""
+        paused again meanwhile) and the answer does not fit it, it is put back.
+        ``answer``: the decisions, or how to make them from the paused run (an API
+        request that says "approve all")."""
         store = self._store()
-        check_answer(await self.get(run_id, caller), decisions)
+        run = await self.get(run_id, caller)
+        decisions = list(answer(run) if callable(answer) else answer)
+        check_answer(run, decisions)
         taken = await store.take(self.agent, run_id)
         if taken is None:  # another answer took it meanwhile
             raise self._missing(run_id)

@@ -107,16 +107,14 @@ def _checked(ctx: RunContext, call: ToolCall) -> tuple[ToolEntry, dict[str, Any]
 
 def pending_kind(ctx: RunContext, call: ToolCall) -> str | None:
     """``client`` or ``approval`` when ``call`` needs the caller, else ``None`` (a
-    call that will fail its checks does not: the model reads why at once)."""
-    checked = _checked(ctx, call)
-    if isinstance(checked, ToolResult):
+    call that will fail its checks does not: the model reads why at once; only the
+    calls of such tools are validated here, the others are in their tool step)."""
+    entry = ctx.tools.get(call.name)
+    if entry is None or not (entry.tool.client or entry.tool.requires_approval):
         return None
-    tool = checked[0].tool
-    if tool.client:
-        return "client"
-    if tool.requires_approval:
-        return "approval"
-    return None
+    if isinstance(_checked(ctx, call), ToolResult):
+        return None
+    return "client" if entry.tool.client else "approval"
 
 
 async def _run_tool(
@@ -222,23 +220,15 @@ async def run_calls(
     *,
     iteration: int,
     parent: str | None = None,
-    approved: bool = False,
 ) -> AsyncIterator[Event]:
     """Run ``calls`` concurrently and record them in call order."""
     if not calls:
         return
     if len(calls) == 1:  # no task to spawn for the common case
-        outcomes = [
-            await tool_step(
-                ctx, state, calls[0], iteration=iteration, parent=parent, approved=approved
-            )
-        ]
+        outcomes = [await tool_step(ctx, state, calls[0], iteration=iteration, parent=parent)]
     else:
         outcomes = await gather_all(
-            [
-                tool_step(ctx, state, c, iteration=iteration, parent=parent, approved=approved)
-                for c in calls
-            ]
+            [tool_step(ctx, state, c, iteration=iteration, parent=parent) for c in calls]
         )
     for outcome in outcomes:
         for event in record_outcome(state, outcome, iteration):

@@ -106,3 +106,26 @@ def test_provider_options_and_parameters_are_checked_before_deploying(tmp_path: 
     # Without providers.yaml, a model block written out in the agent is checked too.
     with pytest.raises(ConfigError, match="temprature"):
         check_buildable(loaded.agents.values())
+
+
+def test_tool_secrets_are_known_to_the_redactor(tmp_path: Path) -> None:
+    from astromesh_ray.core.build import tool_secret_envs
+
+    spec = agent(
+        tmp_path,
+        "  tools:\n"
+        "    - name: hook\n      type: webhook\n"
+        "      webhook: {url: 'https://h/x?key=${HOOK_KEY}',\n"
+        "                headers: {A: 'Bearer ${HOOK_TOKEN}'}}\n"
+        "    - name: srv\n      type: mcp\n"
+        "      mcp: {transport: http, url: 'https://m/mcp', bearer_token_env: MCP_TOKEN,\n"
+        "            headers: {X-Key: '${MCP_KEY}'}}\n"
+        "    - name: sql_query\n      type: builtin\n      config: {dsn_env: DB_DSN}\n",
+    )
+    assert sorted(tool_secret_envs(spec)) == [  # type: ignore[arg-type]
+        "DB_DSN",
+        "HOOK_KEY",
+        "HOOK_TOKEN",
+        "MCP_KEY",
+        "MCP_TOKEN",
+    ]

@@ -419,6 +419,6 @@ async def test_under_dry_run_a_call_that_is_only_described_needs_no_approval(
 
 
 def test_a_client_tool_cannot_be_rate_limited_by_the_runtime(tmp_path: Path) -> None:
-    agents = load_agents(tmp_path, agent_yaml("sales", tools=[{**LOOKUP, "rate_limit": {}}]))
-    with pytest.raises(ConfigError, match="client tool runs in the caller"):
-        check_buildable(agents.values())
+    with pytest.raises(ConfigError, match="client tool runs in the caller") as refused:
+        load_agents(tmp_path, agent_yaml("sales", tools=[{**LOOKUP, "rate_limit": {}}]))
+    assert "sales.agent.yaml:11:5: spec.tools[0]" in refused.value.message

@@ -115,12 +115,6 @@ class McpToolset:
     and the rate limit, counted per tool)."""
 
     def __init__(self, spec: McpToolSpec, connection: McpConnection, limits: ToolLimits) -> None:
-        if spec.include is not None and set(spec.include) & set(spec.exclude):
-            both = ", ".join(map(repr, sorted(set(spec.include) & set(spec.exclude))))
-            raise ConfigError(
-                f"tool entry {spec.name!r}: {both} is both included and excluded",
-                hint="name a tool in include or in exclude, not in both",
-            )
         self.name = spec.name
         self.spec = spec
         self.connection = connection
