@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
 import pytest
 import ray
@@ -108,6 +109,17 @@ async def test_rate_limits_and_caches_are_shared_by_replicas(serve_url: str) -> 
     assert await cache_b.delete("k") and await cache_a.get("k") is None
 
 
+def _wait_until_gone(name: str) -> None:
+    """Until the named actor is dead (its name released), for at most a minute."""
+    for _ in range(600):
+        try:
+            ray.get_actor(name, namespace=ACTOR_NAMESPACE)
+        except ValueError:  # dead: its name went with it
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"actor {name} is still alive after ray.kill")
+
+
 async def test_rate_limits_fail_open_without_the_state_actor(
     serve_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -117,6 +129,7 @@ async def test_rate_limits_fail_open_without_the_state_actor(
     assert await services.rate_limiter.acquire(key, 1, 60) is not None  # limited
     actor = ray.get_actor(STATE_ACTOR, namespace=ACTOR_NAMESPACE)
     ray.kill(actor, no_restart=True)
+    _wait_until_gone(STATE_ACTOR)  # ray.kill returns before the actor is dead
     # Gone: the call is allowed, with a warning (the next lookup creates a new actor).
     with caplog.at_level(logging.WARNING, logger="astromesh.tools"):
         assert await services.rate_limiter.acquire(key, 1, 60) is None
