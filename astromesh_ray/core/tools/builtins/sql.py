@@ -44,15 +44,10 @@ Parameters are a list: ``$1, $2`` placeholders on PostgreSQL, ``?`` on SQLite.
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime as dt
-import decimal
-import json
 import os
 import re
 import sqlite3
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +60,12 @@ from astromesh_ray.core.tools.builtins.schema_tool import (
     ToolConfig,
     json_result,
     parse_config,
+)
+from astromesh_ray.core.tools.builtins.sql_rows import (
+    RowCollector,
+    Rows,
+    database_error,
+    too_big,
 )
 from astromesh_ray.core.tools.env import ToolEnv
 from astromesh_ray.errors import ConfigError, ToolError
@@ -95,85 +96,6 @@ class SqlConfig(ToolConfig):
     )
     read_only: bool = pydantic.Field(
         default=True, description="Always true: sql_query never writes."
-    )
-
-
-Rows = tuple[list[str], list[list[Any]], str | None]  # columns, rows, truncated_by
-
-
-def _cell(value: Any) -> Any:
-    """A database value as JSON (exact decimals and binary as text)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, (dt.date, dt.time, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "base64:" + base64.b64encode(bytes(value)).decode()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_cell(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _cell(v) for k, v in value.items()}
-    return str(value)
-
-
-def _value_bytes(value: Any) -> int:
-    """A cheap lower bound of ``value``'s JSON size (checked before the exact one)."""
-    if isinstance(value, (str, bytes, bytearray, memoryview)):
-        return len(value)
-    if isinstance(value, (list, tuple)):
-        return sum(_value_bytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_value_bytes(k) + _value_bytes(v) for k, v in value.items())
-    return 1
-
-
-class _Collector:
-    """Rows converted and counted against ``max_rows`` and ``max_bytes`` (the JSON
-    of the rows, as the model reads it)."""
-
-    def __init__(self, max_rows: int, max_bytes: int) -> None:
-        self.max_rows, self.max_bytes = max_rows, max_bytes
-        self.rows: list[list[Any]] = []
-        self.used = 0
-        self.truncated_by: str | None = None
-
-    @property
-    def full(self) -> bool:
-        return len(self.rows) >= self.max_rows
-
-    def add(self, values: Sequence[Any]) -> bool:
-        """Keep one row; ``False`` (and ``truncated_by`` set) once it does not fit."""
-        left = self.max_bytes - self.used
-        if sum(_value_bytes(v) for v in values) > left:
-            self.truncated_by = "max_result_bytes"
-            return False
-        cells = [_cell(v) for v in values]
-        size = len(json.dumps(cells, ensure_ascii=False, default=str).encode()) + 1
-        if size > left:
-            self.truncated_by = "max_result_bytes"
-            return False
-        self.used += size
-        self.rows.append(cells)
-        return True
-
-
-def _too_big(max_bytes: int) -> ToolError:
-    return ToolError(
-        f"a value of the result is larger than {max_bytes} bytes (config max_result_bytes)",
-        hint="select less: fewer or shorter columns (e.g. substr(), length())",
-    )
-
-
-def _database_error(exc: BaseException) -> ToolError:
-    return ToolError(
-        f"the database refused the query: {type(exc).__name__}: {exc}",
-        hint="fix the query (sql_query is read-only: SELECT and the like)",
     )
 
 
@@ -276,16 +198,16 @@ async def _postgres(
             server_settings={"default_transaction_read_only": "on", "statement_timeout": ms},
         )
     except asyncpg.PostgresError as exc:
-        raise _database_error(exc) from None
+        raise database_error(exc) from None
     except (TimeoutError, OSError, ValueError, asyncpg.InterfaceError) as exc:
         # Not str(exc): a connection error may echo the DSN's host and user.
         raise ToolError(f"cannot connect to the database ({type(exc).__name__})") from None
-    got = _Collector(max_rows, max_bytes)
+    got = RowCollector(max_rows, max_bytes)
     try:
         try:
             await _refuse_privileged_role(conn)
         except asyncpg.PostgresError as exc:
-            raise _database_error(exc) from None
+            raise database_error(exc) from None
         await conn.execute("BEGIN TRANSACTION READ ONLY")
         await conn.execute(f"SET LOCAL statement_timeout = {ms}")
         # The first snapshot makes READ ONLY final: a later SET TRANSACTION READ WRITE
@@ -309,7 +231,7 @@ async def _postgres(
             else:
                 await stmt.fetch(*params)
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise _database_error(exc) from None
+            raise database_error(exc) from None
         except (TypeError, ValueError, OverflowError) as exc:  # asyncpg's argument encoding
             raise ToolError(f"bad query parameters: {exc}") from None
     finally:
@@ -374,8 +296,8 @@ def _sqlite(
     try:
         conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout_s)
     except sqlite3.Error as exc:
-        raise _database_error(exc) from None
-    got = _Collector(max_rows, max_bytes)
+        raise database_error(exc) from None
+    got = RowCollector(max_rows, max_bytes)
     try:
         conn.execute("PRAGMA query_only = ON")
         # No string or blob (stored, or made by zeroblob(), printf()...) longer than
@@ -397,13 +319,13 @@ def _sqlite(
         except sqlite3.OperationalError as exc:
             if "interrupted" in str(exc):
                 raise ToolError(f"the query ran longer than {timeout_s:g} s") from None
-            raise _database_error(exc) from None
+            raise database_error(exc) from None
         except sqlite3.DataError as exc:
             if "too big" in str(exc):
-                raise _too_big(max_bytes) from None
-            raise _database_error(exc) from None
+                raise too_big(max_bytes) from None
+            raise database_error(exc) from None
         except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as exc:
-            raise _database_error(exc) from None
+            raise database_error(exc) from None
     finally:
         conn.close()
     return columns, got.rows, got.truncated_by
