@@ -129,6 +129,14 @@ class RunError(AstromeshError):
     http_status = 500
 
 
+class RunLimitExceeded(RunError):
+    """A run spent its ``max_iterations`` model calls (counted across its sub-runs)
+    without answering; ``details`` carries the partial ``trace``."""
+
+    code = "run_limit_exceeded"
+    http_status = 504
+
+
 _BY_CODE: dict[str, type[AstromeshError]] = {
     cls.code: cls
     for cls in (
@@ -142,6 +150,7 @@ _BY_CODE: dict[str, type[AstromeshError]] = {
         BudgetExceeded,
         RunTimeout,
         RunError,
+        RunLimitExceeded,
     )
 }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
+from astromesh_ray.core.chain import ChainSteps
 from astromesh_ray.core.memory.build import build_memory, has_memory
 from astromesh_ray.core.memory.factory import (
     MemoryFactory,
@@ -23,7 +24,13 @@ from astromesh_ray.core.memory.factory import (
 )
 from astromesh_ray.core.memory.redact import secret_values
 from astromesh_ray.core.memory.stages import SUMMARIZER_ROLE
-from astromesh_ray.core.patterns import pattern_for
+from astromesh_ray.core.patterns import (
+    PAUSING_PATTERNS,
+    AfterStep,
+    Pattern,
+    final_role,
+    pattern_for,
+)
 from astromesh_ray.core.peers import LocalPeer, Peer, check_peer_graph
 from astromesh_ray.core.pricing import Price, price_for
 from astromesh_ray.core.prompts import PromptSet
@@ -32,6 +39,8 @@ from astromesh_ray.core.providers.retry import RetryingProvider
 from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
 from astromesh_ray.core.runtime import AgentRuntime, Closeable
 from astromesh_ray.core.stages import StageEnv, stages_for
+from astromesh_ray.core.structured import StructuredAnswer
+from astromesh_ray.core.tasks import TaskRunner
 from astromesh_ray.core.tools.builders import build_toolsets
 from astromesh_ray.core.tools.env import ToolEnv, ToolServices
 from astromesh_ray.core.tools.services import local_tool_services
@@ -42,6 +51,7 @@ from astromesh_ray.spec import (
     ModelEndpoint,
     ProviderEntrySpec,
     ProviderRoutingSpec,
+    output_json_schema,
     resolve_models,
     resolve_route,
 )
@@ -123,8 +133,74 @@ def _price(endpoint: ModelEndpoint) -> Price | None:
 
 
 def peer_names(agent: AgentSpec) -> set[str]:
-    """The agents ``agent`` may call (its ``type: agent`` tools)."""
-    return {t.agent for t in agent.spec.tools if isinstance(t, AgentToolSpec)}
+    """The agents ``agent`` may call: its ``type: agent`` tools, its pattern's workers,
+    members and agent stages, and its ``spec.chain`` steps."""
+    body = agent.spec
+    orchestration = body.orchestration
+    names = {t.agent for t in body.tools if isinstance(t, AgentToolSpec)}
+    names.update(orchestration.workers or ())
+    names.update(orchestration.members or ())
+    names.update(s.agent for s in orchestration.stages or () if s.agent)
+    if body.chain is not None:
+        names.update(step.agent for step in body.chain.on_complete)
+    return names
+
+
+def prepared(agent: AgentSpec) -> AgentSpec:
+    """``agent`` as the runtime builds it: a supervisor's ``orchestration.workers``
+    become agent tools (unless declared as such), and a ``plan_and_execute`` agent
+    that names a ``worker`` model role (the original's spelling) but no ``executor``
+    runs its executor on it."""
+    body = agent.spec
+    orchestration = body.orchestration
+    update: dict[str, Any] = {}
+    if orchestration.pattern == "supervisor" and orchestration.workers:
+        declared = {t.agent for t in body.tools if isinstance(t, AgentToolSpec)}
+        names = {t.name for t in body.tools}
+        extra = [
+            AgentToolSpec(
+                name=w,
+                type="agent",
+                agent=w,
+                description=f"Delegate a task to the {w} agent; it answers it on its own.",
+            )
+            for w in orchestration.workers
+            if w not in declared and w not in names
+        ]
+        update["tools"] = [*body.tools, *extra]
+    roles = body.model.roles
+    if (
+        orchestration.pattern == "plan_and_execute"
+        and "worker" in roles
+        and "executor" not in roles
+        and "executor" not in orchestration.role_map
+    ):
+        update["orchestration"] = orchestration.model_copy(
+            update={"role_map": {**orchestration.role_map, "executor": "worker"}}
+        )
+    if not update:
+        return agent
+    copy = agent.model_copy(update={"spec": body.model_copy(update=update)})
+    return copy
+
+
+def supervisor_workers(agent: AgentSpec) -> dict[str, str]:
+    """A supervisor's worker tools: tool name → agent."""
+    if agent.spec.orchestration.pattern != "supervisor":
+        return {}
+    return {t.name: t.agent for t in agent.spec.tools if isinstance(t, AgentToolSpec)}
+
+
+def after_steps(agent: AgentSpec, pattern: Pattern) -> list[AfterStep]:
+    """What runs once the pattern answered: the structured answer check, the chain."""
+    steps: list[AfterStep] = []
+    if agent.spec.output_schema is not None:
+        steps.append(
+            StructuredAnswer(output_json_schema(agent.spec.output_schema), final_role(pattern))
+        )
+    if agent.spec.chain is not None:
+        steps.append(ChainSteps(agent.spec.chain.on_complete))
+    return steps
 
 
 def reachable(name: str, agents: Mapping[str, AgentSpec]) -> list[AgentSpec]:
@@ -156,6 +232,7 @@ def build_runtime(
     tools: ToolServices | None = None,
     rag: Mapping[str, Any] | None = None,
     workdir: Path | None = None,
+    make_tasks: Callable[[str], TaskRunner] | None = None,
 ) -> AgentRuntime:
     """A runtime for ``agent``.
 
@@ -167,9 +244,12 @@ def build_runtime(
     servers, rate limits, the tool cache) comes from ``tools`` (default: this
     process's); ``rag`` holds the configuration's RAG pipelines by name, ``workdir``
     is where relative permission paths start (default: the working directory).
+    ``make_tasks`` says where the pattern's tasks run (default: in this runtime; under
+    Serve, on any replica of the agent's application).
     """
+    agent = prepared(agent)
     body = agent.spec
-    pattern = pattern_for(body.orchestration.pattern)
+    pattern = pattern_for(body.orchestration, supervisor_workers(agent))
     roles = model_roles(agent, pattern.roles)
     resources: list[Closeable] = []
     counter_endpoint: ModelEndpoint | None = None
@@ -240,6 +320,11 @@ def build_runtime(
         memory=agent_memory,
         resources=resources,
         paused=paused,
+        tasks=make_tasks(agent.name) if make_tasks is not None else None,
+        output_schema=(
+            output_json_schema(body.output_schema) if body.output_schema is not None else None
+        ),
+        after=after_steps(agent, pattern),
     )
 
 
@@ -380,8 +465,10 @@ def check_buildable(
     agents = list(agents)
     known = {a.name: a for a in agents} if known is None else dict(known)
     problems: list[str] = []
+    agents = [prepared(a) for a in agents]
     for agent in agents:
         try:
+            _check_pattern(agent)
             build_toolsets(
                 ToolEnv(
                     agent=agent,
@@ -392,7 +479,7 @@ def check_buildable(
             )
             _check_permissions(agent)
             PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
-            pattern = pattern_for(agent.spec.orchestration.pattern)
+            pattern = pattern_for(agent.spec.orchestration, supervisor_workers(agent))
             _check_roles(agent, model_roles(agent, pattern.roles))
             check_backends(agent.spec.memory)
             for endpoint in _endpoints(agent, providers):
@@ -485,3 +572,26 @@ def _check_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> None:
             hint="it asks for: " + ", ".join(sorted(wanted)) + " (map names with "
             "spec.orchestration.role_map)",
         )
+
+
+def _check_pattern(agent: AgentSpec) -> None:
+    """What the pattern needs of the agent's tools: only react and supervisor turns
+    can pause for the caller; a pipeline tool stage names a tool of the agent."""
+    orchestration = agent.spec.orchestration
+    if can_pause(agent) and orchestration.pattern not in PAUSING_PATTERNS:
+        raise ConfigError(
+            f"the {orchestration.pattern} pattern runs tools inside tasks or sub-runs, "
+            "which cannot pause for the caller: client tools and tools that require "
+            "approval need the react or supervisor pattern",
+            hint="remove requires_approval / the client tools, or use react or supervisor",
+        )
+    declared = {t.name for t in agent.spec.tools}
+    dynamic = any(isinstance(t, McpToolSpec) for t in agent.spec.tools)
+    for stage in orchestration.stages or ():
+        if stage.tool is not None and stage.tool not in declared and not dynamic:
+            raise ConfigError(
+                f"spec.orchestration.stages: stage {stage.name!r} calls tool {stage.tool!r}, "
+                "which is not a tool of this agent",
+                hint="declare it in spec.tools; tools: "
+                + (", ".join(sorted(declared)) or "(none)"),
+            )

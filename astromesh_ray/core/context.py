@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from astromesh_ray.core.memory.base import VectorHit
     from astromesh_ray.core.peers import Peer
     from astromesh_ray.core.providers.base import Provider
+    from astromesh_ray.core.tasks import TaskRunner
     from astromesh_ray.core.tools.index import ToolIndex
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -91,6 +92,14 @@ class RunRequest:
     deadline_s: float | None = None
     lineage: tuple[str, ...] = ()
     caller: Caller = ANONYMOUS
+    # The model calls the caller has left for this sub-run (``max_iterations`` counted
+    # across sub-runs); ``None``: the agent's own limit.
+    max_iterations: int | None = None
+    # A swarm member's turn: the members it may hand the conversation to, and
+    # ``continues``: ``history`` already holds the user's message (the conversation
+    # so far), so none is added after it.
+    handoffs: list[str] = field(default_factory=list)
+    continues: bool = False
 
     def check(self) -> None:
         """Refuse what the runtime cannot honour (``InvalidRequest``, HTTP 422)."""
@@ -117,6 +126,9 @@ class RunRequest:
             "deadline_s": self.deadline_s,
             "lineage": list(self.lineage),
             "caller": self.caller.to_dict(),
+            "max_iterations": self.max_iterations,
+            "handoffs": list(self.handoffs),
+            "continues": self.continues,
         }
 
     @staticmethod
@@ -131,6 +143,9 @@ class RunRequest:
             deadline_s=data.get("deadline_s"),
             lineage=tuple(data.get("lineage") or ()),
             caller=Caller.from_dict(data.get("caller")),
+            max_iterations=data.get("max_iterations"),
+            handoffs=[str(h) for h in data.get("handoffs") or []],
+            continues=bool(data.get("continues")),
         )
 
 
@@ -156,6 +171,13 @@ class RunContext:
     # True when the deadline is what a calling agent had left, not timeout_seconds.
     deadline_from_caller: bool
     where: Mapping[str, str]
+    # Where the pattern's tasks (plan steps, branches) run: this process, or any
+    # replica of the agent's application (``core/tasks.py``).
+    tasks: TaskRunner
+    # ``spec.output_schema`` as a JSON Schema: the final answer's shape.
+    output_schema: Mapping[str, Any] | None = None
+    # Set for a task's context: which task its events belong to.
+    task: str | None = None
 
     @property
     def session_id(self) -> str | None:
@@ -191,6 +213,10 @@ class RunContext:
         """Seconds left before the deadline (negative once it passed)."""
         return self.deadline - asyncio.get_running_loop().time()
 
+    def iterations_left(self, state: TurnState) -> int:
+        """Model calls the run may still make."""
+        return max(0, self.max_iterations - state.iterations)
+
 
 @dataclass(slots=True)
 class Recall:
@@ -213,6 +239,7 @@ class TurnState:
     steps: list[Step] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     answer: str | None = None
+    data: Any = None  # the structured answer (spec.output_schema), once validated
     iterations: int = 0  # model calls made, counted against max_iterations
     recall: Recall = field(default_factory=Recall)
     # Where this turn's own messages start in ``messages`` (after the system prompt

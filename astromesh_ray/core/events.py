@@ -81,6 +81,7 @@ class ThoughtStep:
     iteration: int
     role: str
     content: str
+    task: str | None = None  # the plan step, branch or stage it belongs to
     type: Literal["thought"] = "thought"
 
 
@@ -97,6 +98,7 @@ class ToolStep:
     is_error: bool
     duration_ms: float
     sub_run_id: str | None = None  # set when the tool was another agent
+    task: str | None = None  # the plan step, branch or stage it belongs to
     type: Literal["tool_call"] = "tool_call"
 
 
@@ -126,6 +128,68 @@ class HandoffStep:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedTask:
+    """One step of a plan (``plan_and_execute``)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    id: str
+    task: str
+    tool: str | None = None
+    worker: str | None = None
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanStep:
+    """A plan the planner wrote (``attempt`` 1, or more after a re-plan)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    iteration: int
+    attempt: int
+    steps: list[PlannedTask]
+    type: Literal["plan"] = "plan"
+
+
+TaskKind = Literal["plan_step", "branch", "stage"]
+"""What a task of a pattern is: a plan step, a fan-out branch or a pipeline stage."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStep:
+    """A plan step, fan-out branch or pipeline stage that ended: its output (or
+    error), the model calls it spent, and where and when it ran."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    id: str
+    kind: TaskKind
+    name: str
+    input: str
+    output: str
+    is_error: bool
+    iterations: int
+    where: dict[str, str]
+    start_time: float
+    duration_ms: float
+    sub_run_id: str | None = None  # a worker or agent stage's run
+    type: Literal["task"] = "task"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainStepRecord:
+    """A ``spec.chain`` step after the turn: the agent it ran (or why not)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    agent: str
+    ran: bool
+    input: str
+    answer: str | None
+    error: str | None
+    attempts: int
+    sub_run_id: str | None = None
+    type: Literal["chain"] = "chain"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AnswerStep:
     """The final answer."""
 
@@ -136,7 +200,14 @@ class AnswerStep:
 
 
 Step = Annotated[
-    ThoughtStep | ToolStep | DelegateStep | HandoffStep | AnswerStep,
+    ThoughtStep
+    | ToolStep
+    | DelegateStep
+    | HandoffStep
+    | PlanStep
+    | TaskStep
+    | ChainStepRecord
+    | AnswerStep,
     Field(discriminator="type"),
 ]
 
@@ -196,8 +267,14 @@ class RunResult:
     # assistant message (what memory saves).
     messages: list[Message] = field(default_factory=list)
     where: dict[str, str] = field(default_factory=dict)  # where the agent itself ran
-    status: Literal["completed", "requires_action"] = "completed"
+    status: Literal["completed", "requires_action", "handoff"] = "completed"
     pending: list[PendingToolCall] = field(default_factory=list)
+    # The structured answer (``spec.output_schema``), parsed and validated.
+    data: Any = None
+    iterations: int = 0  # model calls spent, sub-runs included
+    # status ``handoff`` (a swarm member): the member control passes to, and why.
+    handoff_to: str | None = None
+    handoff_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (what the API returns)."""
@@ -223,6 +300,10 @@ class RunResult:
             where=dict(data.get("where") or {}),
             status=data.get("status") or "completed",
             pending=[PendingToolCall.from_dict(p) for p in data.get("pending") or []],
+            data=data.get("data"),
+            iterations=int(data.get("iterations") or 0),
+            handoff_to=data.get("handoff_to"),
+            handoff_reason=str(data.get("handoff_reason") or ""),
         )
 
 
@@ -273,6 +354,7 @@ class ModelCall:
     duration_ms: float
     span_id: str
     where: dict[str, str]
+    task: str | None = None  # the plan step, branch or stage it belongs to
     type: Literal["model_call"] = "model_call"
 
 
@@ -285,6 +367,7 @@ class ToolCallEvent:
     id: str
     name: str
     arguments: dict[str, Any]
+    task: str | None = None  # the plan step, branch or stage it belongs to
     type: Literal["tool_call"] = "tool_call"
 
 
@@ -300,6 +383,7 @@ class ToolResultEvent:
     is_error: bool
     duration_ms: float
     sub_run_id: str | None = None
+    task: str | None = None  # the plan step, branch or stage it belongs to
     type: Literal["tool_result"] = "tool_result"
 
 
@@ -320,7 +404,8 @@ class Delegate:
     iteration: int
     peer: str
     query: str
-    span_id: str
+    span_id: str | None = None
+    call_id: str | None = None  # the supervisor's tool call that delegates
     type: Literal["delegate"] = "delegate"
 
 
@@ -334,6 +419,45 @@ class Handoff:
     to_agent: str
     reason: str
     type: Literal["handoff"] = "handoff"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanEvent:
+    """The planner wrote a plan (``attempt`` > 1: a re-plan)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    iteration: int
+    attempt: int
+    steps: list[PlannedTask]
+    type: Literal["plan"] = "plan"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStarted:
+    """A plan step, fan-out branch or pipeline stage started."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    id: str
+    kind: TaskKind
+    name: str
+    input: str
+    type: Literal["task_started"] = "task_started"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFinished:
+    """A plan step, fan-out branch or pipeline stage ended (its ``task`` step has
+    the details)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
+    id: str
+    kind: TaskKind
+    name: str
+    is_error: bool
+    output: str
+    where: dict[str, str]
+    duration_ms: float
+    type: Literal["task_finished"] = "task_finished"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,6 +504,9 @@ Event = Annotated[
     | StepEvent
     | Delegate
     | Handoff
+    | PlanEvent
+    | TaskStarted
+    | TaskFinished
     | GuardrailEvent
     | ErrorEvent
     | RunFinished,

@@ -124,12 +124,18 @@ class CompletionRequest:
 
     ``trace_parent`` is the W3C ``traceparent`` of the model-call span: a provider
     running elsewhere (a Serve replica) parents its own span on it.
+
+    ``response_schema`` is a JSON Schema (draft 2020-12, an object schema) the answer
+    text must match: a provider whose backend can constrain decoding to it asks for
+    that in the backend's own wire format; the others ignore it, and the engine
+    validates the answer and asks again.
     """
 
     messages: list[Message]
     tools: list[ToolSchema] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     trace_parent: str | None = None
+    response_schema: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,15 +143,20 @@ class CompletionRequest:
             "tools": [asdict(t) for t in self.tools],
             "parameters": dict(self.parameters),
             "trace_parent": self.trace_parent,
+            "response_schema": dict(self.response_schema)
+            if self.response_schema is not None
+            else None,
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> CompletionRequest:
+        schema = data.get("response_schema")
         return CompletionRequest(
             messages=[Message.from_dict(m) for m in data["messages"]],
             tools=[ToolSchema(**t) for t in data.get("tools") or []],
             parameters=dict(data.get("parameters") or {}),
             trace_parent=data.get("trace_parent"),
+            response_schema=dict(schema) if schema is not None else None,
         )
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from astromesh_ray.core.context import Caller, RunRequest
 from astromesh_ray.core.events import Event, RunResult
 from astromesh_ray.core.messages import Message
-from astromesh_ray.errors import ConfigError, RunError, RunTimeout
+from astromesh_ray.errors import ConfigError, RunError, RunLimitExceeded, RunTimeout
 
 if TYPE_CHECKING:
     from astromesh_ray.core.runtime import AgentRuntime
@@ -71,6 +71,9 @@ def sub_request(
     context: Mapping[str, Any] | None = None,
     history: list[Message] | None = None,
     session_id: str | None = None,
+    max_iterations: int | None = None,
+    handoffs: list[str] | None = None,
+    continues: bool = False,
 ) -> RunRequest:
     """The request for a sub-run of ``target`` started by the last agent of
     ``lineage`` (run ``run_id``); refuses self-calls and cycles."""
@@ -90,7 +93,17 @@ def sub_request(
             hint="raise spec.orchestration.timeout_seconds",
             run_id=run_id,
         )
+    if max_iterations is not None and max_iterations <= 0:
+        raise RunLimitExceeded(
+            f"agent {current!r} has no model calls left (max_iterations) to call agent {target!r}",
+            hint="raise spec.orchestration.max_iterations",
+            run_id=run_id,
+            reason="max_iterations",
+        )
     return RunRequest(
+        max_iterations=max_iterations,
+        handoffs=list(handoffs or []),
+        continues=continues,
         query=query,
         session_id=session_id,
         context=dict(context or {}),

@@ -188,6 +188,10 @@ class PromptStage:
         if system:
             state.messages.append(Message(role="system", content=system))
         state.messages.extend(recall.history)
+        if request.continues:  # a swarm member: the conversation holds the query
+            state.turn_start = len(state.messages)
+            state.messages.extend(request.history)
+            return
         state.messages.extend(request.history)
         state.turn_start = len(state.messages)
         state.messages.append(Message(role="user", content=request.query))

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
 from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
 from astromesh_ray.core.failures import attach_run, internal_error
-from astromesh_ray.core.patterns.base import Pattern
+from astromesh_ray.core.patterns.base import AfterStep, Pattern
+from astromesh_ray.core.patterns.handoffs import handed_off, with_handoffs
 from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
 from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore
@@ -44,8 +45,15 @@ from astromesh_ray.core.runs.pausing import (
 )
 from astromesh_ray.core.stages import Stages, in_stage, stage_layer
 from astromesh_ray.core.steps import bounded, deadline_exceeded
-from astromesh_ray.core.steps.tools import RunPaused
+from astromesh_ray.core.steps.tools import HandedOff, RunPaused
 from astromesh_ray.core.streams import aclose, closing_stream
+from astromesh_ray.core.tasks import (
+    LocalTaskRunner,
+    TaskRequest,
+    TaskResult,
+    TaskRunner,
+    execute_task,
+)
 from astromesh_ray.core.tools.base import Toolset
 from astromesh_ray.core.tools.index import ToolIndex
 from astromesh_ray.core.trace import Trace, TraceContext, new_trace_id
@@ -83,8 +91,18 @@ class AgentRuntime:
         memory: AgentMemory | None = None,
         resources: Sequence[Closeable] = (),
         paused: PausedRunStore | None = None,
+        tasks: TaskRunner | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        after: Sequence[AfterStep] = (),
     ) -> None:
         self.name = name
+        # Where the pattern's tasks (plan steps, branches) run: here, or (under Serve)
+        # on any replica of this agent's application.
+        self.tasks: TaskRunner = tasks or LocalTaskRunner(self)
+        # The final answer's JSON Schema (spec.output_schema), and what runs once the
+        # pattern answered (structured output, spec.chain).
+        self.output_schema = output_schema
+        self.after = list(after)
         # Where runs paused on client tools or approvals wait (None: the agent has
         # no such tools, so none pauses).
         self.paused = paused
@@ -222,6 +240,11 @@ class AgentRuntime:
             return min(self.timeout_s, request.deadline_s)
         return self.timeout_s
 
+    async def task(self, request: TaskRequest) -> TaskResult:
+        """Run one of a pattern's tasks (a plan step, a branch) for any run of this
+        agent, on whichever replica was asked (``core/tasks.py``)."""
+        return await execute_task(self, request)
+
     # -- paused runs -------------------------------------------------------------------
 
     async def paused_run(self, run_id: str, caller: Caller) -> PausedRun:
@@ -296,12 +319,12 @@ class AgentRuntime:
             agent=self.name,
             request=request,
             models=self.models,
-            tools=self.tools,
+            tools=with_handoffs(self.tools, request.handoffs),
             peers=self.peers,
             deadline=deadline,
             trace=run_span.context,
             lineage=(*request.lineage, self.name),
-            max_iterations=self.max_iterations,
+            max_iterations=min(self.max_iterations, request.max_iterations or self.max_iterations),
             parameters=self.parameters,
             stream_tokens=turn is None,
             bounded=turn is not None,
@@ -309,6 +332,8 @@ class AgentRuntime:
                 request.deadline_s is not None and request.deadline_s < self.timeout_s
             ),
             where=trace.where,
+            tasks=self.tasks,
+            output_schema=self.output_schema,
         )
         state = TurnState(trace=trace)
         if resume is not None:
@@ -317,6 +342,7 @@ class AgentRuntime:
             turn.ctx, turn.state = ctx, state
         error: AstromeshError | None = None
         paused: RunPaused | None = None
+        handoff: HandedOff | None = None
         checkpoint: Checkpoint | None = None
         layers: list[AsyncIterator[Event]] = []
         try:
@@ -351,6 +377,11 @@ class AgentRuntime:
                 raise RunError(
                     f"pattern {self.pattern.name!r} ended without an answer", run_id=run_id
                 )
+            for after in self.after:
+                async for event in after.run(ctx, state):
+                    yield event
+        except HandedOff as exc:
+            handoff = exc
         except RunPaused as exc:
             if request.lineage:  # a sub-run: nobody could answer it
                 error = RunError(
@@ -379,7 +410,7 @@ class AgentRuntime:
             for span in trace.spans[1:]:
                 if span.duration_ms is None:  # its step never resumed to end it
                     span.end("abandoned")
-            if error is None and paused is None and state.answer is None:
+            if error is None and paused is None and handoff is None and state.answer is None:
                 run_span.end("abandoned")  # the reader stopped, or the task was cancelled
         if turn is not None:
             # The turn answered (or failed) in time: what follows is not bounded.
@@ -390,6 +421,11 @@ class AgentRuntime:
             # Not finished: nothing is stored in memory until the turn answers.
             async for event in self._paused(ctx, state, paused):
                 yield event
+            return
+        if handoff is not None:  # a swarm member's turn ends: the swarm goes on
+            run_span.set(handoff_to=handoff.to_agent)
+            run_span.end()
+            yield RunFinished(result=handed_off(ctx, state, handoff))
             return
         try:
             await self._finish(ctx, state, error)
@@ -418,6 +454,8 @@ class AgentRuntime:
                 parent_run_id=request.parent_run_id,
                 messages=state.messages,
                 where=dict(trace.where),
+                data=state.data,
+                iterations=state.iterations,
             )
         )
 

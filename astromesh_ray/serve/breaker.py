@@ -38,6 +38,7 @@ from ray.exceptions import (
 from ray.serve.exceptions import RayServeException
 
 from astromesh_ray.core.breaker import BreakerPolicy, State
+from astromesh_ray.core.build import prepared
 from astromesh_ray.core.patterns import pattern_for
 from astromesh_ray.serve.breaker_board import (
     BreakerBoard,
@@ -128,8 +129,9 @@ def agent_probes(
 
     ``roles``: the model roles to look at (default: the pattern's roles and every
     role the agent declares)."""
+    agent = prepared(agent)
     if roles is None:
-        roles = [*pattern_for(agent.spec.orchestration.pattern).roles, *agent.spec.model.roles]
+        roles = [*pattern_for(agent.spec.orchestration).roles, *agent.spec.model.roles]
     found: dict[tuple[str, BreakerPolicy], HealthProbe] = {}
     for role in roles:
         route = resolve_route(agent, providers, routing, role=role)

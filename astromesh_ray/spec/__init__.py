@@ -10,11 +10,11 @@ from astromesh_ray.spec.agent import (
     AgentBodySpec,
     AgentSpec,
     IdentitySpec,
-    OrchestrationSpec,
     PermissionsSpec,
     PromptsSpec,
 )
 from astromesh_ray.spec.base import ConfigIssue, MetadataSpec, StrictModel
+from astromesh_ray.spec.chain import ChainSpec, ChainStepSpec, output_json_schema
 from astromesh_ray.spec.config import (
     ProviderConfigSpec,
     ProviderEntrySpec,
@@ -39,6 +39,7 @@ from astromesh_ray.spec.model import (
     RoleModelsSpec,
     RoutingSpec,
 )
+from astromesh_ray.spec.orchestration import BranchSpec, OrchestrationSpec, StageSpec
 from astromesh_ray.spec.rag import RAGPipelineSpec
 from astromesh_ray.spec.resolve import ModelEndpoint, ModelRoute, resolve_models, resolve_route
 from astromesh_ray.spec.schema import json_schema
@@ -59,7 +60,10 @@ __all__ = [
     "AgentSpec",
     "AgentToolSpec",
     "AutoscalingSpec",
+    "BranchSpec",
     "BuiltinToolSpec",
+    "ChainSpec",
+    "ChainStepSpec",
     "ConfigIssue",
     "DeploymentSpec",
     "Document",
@@ -87,6 +91,7 @@ __all__ = [
     "RoleModelsSpec",
     "RoutingSpec",
     "RuntimeConfigSpec",
+    "StageSpec",
     "StrictModel",
     "SupportIssue",
     "ToolSpec",
@@ -97,6 +102,7 @@ __all__ = [
     "load_config",
     "load_document",
     "load_from_environment",
+    "output_json_schema",
     "resolve_config_dir",
     "resolve_models",
     "resolve_route",

@@ -3,22 +3,19 @@ own module (identity, prompts, orchestration, permissions)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import jinja2
-from pydantic import AliasChoices, Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel, count_present, rule_error
+from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel, rule_error
+from astromesh_ray.spec.chain import ChainSpec, check_output_schema
 from astromesh_ray.spec.deployment import DeploymentSpec
 from astromesh_ray.spec.guardrails import GuardrailsSpec
 from astromesh_ray.spec.memory import MemorySpec
 from astromesh_ray.spec.model import ModelSpec
+from astromesh_ray.spec.orchestration import OrchestrationSpec
 from astromesh_ray.spec.tools import ToolSpec
-
-PatternName = Literal[
-    "react", "plan_and_execute", "parallel_fan_out", "pipeline", "supervisor", "swarm", "glyph"
-]
-"""Orchestration patterns the YAML may name (only ``react`` runs for now)."""
 
 
 class IdentitySpec(StrictModel):
@@ -51,36 +48,6 @@ class PromptsSpec(StrictModel):
                     key, f"template syntax error on its line {exc.lineno}: {exc.message}"
                 ) from None
         return self
-
-
-class OrchestrationSpec(StrictModel):
-    """``spec.orchestration``: how turns are run."""
-
-    schema_aliases: ClassVar[dict[str, str]] = {"timeout": "timeout_seconds"}
-
-    pattern: PatternName = Field(default="react", description="Orchestration pattern.")
-    max_iterations: int = Field(
-        default=10, ge=1, le=1000, description="Model calls allowed per turn."
-    )
-    timeout_s: float = Field(
-        default=120,
-        gt=0,
-        validation_alias=AliasChoices("timeout_seconds", "timeout"),
-        serialization_alias="timeout_seconds",
-        description="Seconds a turn may take (`timeout` is a deprecated spelling).",
-    )
-    role_map: dict[str, str] = Field(
-        default_factory=dict, description="Pattern role → model role (refused for now)."
-    )
-    narrate: bool | None = Field(default=None, description="Narrate steps (refused).")
-    max_repairs: int | None = Field(default=None, ge=0, description="Repair attempts (refused).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_timeout(cls, data: Any) -> Any:
-        if len(count_present(data, "timeout_seconds", "timeout", "timeout_s")) > 1:
-            raise rule_error("timeout", "give timeout_seconds only (timeout is its old name)")
-        return data
 
 
 class FilesystemPermissionsSpec(StrictModel):
@@ -160,17 +127,27 @@ class AgentBodySpec(StrictModel):
     permissions: PermissionsSpec | None = Field(default=None, description="What tools may do.")
     output_schema: dict[str, Any] | None = Field(
         default=None,
-        description="Shape of a structured answer: shorthand {field: {type}} or JSON Schema "
-        "(refused for now).",
+        description="Shape of a structured answer: shorthand {field: {type}} or JSON Schema. "
+        "The final answer is decoded under it where the provider can (else validated "
+        "and asked again once); replies carry the parsed object as `data`.",
     )
     knowledge: dict[str, Any] | None = _extra_block("Knowledge sources")
     prefetch: dict[str, Any] | None = _extra_block("Context fetched before a turn")
     program: dict[str, Any] | None = _extra_block("Glyph program")
-    chain: dict[str, Any] | None = _extra_block("Agents run after this one")
+    chain: ChainSpec | None = Field(
+        default=None, description="Agents run after this one answered (original Astromesh)."
+    )
     observability: dict[str, Any] | None = _extra_block("Tracing settings")
     deployment: DeploymentSpec | None = Field(
         default=None, description="Serve deployment of this agent (replicas, resources)."
     )
+
+    @field_validator("output_schema")
+    @classmethod
+    def _output_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            check_output_schema(schema)
+        return schema
 
     @model_validator(mode="after")
     def _unique_tools(self) -> AgentBodySpec:

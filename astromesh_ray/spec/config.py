@@ -6,7 +6,6 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from astromesh_ray.spec.agent import PatternName
 from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
 from astromesh_ray.spec.deployment import DeploymentSpec
 from astromesh_ray.spec.memory import RuntimeMemorySpec
@@ -16,6 +15,7 @@ from astromesh_ray.spec.model import (
     ProviderName,
     RoutingStrategy,
 )
+from astromesh_ray.spec.orchestration import PatternName
 
 
 class ProviderEntrySpec(StrictModel):

@@ -56,8 +56,8 @@ def _one_of(*names: str) -> Callable[[Any], bool]:
     return lambda value: value in names
 
 
-def _not_react(value: Any) -> bool:
-    return value is not None and value != "react"
+def _glyph(value: Any) -> bool:
+    return bool(value == "glyph")
 
 
 _BLOCKS = (
@@ -98,9 +98,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "Agent",
         ("spec.orchestration.pattern",),
-        _not_react,
-        "the {value} pattern is not supported yet; use react",
-        "more patterns arrive with the orchestration patterns work",
+        _glyph,
+        "the glyph pattern is not supported by astromesh-ray",
+        "use react, plan_and_execute, parallel_fan_out, pipeline, supervisor or swarm",
     ),
     Rule(
         "Agent",
@@ -165,14 +165,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "Agent",
-        ("spec.output_schema",),
-        _given,
-        "structured output is not supported yet",
-        "it arrives with structured output support; remove it",
-    ),
-    Rule(
-        "Agent",
-        ("spec.knowledge", "spec.prefetch", "spec.chain", "spec.observability"),
+        ("spec.knowledge", "spec.prefetch", "spec.observability"),
         _given,
         "{key} is not supported yet",
         "remove spec.{key}",
@@ -204,9 +197,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "RuntimeConfig",
         ("spec.defaults.orchestration.pattern",),
-        _not_react,
-        "the {value} pattern is not supported yet; use react",
-        "more patterns arrive with the orchestration patterns work",
+        _glyph,
+        "the glyph pattern is not supported by astromesh-ray",
+        "use react, plan_and_execute, parallel_fan_out, pipeline, supervisor or swarm",
     ),
 )
 

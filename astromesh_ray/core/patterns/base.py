@@ -23,3 +23,12 @@ class Pattern(Protocol):
     roles: tuple[str, ...]
 
     def run(self, ctx: RunContext, state: TurnState) -> AsyncIterator[Event]: ...
+
+
+class AfterStep(Protocol):
+    """What runs once the pattern answered, before the finish stages: the structured
+    answer check (``spec.output_schema``), the ``spec.chain`` steps."""
+
+    name: str
+
+    def run(self, ctx: RunContext, state: TurnState) -> AsyncIterator[Event]: ...

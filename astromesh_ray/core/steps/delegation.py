@@ -77,6 +77,7 @@ class Delegation:
                 caller=ctx.caller,
                 history=history,
                 session_id=ctx.session_id if self.handoff else None,
+                max_iterations=ctx.iterations_left(state),
             )
             if self.handoff:
                 yield Handoff(
@@ -96,6 +97,7 @@ class Delegation:
         span.set(sub_run_id=result.run_id)
         span.end()
         state.usage = state.usage + result.usage
+        state.iterations += result.iterations
         state.trace.extend(result.trace)
         self._result = result
         if self.handoff:

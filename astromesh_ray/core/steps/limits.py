@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from astromesh_ray.core.context import RunContext, TurnState
-from astromesh_ray.errors import RunError, RunTimeout
+from astromesh_ray.errors import RunLimitExceeded, RunTimeout
 
 T = TypeVar("T")
 
@@ -26,9 +26,9 @@ def deadline_exceeded(ctx: RunContext) -> RunTimeout:
     )
 
 
-def iterations_exhausted(ctx: RunContext, state: TurnState) -> RunError:
+def iterations_exhausted(ctx: RunContext, state: TurnState) -> RunLimitExceeded:
     """The error for a run that spent ``max_iterations`` model calls without answering."""
-    return RunError(
+    return RunLimitExceeded(
         f"no final answer after max_iterations={ctx.max_iterations} model calls",
         hint="raise spec.orchestration.max_iterations, or make the tools answer "
         "what the model needs",

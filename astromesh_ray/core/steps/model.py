@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event, ModelCall, Token
@@ -27,7 +28,18 @@ class ModelStep:
         message = step.message
     """
 
-    __slots__ = ("_completion", "ctx", "iteration", "messages", "parent", "role", "state", "tools")
+    __slots__ = (
+        "_completion",
+        "ctx",
+        "iteration",
+        "messages",
+        "output_schema",
+        "parent",
+        "role",
+        "state",
+        "stream",
+        "tools",
+    )
 
     def __init__(
         self,
@@ -38,6 +50,8 @@ class ModelStep:
         messages: Sequence[Message] | None = None,
         tools: bool = True,
         parent: str | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        stream: bool | None = None,
     ) -> None:
         self.ctx = ctx
         self.state = state
@@ -45,6 +59,12 @@ class ModelStep:
         self.messages = messages  # default: the run's transcript
         self.tools = tools  # offer the run's tools
         self.parent = parent
+        # The JSON Schema the answer must match (constrained decoding where the
+        # provider has it; the caller validates).
+        self.output_schema = output_schema
+        # Stream tokens (default: when the run streams); a pattern's inner steps
+        # (a planner, a splitter) do not stream: only the final speaker does.
+        self.stream = ctx.stream_tokens if stream is None else stream and ctx.stream_tokens
         self.iteration = 0
         self._completion: Completion | None = None
 
@@ -77,9 +97,10 @@ class ModelStep:
             tools=ctx.tools.schemas if self.tools else [],
             parameters=dict(ctx.parameters),
             trace_parent=span.context.traceparent,
+            response_schema=dict(self.output_schema) if self.output_schema else None,
         )
         try:
-            if ctx.stream_tokens:
+            if self.stream:
                 parts: list[CompletionChunk] = []
                 async with closing_stream(provider.stream(request)) as stream:
                     # If the run is abandoned while this step waits at `yield` (the
@@ -128,6 +149,7 @@ class ModelStep:
             duration_ms=span.duration_ms or 0.0,
             span_id=span.span_id,
             where=dict(span.where),
+            task=ctx.task,
         )
 
 

@@ -21,7 +21,10 @@ def record_thought(state: TurnState, step: ModelStep) -> StepEvent | None:
     if not message.content:
         return None
     return record(
-        state, ThoughtStep(iteration=step.iteration, role=step.role, content=message.content)
+        state,
+        ThoughtStep(
+            iteration=step.iteration, role=step.role, content=message.content, task=step.ctx.task
+        ),
     )
 
 

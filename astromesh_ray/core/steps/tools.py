@@ -34,6 +34,16 @@ from astromesh_ray.errors import ToolError
 T = TypeVar("T")
 
 
+class HandedOff(Exception):  # control flow, not an error
+    """A swarm member called a handoff tool: its turn ends and control passes to
+    ``to_agent`` (raised by ``tool_round`` once the round is recorded)."""
+
+    def __init__(self, to_agent: str, reason: str) -> None:
+        super().__init__(f"handed off to {to_agent}")
+        self.to_agent = to_agent
+        self.reason = reason
+
+
 class RunPaused(Exception):  # control flow, not an error
     """The run waits on the caller for ``pending`` (raised by ``tool_round``, caught by
     the runtime, which saves the run)."""
@@ -81,6 +91,7 @@ async def tool_step(
         span.end()
     if result.usage is not None:
         state.usage = state.usage + result.usage
+    state.iterations += result.iterations
     if result.spans:
         state.trace.extend(result.spans)
     return ToolOutcome(call, result, span.duration_ms or 0.0)
@@ -146,6 +157,7 @@ async def _run_tool(
         trace_parent=span.context.traceparent,
         lineage=ctx.lineage,
         models=ctx.models,
+        iterations_left=ctx.iterations_left(state),
     )
     try:
         result = await bounded(ctx, entry.toolset.call(call.name, arguments, tool_ctx), when)
@@ -189,7 +201,11 @@ async def tool_round(
     recorded, ``RunPaused`` carries them to the runtime."""
     for call in calls:
         yield ToolCallEvent(
-            iteration=iteration, id=call.id, name=call.name, arguments=call.arguments
+            iteration=iteration,
+            id=call.id,
+            name=call.name,
+            arguments=call.arguments,
+            task=ctx.task,
         )
     pending = []
     ready = []
@@ -207,10 +223,15 @@ async def tool_round(
                     iteration=iteration,
                 )
             )
-    async for event in run_calls(ctx, state, ready, iteration=iteration, parent=parent):
+    handoff: list[ToolOutcome] = []
+    async for event in run_calls(
+        ctx, state, ready, iteration=iteration, parent=parent, handoff=handoff
+    ):
         yield event
     if pending:
         raise RunPaused(pending)
+    if handoff:
+        raise HandedOff(str(handoff[0].result.handoff), str(handoff[0].result.data or ""))
 
 
 async def run_calls(
@@ -220,8 +241,10 @@ async def run_calls(
     *,
     iteration: int,
     parent: str | None = None,
+    handoff: list[ToolOutcome] | None = None,
 ) -> AsyncIterator[Event]:
-    """Run ``calls`` concurrently and record them in call order."""
+    """Run ``calls`` concurrently and record them in call order; the calls that
+    handed control off are added to ``handoff``."""
     if not calls:
         return
     if len(calls) == 1:  # no task to spawn for the common case
@@ -231,11 +254,15 @@ async def run_calls(
             [tool_step(ctx, state, c, iteration=iteration, parent=parent) for c in calls]
         )
     for outcome in outcomes:
-        for event in record_outcome(state, outcome, iteration):
+        if outcome.result.handoff is not None and handoff is not None:
+            handoff.append(outcome)
+        for event in record_outcome(state, outcome, iteration, task=ctx.task):
             yield event
 
 
-def record_outcome(state: TurnState, outcome: ToolOutcome, iteration: int) -> list[Event]:
+def record_outcome(
+    state: TurnState, outcome: ToolOutcome, iteration: int, *, task: str | None = None
+) -> list[Event]:
     """Put a finished call in the transcript and the steps; its events."""
     call, result = outcome.call, outcome.result
     state.messages.append(
@@ -250,6 +277,7 @@ def record_outcome(state: TurnState, outcome: ToolOutcome, iteration: int) -> li
             is_error=result.is_error,
             duration_ms=outcome.duration_ms,
             sub_run_id=result.sub_run_id,
+            task=task,
         ),
         record(
             state,
@@ -262,6 +290,7 @@ def record_outcome(state: TurnState, outcome: ToolOutcome, iteration: int) -> li
                 is_error=result.is_error,
                 duration_ms=outcome.duration_ms,
                 sub_run_id=result.sub_run_id,
+                task=task,
             ),
         ),
     ]

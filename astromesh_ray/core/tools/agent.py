@@ -91,6 +91,7 @@ class AgentToolset:
             remaining_s=ctx.remaining_s(),
             trace_parent=ctx.trace_parent,
             caller=ctx.caller,
+            max_iterations=ctx.iterations_left,
         )
         try:
             result = await self._peers[tool.agent].run(request)
@@ -106,6 +107,7 @@ class AgentToolset:
             usage=result.usage,
             spans=result.trace,
             sub_run_id=result.run_id,
+            iterations=result.iterations,
         )
 
     async def aclose(self) -> None:

@@ -43,6 +43,8 @@ class ToolResult:
     usage: Usage | None = None
     spans: list[Span] = field(default_factory=list)
     sub_run_id: str | None = None
+    iterations: int = 0  # model calls a sub-run spent (counted against the caller's)
+    handoff: str | None = None  # a swarm handoff tool: the member control passes to
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class ToolContext:
     trace_parent: str
     lineage: tuple[str, ...]
     models: Mapping[str, Provider] = field(default_factory=lambda: MappingProxyType({}))
+    iterations_left: int | None = None  # model calls the run may still make (sub-runs)
 
     def remaining_s(self) -> float:
         """Seconds left before the run's deadline."""

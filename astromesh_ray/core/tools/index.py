@@ -57,6 +57,18 @@ class ToolIndex:
                     entries[tool.name] = ToolEntry(tool, toolset)
         return ToolIndex(entries, refused)
 
+    def only(self, names: Iterable[str]) -> ToolIndex:
+        """The index offering only ``names`` (a plan step naming its tool)."""
+        keep = set(names)
+        return ToolIndex({k: e for k, e in self._entries.items() if k in keep}, self._refused)
+
+    def with_tools(self, toolset: Toolset, tools: Sequence[ToolDef]) -> ToolIndex:
+        """The index plus ``tools`` of ``toolset`` (a swarm member's handoff tools)."""
+        entries = dict(self._entries)
+        for tool in tools:
+            entries[tool.name] = ToolEntry(tool, toolset)
+        return ToolIndex(entries, self._refused)
+
     @property
     def names(self) -> list[str]:
         return list(self._entries)

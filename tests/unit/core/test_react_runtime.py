@@ -210,8 +210,10 @@ def test_prompt_syntax_errors_are_config_errors() -> None:
 
 
 def test_unknown_pattern_lists_the_supported_ones() -> None:
-    with pytest.raises(ConfigError, match="supported patterns: react"):
-        pattern_for("swarm")
+    from astromesh_ray.spec import OrchestrationSpec
+
+    with pytest.raises(ConfigError, match="supported patterns: react, plan_and_execute"):
+        pattern_for(OrchestrationSpec.model_construct(pattern="glyph"))
 
 
 async def test_parallel_steps_are_reported_in_call_order() -> None:

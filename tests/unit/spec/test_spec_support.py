@@ -45,8 +45,7 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "spec.model.primary.api_key",
         "api_key_env",
     ),
-    ({"orchestration": {"pattern": "swarm"}}, "spec.orchestration.pattern", "use react"),
-    ({"orchestration": {"pattern": "glyph"}}, "spec.orchestration.pattern", "use react"),
+    ({"orchestration": {"pattern": "glyph"}}, "spec.orchestration.pattern", "glyph pattern"),
     ({"orchestration": {"narrate": True}}, "spec.orchestration.narrate", "glyph"),
     ({"orchestration": {"max_repairs": 2}}, "spec.orchestration.max_repairs", "glyph"),
     ({"program": {"steps": []}}, "spec.program", "glyph"),
@@ -96,10 +95,8 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "spec.guardrails.output[0]",
         "guardrail 'topic_filter'",
     ),
-    ({"output_schema": {"a": {"type": "string"}}}, "spec.output_schema", "structured output"),
     ({"knowledge": {"sources": []}}, "spec.knowledge", "knowledge is not supported"),
     ({"prefetch": {"x": 1}}, "spec.prefetch", "prefetch is not supported"),
-    ({"chain": {"mode": "sequential"}}, "spec.chain", "chain is not supported"),
     ({"observability": {"trace": True}}, "spec.observability", "observability"),
 ]
 
@@ -172,7 +169,7 @@ def test_runtime_mesh_keys_are_refused(write: WriteYaml) -> None:
           peers: [{name: b, url: http://b}]
           mesh: {enabled: true}
           defaults:
-            orchestration: {pattern: pipeline}
+            orchestration: {pattern: glyph}
         """,
     )
     issues = issues_of(lambda: load_document(path))
