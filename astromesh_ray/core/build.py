@@ -8,7 +8,6 @@ tests) or handles to Serve applications (the serve layer).  Nothing else differs
 from __future__ import annotations
 
 import asyncio
-import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -19,21 +18,18 @@ from astromesh_ray.core.chain import ChainSteps
 from astromesh_ray.core.memory.build import build_memory, has_memory
 from astromesh_ray.core.memory.factory import (
     MemoryFactory,
-    check_backends,
     default_memory_factory,
 )
 from astromesh_ray.core.memory.redact import secret_values
 from astromesh_ray.core.memory.stages import SUMMARIZER_ROLE
 from astromesh_ray.core.patterns import (
-    PAUSING_PATTERNS,
     AfterStep,
     Pattern,
     final_role,
     pattern_for,
 )
-from astromesh_ray.core.peers import LocalPeer, Peer, check_peer_graph
+from astromesh_ray.core.peers import LocalPeer, Peer
 from astromesh_ray.core.pricing import Price, price_for
-from astromesh_ray.core.prompts import PromptSet
 from astromesh_ray.core.providers.base import Provider, local_provider
 from astromesh_ray.core.providers.retry import RetryingProvider
 from astromesh_ray.core.router import Candidate, ModelRouter, Strategy
@@ -345,7 +341,7 @@ def model_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> tuple[str, 
 
 def _secret_envs(agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec] | None) -> list[str]:
     """The environment variables holding ``agent``'s API keys."""
-    names = [e.api_key_env for e in _endpoints(agent, providers) if e.api_key_env]
+    names = [e.api_key_env for e in agent_endpoints(agent, providers) if e.api_key_env]
     semantic = agent.spec.memory.semantic if agent.spec.memory else None
     if semantic is not None and semantic.embedding.api_key_env:
         names.append(semantic.embedding.api_key_env)
@@ -443,70 +439,7 @@ class LocalAgents:
         await self.memory.aclose()
 
 
-def check_buildable(
-    agents: Iterable[AgentSpec],
-    providers: Mapping[str, ProviderEntrySpec] | None = None,
-    *,
-    known: Mapping[str, AgentSpec] | None = None,
-    rag: Mapping[str, Any] | None = None,
-) -> None:
-    """Raise one ``ConfigError`` listing every agent whose tools, prompts, pattern,
-    peers or provider clients cannot be built (without ``providers``: the model blocks
-    written out in the agent, not ``providerRef`` ones): a ``function:``
-    that does not import, an unknown builtin, an agent tool naming an agent that is
-    not loaded or closing a cycle, provider ``options`` or ``parameters`` a backend
-    does not take, ...
-
-    ``known`` is every agent of the configuration (default: ``agents``): agents may
-    only call those.  The loader checks what YAML alone can tell; this checks what
-    needs the code, before anything is deployed.  Building a provider client opens
-    no connection.
-    """
-    agents = list(agents)
-    known = {a.name: a for a in agents} if known is None else dict(known)
-    problems: list[str] = []
-    agents = [prepared(a) for a in agents]
-    for agent in agents:
-        try:
-            _check_pattern(agent)
-            build_toolsets(
-                ToolEnv(
-                    agent=agent,
-                    services=_CHECK_SERVICES,
-                    peers={name: _NO_PEER for name in peer_names(agent)},
-                    rag=rag or {},
-                )
-            )
-            _check_permissions(agent)
-            PromptSet(agent.spec.prompts.system, agent.spec.prompts.templates, origin=agent.name)
-            pattern = pattern_for(agent.spec.orchestration, supervisor_workers(agent))
-            _check_roles(agent, model_roles(agent, pattern.roles))
-            check_backends(agent.spec.memory)
-            for endpoint in _endpoints(agent, providers):
-                if endpoint.options.get("mode") != "in_cluster":  # built by Serve
-                    local_provider(endpoint)
-        except ConfigError as exc:
-            problems.append(f"{agent.source or agent.name}: {exc}")
-    calls = {name: peer_names(spec) for name, spec in known.items()}
-    calls.update({a.name: peer_names(a) for a in agents})
-    try:
-        check_peer_graph(calls, set(known))
-    except ConfigError as exc:
-        problems.extend(exc.details.get("problems") or [exc.message])
-    for agent in agents:
-        pausing = sorted(p for p in peer_names(agent) if p in known and can_pause(known[p]))
-        if pausing:
-            problems.append(
-                f"{agent.source or agent.name}: agent {agent.name!r} calls agent(s) "
-                f"{', '.join(map(repr, pausing))}, which have client tools or tools that "
-                "require approval: a sub-run cannot pause for a caller (hint: give "
-                f"{agent.name!r} those tools instead)"
-            )
-    if problems:
-        raise ConfigError("\n".join(problems), problems=problems)
-
-
-def _endpoints(
+def agent_endpoints(
     agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec] | None
 ) -> list[ModelEndpoint]:
     """The model endpoints to build-check: all of them given ``providers``; without
@@ -519,79 +452,19 @@ def _endpoints(
     return [resolve_block(b, {}, where=where) for b in blocks if b.provider_ref is None]
 
 
-class _Unreachable:
-    """A stand-in peer for build checks: it is never called."""
+# The build checks live in core/checks.py; imported here last (they use this module).
+from astromesh_ray.core.checks import check_buildable  # noqa: E402
 
-    name = "(check)"
-
-    async def run(self, request: object) -> object:  # pragma: no cover - never called
-        raise AssertionError("check_buildable does not run agents")
-
-    def stream(self, request: object) -> object:  # pragma: no cover - never called
-        raise AssertionError("check_buildable does not run agents")
-
-
-_NO_PEER = cast(Peer, _Unreachable())
-# Building toolsets starts nothing: check_buildable's services are never used.
-_CHECK_SERVICES = local_tool_services()
-
-
-def _check_permissions(agent: AgentSpec) -> None:
-    """Refuse a name in ``allowed_actions`` that looks like a misspelt tool name.
-
-    Other names that are not tool entries are accepted: an MCP server's tools are
-    only known once it is reached, and agent files written for the original
-    Astromesh grant actions they do not declare (``sales-qualifier``'s
-    ``search_crm``).  Granting a tool that does not exist gives nothing."""
-    permissions = agent.spec.permissions
-    if permissions is None or permissions.allowed_actions is None:
-        return
-    declared = {t.name for t in agent.spec.tools}
-    unknown = [a for a in permissions.allowed_actions if a not in declared]
-    close = {a: difflib.get_close_matches(a, sorted(declared), n=1) for a in unknown}
-    typos = {a: c[0] for a, c in close.items() if c}
-    if typos:
-        raise ConfigError(
-            "spec.permissions.allowed_actions names "
-            + ", ".join(map(repr, typos))
-            + ", which "
-            + ("is not a tool" if len(typos) == 1 else "are not tools")
-            + " of this agent",
-            hint="; ".join(f"{a!r}: did you mean {c!r}?" for a, c in typos.items()),
-        )
-
-
-def _check_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> None:
-    # A role nobody asks for would be parsed and never used: refuse it by name.
-    wanted = {agent.spec.orchestration.role_map.get(r, r) for r in pattern_roles}
-    unused = sorted(set(agent.spec.model.roles) - wanted)
-    if unused:
-        raise ConfigError(
-            f"spec.model.roles: role(s) {', '.join(map(repr, unused))} are not used by the "
-            f"{agent.spec.orchestration.pattern} pattern",
-            hint="it asks for: " + ", ".join(sorted(wanted)) + " (map names with "
-            "spec.orchestration.role_map)",
-        )
-
-
-def _check_pattern(agent: AgentSpec) -> None:
-    """What the pattern needs of the agent's tools: only react and supervisor turns
-    can pause for the caller; a pipeline tool stage names a tool of the agent."""
-    orchestration = agent.spec.orchestration
-    if can_pause(agent) and orchestration.pattern not in PAUSING_PATTERNS:
-        raise ConfigError(
-            f"the {orchestration.pattern} pattern runs tools inside tasks or sub-runs, "
-            "which cannot pause for the caller: client tools and tools that require "
-            "approval need the react or supervisor pattern",
-            hint="remove requires_approval / the client tools, or use react or supervisor",
-        )
-    declared = {t.name for t in agent.spec.tools}
-    dynamic = any(isinstance(t, McpToolSpec) for t in agent.spec.tools)
-    for stage in orchestration.stages or ():
-        if stage.tool is not None and stage.tool not in declared and not dynamic:
-            raise ConfigError(
-                f"spec.orchestration.stages: stage {stage.name!r} calls tool {stage.tool!r}, "
-                "which is not a tool of this agent",
-                hint="declare it in spec.tools; tools: "
-                + (", ".join(sorted(declared)) or "(none)"),
-            )
+__all__ = [
+    "LocalAgents",
+    "build_models",
+    "build_runtime",
+    "can_pause",
+    "check_buildable",
+    "model_roles",
+    "peer_names",
+    "prepared",
+    "reachable",
+    "supervisor_workers",
+    "tool_secret_envs",
+]
