@@ -68,7 +68,9 @@ class VLLMChatAdapter:
     as outcome values) over an ``LLMServer``'s ``chat``.
 
     ``make_request`` builds vLLM's ``ChatCompletionRequest`` from the wire body's
-    dict; it is injected so this class (and its tests) need no vLLM.
+    dict; it is injected so this class (and its tests) need no vLLM.  A request's
+    ``response_schema`` reaches vLLM as OpenAI's ``response_format`` (``json_schema``),
+    which ``ChatCompletionRequest`` takes for constrained decoding.
     """
 
     name: str

@@ -52,7 +52,9 @@ class ScriptedOllamaServer(ScriptedServer):
     Ollama also sends for tool calls) and ``delay_s`` (sleep before answering).
 
     ``models`` are the pulled models ``/api/tags`` lists; a chat naming another model
-    gets Ollama's 404 and consumes no step.  Every chat body received is appended to
+    gets Ollama's 404 and consumes no step, and so does a ``format`` that is neither
+    ``"json"`` nor a JSON Schema object (Ollama's 500, or an error line when
+    streaming).  Every chat body received is appended to
     ``requests`` (headers to ``request_headers``).  Running out of steps answers 500.
     ``url`` is the base URL without ``/v1`` (what Ollama clients take as ``host``).
 
@@ -150,6 +152,11 @@ class ScriptedOllamaServer(ScriptedServer):
             loaded = {**_head(model), "message": {"role": "assistant", "content": ""}}
             loaded.update(done_reason="load", done=True)
             return _ndjson([loaded]) if stream else JSONResponse(loaded)
+        refused = _format_error(body.get("format"))
+        if refused is not None:
+            # Ollama finds out when it starts generating: a 500, or an error line in
+            # a stream that already answered 200.
+            return _ndjson([{"error": refused}]) if stream else _error(500, refused)
         step = await self._await_step()
         if step is None:
             return _error(500, self._exhausted())
@@ -318,6 +325,15 @@ def _check_messages(messages: Any) -> str | None:
                     "api.ToolCallFunctionArguments"
                 )
     return None
+
+
+def _format_error(fmt: Any) -> str | None:
+    """Ollama's error for a ``format`` it cannot constrain to (llm/llama_server.go):
+    only ``"json"`` or a JSON Schema object; null and ``""`` mean "not set"."""
+    if fmt is None or fmt in ("", "json") or isinstance(fmt, dict):
+        return None
+    raw = json.dumps(fmt, separators=(",", ":"))
+    return f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object'
 
 
 def _tag_entry(model: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import struct
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -33,6 +34,17 @@ __all__ = ["ScriptedOpenAIServer", "fake_embedding"]
 # How many pieces a streamed tool call's argument JSON is cut into (real servers
 # send a few characters per chunk; clients must concatenate them).
 _ARG_PIECES = 3
+_RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# How OpenAI names a JSON value's type in its errors.
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a decimal",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+}
 
 
 class ScriptedOpenAIServer(ScriptedServer):
@@ -55,7 +67,9 @@ class ScriptedOpenAIServer(ScriptedServer):
     ``stream_options.include_usage`` asks for.
     Every chat-completion body received is appended to ``requests`` (its headers to
     ``request_headers``), whether or not it was answered successfully.  Running out of
-    steps answers HTTP 500 saying the script is exhausted.
+    steps answers HTTP 500 saying the script is exhausted.  A malformed
+    ``response_format`` gets OpenAI's 400 and consumes no step (the answer itself is
+    scripted: the server does not constrain it).
 
     ``POST /v1/embeddings`` consumes no step: it answers ``fake_embedding(text,
     dimensions or embedding_dim)`` for each input, as floats or (``encoding_format:
@@ -157,6 +171,9 @@ class ScriptedOpenAIServer(ScriptedServer):
                 "invalid_request_error",
                 param="messages",
             )
+        refused = _response_format_error(body.get("response_format"))
+        if refused is not None:
+            return refused
         step = await self._await_step()
         if step is None:
             return _error(500, self._exhausted(), "server_error")
@@ -397,6 +414,77 @@ def _content_words(content: Any) -> int:
             if isinstance(p, dict) and isinstance(p.get("text"), str)
         )
     return 0
+
+
+def _response_format_error(fmt: Any) -> JSONResponse | None:
+    """OpenAI's 400 for a ``response_format`` it cannot take, or None.
+
+    ``type`` must be ``text``, ``json_object`` or ``json_schema``; ``json_schema``
+    needs ``json_schema.name`` (``^[a-zA-Z0-9_-]{1,64}$``) and, if given, an object
+    ``schema``.  Other keys pass, as vLLM and llama-cpp-python let them (the latter
+    reads ``schema`` next to ``type: json_object``).
+    """
+    if fmt is None:
+        return None
+    where = "response_format"
+    if not isinstance(fmt, dict):
+        return _invalid_type(where, fmt)
+    kind = fmt.get("type")
+    if kind is None:
+        return _missing(f"{where}.type")
+    if kind not in _RESPONSE_FORMAT_TYPES:
+        supported = "'text', 'json_object', and 'json_schema'"
+        return _error(
+            400,
+            f"Invalid value: {kind!r}. Supported values are: {supported}.",
+            "invalid_request_error",
+            param=f"{where}.type",
+            code="invalid_value",
+        )
+    if kind != "json_schema":
+        return None
+    spec = fmt.get("json_schema")
+    if spec is None:
+        return _missing(f"{where}.json_schema")
+    if not isinstance(spec, dict):
+        return _invalid_type(f"{where}.json_schema", spec)
+    name = spec.get("name")
+    if name is None:
+        return _missing(f"{where}.json_schema.name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        return _error(
+            400,
+            f"Invalid '{where}.json_schema.name': string does not match pattern. "
+            "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+            "invalid_request_error",
+            param=f"{where}.json_schema.name",
+            code="invalid_value",
+        )
+    schema = spec.get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        return _invalid_type(f"{where}.json_schema.schema", schema)
+    return None
+
+
+def _missing(param: str) -> JSONResponse:
+    return _error(
+        400,
+        f"Missing required parameter: '{param}'.",
+        "invalid_request_error",
+        param=param,
+        code="missing_required_parameter",
+    )
+
+
+def _invalid_type(param: str, value: Any) -> JSONResponse:
+    got = _JSON_TYPES.get(type(value), type(value).__name__)
+    return _error(
+        400,
+        f"Invalid type for '{param}': expected an object, but got {got} instead.",
+        "invalid_request_error",
+        param=param,
+        code="invalid_type",
+    )
 
 
 def _error(

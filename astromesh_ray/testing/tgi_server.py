@@ -17,7 +17,10 @@ step.
 and stay out of ``generated_text``, as TGI decodes it.  A generation that ends on its
 own ends with the EOS token ``<|im_end|>``, counted in ``generated_tokens`` as TGI
 does.  Sampling parameters are validated as TGI does
-(``temperature`` 0 is a 422), ``max_new_tokens`` and ``stop`` are honoured.
+(``temperature`` 0 is a 422), ``max_new_tokens`` and ``stop`` are honoured.  So is a
+grammar (``parameters.grammar``, the Messages API's ``response_format``): TGI's
+``GrammarType``, a JSON one a draft 2020-12 schema with top-level ``properties``;
+the scripted text itself is not constrained by it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from jsonschema import Draft202012Validator, SchemaError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -51,6 +55,8 @@ _ROUTER_ERRORS = {
     500: "incomplete_generation",
 }
 _MAX_STOP_SEQUENCES = 4  # TGI's --max-stop-sequences default
+# TGI's GrammarType variants (json_object is an alias of json).
+_GRAMMAR_TYPES = ("json", "json_object", "regex", "json_schema")
 _VERSION = "3.3.4"
 
 
@@ -176,7 +182,10 @@ class ScriptedTGIServer(ScriptedServer):
         self, body: dict[str, Any], *, stream: bool, as_list: bool = False
     ) -> Response:
         params = body.get("parameters") or {}
-        problem = _validate(body, params)
+        undecodable = _grammar_shape_error(params.get("grammar"), "parameters.grammar")
+        if undecodable is not None:
+            return undecodable
+        problem = _validate(body, params) or _grammar_error(params.get("grammar"))
         if problem is not None:
             return _failure(422, f"Input validation error: {problem}", "validation", stream)
         step = await self._take_step(stream)
@@ -229,6 +238,13 @@ class ScriptedTGIServer(ScriptedServer):
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             message = "Failed to deserialize the JSON body: missing field `messages`"
             return Response(message, status_code=422)
+        grammar = body.get("response_format")
+        undecodable = _grammar_shape_error(grammar, "response_format")
+        if undecodable is not None:
+            return undecodable
+        problem = _grammar_error(grammar)
+        if problem is not None:
+            return _error(422, f"Input validation error: {problem}", "validation")
         step = await self._take_step(stream=False)  # errors come before the stream starts
         if isinstance(step, Response):
             return step
@@ -390,6 +406,70 @@ def _validate(body: dict[str, Any], params: dict[str, Any]) -> str | None:
     if len(stops) > _MAX_STOP_SEQUENCES:
         return f"`stop` supports up to {_MAX_STOP_SEQUENCES} stop sequences. Given: {len(stops)}"
     return None
+
+
+def _grammar_shape_error(grammar: Any, field: str) -> Response | None:
+    """axum's 422 for a grammar that is not TGI's ``GrammarType`` (serde, adjacently
+    tagged: ``{"type": "json" | "json_object" | "regex" | "json_schema", "value": ...}``),
+    answered before any stream starts; None for one that deserialises."""
+    if grammar is None:
+        return None
+    problem = None
+    if not isinstance(grammar, dict):
+        problem = f"invalid type: {_serde_kind(grammar)}, expected adjacently tagged enum"
+    elif "type" not in grammar:
+        problem = "missing field `type`"
+    elif grammar["type"] not in _GRAMMAR_TYPES:
+        expected = ", ".join(f"`{t}`" for t in _GRAMMAR_TYPES)
+        problem = f"unknown variant `{grammar['type']}`, expected one of {expected}"
+    elif "value" not in grammar:
+        problem = "missing field `value`"
+    elif grammar["type"] == "regex" and not isinstance(grammar["value"], str):
+        problem = f"invalid type: {_serde_kind(grammar['value'])}, expected a string"
+    elif grammar["type"] == "json_schema" and not (
+        isinstance(grammar["value"], dict) and "schema" in grammar["value"]
+    ):
+        problem = "missing field `schema`"
+    if problem is None:
+        return None
+    message = f"Failed to deserialize the JSON body into the target type: {field}: {problem}"
+    return Response(message, status_code=422)
+
+
+def _grammar_error(grammar: Any) -> str | None:
+    """TGI's validation of a JSON grammar (router/src/validation.rs): the value is a
+    JSON Schema object (or its JSON text), valid under draft 2020-12, with top-level
+    ``properties``; a regex passes as it is."""
+    if not isinstance(grammar, dict) or grammar.get("type") == "regex":
+        return None
+    value: Any = grammar.get("value")
+    if grammar.get("type") == "json_schema":
+        value = value["schema"]  # its shape was checked: an object with a schema
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            return f"grammar is not valid: {exc}"
+    if not isinstance(value, dict):
+        return "grammar is not supported"
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        return f"grammar is not valid: {exc.message}"
+    if "properties" not in value:
+        return "grammar is not valid: Grammar must have a 'properties' field"
+    return None
+
+
+def _serde_kind(value: Any) -> str:
+    # How serde names the JSON value it got instead.
+    if isinstance(value, bool):
+        return f"boolean `{str(value).lower()}`"
+    if isinstance(value, str):
+        return f"string {json.dumps(value)}"
+    if isinstance(value, int | float):
+        return f"number `{value}`"
+    return "sequence" if isinstance(value, list) else "map"
 
 
 def _data(payload: dict[str, Any]) -> str:

@@ -5,11 +5,13 @@ builds (``astromesh_ray.testing.tiny_gguf``).  Random weights decide nothing use
 so the tests assert what the server guarantees: greedy decoding is deterministic,
 the model never emits its stop token (a completion is exactly ``max_tokens`` long),
 and ``chatml-function-calling`` constrains a forced tool call to the tool's JSON
-Schema, so its arguments always parse and always satisfy the schema.
+Schema, so its arguments always parse and always satisfy the schema (and, likewise,
+an answer to a request's ``response_schema``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jsonschema
 import pytest
 
 from astromesh_ray.core.build import build_runtime
@@ -136,6 +140,61 @@ async def test_forced_tool_call_is_normalised(server: LlamaCppServer) -> None:
     assert set(call.arguments) == {"expression"}
     assert re.fullmatch(EXPRESSION.strip("^$"), call.arguments["expression"])
     assert completion.usage.input_tokens > 0 and completion.usage.output_tokens > 0
+
+
+VERDICT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+}
+
+
+async def test_response_schema_constrains_the_real_server(server: LlamaCppServer) -> None:
+    """The ``json_object`` + ``schema`` response format becomes llama.cpp's grammar: even
+    random weights answer JSON matching the schema, then stop (the grammar leaves only
+    the end of the answer), complete and streamed."""
+    provider = _provider(server.url)
+    request = CompletionRequest(
+        messages=[Message(role="user", content="Is it ok? Answer in JSON.")],
+        parameters={"temperature": 0, "max_tokens": 64},
+        response_schema=VERDICT,
+    )
+    try:
+        whole = await provider.complete(request)
+        chunks = await _collect(provider.stream(request))
+    finally:
+        await provider.aclose()
+    streamed = "".join(c.text for c in chunks)
+    for text in (whole.message.content or "", streamed):
+        answer = json.loads(text)
+        jsonschema.validate(answer, VERDICT)
+        assert set(answer) == {"ok"} and isinstance(answer["ok"], bool)
+    assert whole.finish_reason == "stop"  # not "length": the grammar ended the answer
+    assert chunks[-1].finish_reason == "stop"
+    assert whole.usage.output_tokens < 64
+
+
+def test_real_server_takes_json_object_with_a_schema_not_json_schema(
+    server: LlamaCppServer,
+) -> None:
+    """Why the ``llamacpp`` kind does not send OpenAI's shape: llama-cpp-python's
+    ``response_format.type`` is ``text`` or ``json_object`` only, and it answers
+    anything else with a 500 (which a client would even retry)."""
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "ok?"}],
+        "max_tokens": 64,
+        "temperature": 0,
+    }
+    url = f"{server.url}/chat/completions"
+    openai_shape = {"type": "json_schema", "json_schema": {"name": "answer", "schema": VERDICT}}
+    refused = httpx.post(url, json={**body, "response_format": openai_shape}, timeout=60)
+    assert refused.status_code == 500, refused.text
+    assert "Input should be 'text' or 'json_object'" in refused.json()["error"]["message"]
+    ours = {"type": "json_object", "schema": VERDICT}
+    accepted = httpx.post(url, json={**body, "response_format": ours}, timeout=60)
+    assert accepted.status_code == 200, accepted.text
+    jsonschema.validate(json.loads(accepted.json()["choices"][0]["message"]["content"]), VERDICT)
 
 
 @dataclass

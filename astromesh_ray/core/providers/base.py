@@ -24,6 +24,9 @@ class Provider(Protocol):
     ``complete`` returns one whole answer (text and/or native tool calls, with usage);
     ``stream`` yields text deltas and whole tool calls, usage on the last chunk.
     Failures raise ``ProviderError`` with ``provider``, ``status`` and ``retryable``.
+    A provider whose backend has native constrained decoding honours
+    ``request.response_schema`` (and says so with ``native_structured_output = True``);
+    the others ignore it, and the engine validates the answer and asks again.
     """
 
     name: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -72,8 +72,12 @@ class OllamaProvider:
     ``parameters`` are default sampling options; a request's own ``parameters`` win.
     If ``api_key_env`` names a set variable, its value goes out as a bearer token
     (for an Ollama behind an authenticating proxy); it is read at call time.
-    ``max_connections`` sizes the connection pool (all kept alive).
+    ``max_connections`` sizes the connection pool (all kept alive).  A request's
+    ``response_schema`` goes out as ``format`` (in place of ``options.format``).
     """
+
+    # Constrained decoding to request.response_schema, done by Ollama (`format`).
+    native_structured_output: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -244,7 +248,11 @@ class OllamaProvider:
         options = self._sampling_options(request.parameters)
         if options:
             body["options"] = options
-        if self.format is not None:
+        if request.response_schema is not None:
+            # Ollama constrains decoding to a schema given as `format` itself; the
+            # request's schema is more specific than the block's options.format.
+            body["format"] = dict(request.response_schema)
+        elif self.format is not None:
             body["format"] = self.format
         if self.keep_alive is not None:
             body["keep_alive"] = self.keep_alive

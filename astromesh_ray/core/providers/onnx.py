@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from astromesh_ray.core.messages import (
     Completion,
@@ -87,7 +87,13 @@ class OnnxProvider:
     the prompt's tokens and every generated token, the eos token included (as vLLM
     does).  ``max_connections`` is taken for the signature every provider shares; a
     model in this process opens no connections.
+
+    No constrained decoding: a request's ``response_schema`` is ignored here, and the
+    engine validates the answer against it and asks again.
     """
+
+    # No native constrained decoding (see the class docstring).
+    native_structured_output: ClassVar[bool] = False
 
     def __init__(
         self,

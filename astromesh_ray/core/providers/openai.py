@@ -2,7 +2,9 @@
 
 One class serves the YAML providers ``openai``, ``openai_compat``, ``ollama`` (its
 ``/v1`` API), ``vllm`` and ``llamacpp``: they speak the same wire format and differ
-only in default endpoint and whether an API key is needed.  Talks plain ``httpx``
+only in default endpoint, whether an API key is needed, and how a response schema is
+asked for (llama.cpp's ``json_object`` with a schema, OpenAI's ``json_schema`` for
+the others: ``structured.py``).  Talks plain ``httpx``
 (no vendor SDK) through one pooled client per event loop; the wire format itself
 (body, answers, stream deltas, error bodies) is ``openai_wire``, shared with the
 in-cluster vLLM adapter.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import httpx
@@ -41,6 +43,11 @@ from astromesh_ray.core.providers.http import (
 )
 from astromesh_ray.core.providers.openai_wire import OpenAIChatWire, error_text
 from astromesh_ray.core.providers.retry import parse_retry_after
+from astromesh_ray.core.providers.structured import (
+    ResponseFormat,
+    llamacpp_response_format,
+    openai_response_format,
+)
 from astromesh_ray.errors import ConfigError, ProviderError
 
 __all__ = ["DEFAULT_ENDPOINTS", "OpenAIProvider"]
@@ -54,6 +61,9 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
     "llamacpp": "http://localhost:8080/v1",
 }
 _KINDS = (*DEFAULT_ENDPOINTS, "vllm")
+# How each kind takes a response schema (structured.py); the others take OpenAI's.
+# vLLM is not among them: it takes OpenAI's json_schema response_format.
+_RESPONSE_FORMATS: dict[str, ResponseFormat] = {"llamacpp": llamacpp_response_format}
 _OPENAI_HOST = "api.openai.com"
 # `options:` keys of a model block this provider understands.
 _OPTIONS = {
@@ -68,8 +78,13 @@ class OpenAIProvider:
     ``parameters`` are default sampling options; a request's own ``parameters`` win.
     The API key is read from the environment variable ``api_key_env`` at call time,
     so rotating it needs no restart.  ``max_connections`` sizes the connection pool
-    (all kept alive).
+    (all kept alive).  A request's ``response_schema`` goes out as the kind's own
+    ``response_format`` (``structured.py``), or as ``response_format`` says (a
+    server speaking this wire with its own shape, e.g. TGI's Messages API).
     """
+
+    # Constrained decoding to request.response_schema, done by the backend.
+    native_structured_output: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -83,6 +98,7 @@ class OpenAIProvider:
         timeout_s: float = 60.0,
         options: dict[str, Any] | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        response_format: ResponseFormat | None = None,
     ) -> None:
         opts = dict(options or {})
         if kind == "vllm" and opts.get("mode") == "in_cluster":
@@ -124,6 +140,7 @@ class OpenAIProvider:
             model=model,
             source=self.endpoint,
             hint=f"check that {self.endpoint} is an OpenAI-compatible API",
+            response_format=response_format or _RESPONSE_FORMATS.get(kind, openai_response_format),
         )
 
     def __repr__(self) -> str:

@@ -6,7 +6,8 @@ and TGI Messages servers) and in process by the in-cluster vLLM adapter
 the same answers.  Plain dicts in, our types out: no HTTP, no vendor SDK.
 
 - ``OpenAIChatWire.body``: a ``CompletionRequest`` as the request body
-  (``wire_message`` / ``wire_tool`` per message and tool);
+  (``wire_message`` / ``wire_tool`` per message and tool, ``response_format`` for a
+  ``response_schema``);
 - ``OpenAIChatWire.completion``: a whole answer as a ``Completion``;
 - ``OpenAIStreamDecoder``: streamed ``chat.completion.chunk`` events as
   ``CompletionChunk``s (text, reasoning and tool-argument deltas), then the last chunk
@@ -34,6 +35,7 @@ from astromesh_ray.core.messages import (
     Usage,
 )
 from astromesh_ray.core.providers.http import estimate_tokens, retryable_status
+from astromesh_ray.core.providers.structured import ResponseFormat, openai_response_format
 from astromesh_ray.errors import ProviderError
 
 __all__ = [
@@ -53,12 +55,15 @@ class OpenAIChatWire:
     ``name`` is the provider name errors carry, ``model`` the model id sent (and
     reported when an answer names none), ``source`` where answers come from in error
     messages (an endpoint URL, ``"vLLM"``), ``hint`` what to check when one is malformed.
+    ``response_format`` turns a request's ``response_schema`` into the backend's own
+    ``response_format`` (``core/providers/structured.py``; OpenAI's by default).
     """
 
     name: str
     model: str
     source: str
     hint: str | None = None
+    response_format: ResponseFormat = openai_response_format
 
     # -- request side ------------------------------------------------------------------
 
@@ -82,6 +87,10 @@ class OpenAIChatWire:
             body["stream_options"] = {"include_usage": True}
         else:
             body.pop("stream_options", None)
+        if request.response_schema is not None:
+            constraint = self.response_format(request.response_schema)
+            if constraint is not None:
+                body["response_format"] = constraint  # the request's schema wins
         return body
 
     # -- response side -----------------------------------------------------------------

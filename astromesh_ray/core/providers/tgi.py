@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -45,6 +45,7 @@ from astromesh_ray.core.providers.http import (
     transport_message,
 )
 from astromesh_ray.core.providers.openai import OpenAIProvider
+from astromesh_ray.core.providers.structured import tgi_grammar
 from astromesh_ray.errors import ConfigError, ProviderError
 
 __all__ = ["DEFAULT_ENDPOINT", "TGIProvider"]
@@ -87,8 +88,13 @@ class TGIProvider:
     ``temperature``, ...) or TGI's own; a request's own ``parameters`` win.  The API key
     (TGI's ``--api-key``, or a Hugging Face token for Inference Endpoints) is read from
     ``api_key_env`` at call time and sent as a Bearer token.  ``max_connections``
-    sizes the connection pool (all kept alive).
+    sizes the connection pool (all kept alive).  A request's ``response_schema``
+    becomes TGI's JSON grammar (``parameters.grammar``, or the Messages API's
+    ``response_format``), unless TGI would refuse it (no top-level ``properties``).
     """
+
+    # Constrained decoding to request.response_schema, done by TGI (a JSON grammar).
+    native_structured_output: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -152,6 +158,7 @@ class TGIProvider:
                 timeout_s=timeout_s,
                 options={"headers": self.extra_headers} if self.extra_headers else None,
                 max_connections=max_connections,
+                response_format=tgi_grammar,  # TGI's GrammarType, not OpenAI's shape
             )
 
     def __repr__(self) -> str:
@@ -311,6 +318,10 @@ class TGIProvider:
         wire.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
         # Set last so sampling parameters can never change what we parse.
         wire.update(details=True, return_full_text=False)
+        schema = request.response_schema
+        grammar = tgi_grammar(schema) if schema is not None else None
+        if grammar is not None:
+            wire["grammar"] = grammar  # the request's schema beats a `grammar` parameter
         return {"inputs": prompt, "parameters": wire}
 
     # -- response side -----------------------------------------------------------------
