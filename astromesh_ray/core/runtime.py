@@ -54,7 +54,7 @@ from astromesh_ray.core.tasks import (
     TaskRunner,
     execute_task,
 )
-from astromesh_ray.core.tools.base import Toolset
+from astromesh_ray.core.tools.base import Toolset, toolsets_health
 from astromesh_ray.core.tools.index import ToolIndex
 from astromesh_ray.core.trace import Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AstromeshError, RunError
@@ -161,14 +161,7 @@ class AgentRuntime:
     def health(self) -> dict[str, Any]:
         """Each toolset's health, for toolsets that report one (MCP servers):
         ``{"status": "ok" | "degraded", "toolsets": {name: {...}}}``."""
-        toolsets: dict[str, Any] = {}
-        for toolset in self.toolsets:
-            health = getattr(toolset, "health", None)
-            report = health() if health is not None else None
-            if report is not None:
-                toolsets[toolset.name] = report
-        down = any(r.get("status") not in (None, "ok") for r in toolsets.values())
-        return {"status": "degraded" if down else "ok", "toolsets": toolsets}
+        return toolsets_health(self.toolsets)
 
     async def aclose(self) -> None:
         """Close the toolsets and the model clients (each once).  One that fails to

@@ -134,3 +134,16 @@ class Tool(Protocol):
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         """Run with validated arguments; ``ToolError`` for failures the model reads."""
         ...
+
+
+def toolsets_health(toolsets: Sequence[Toolset]) -> dict[str, Any]:
+    """The health of the toolsets that report one (MCP servers):
+    ``{"status": "ok" | "degraded", "toolsets": {name: {...}}}``."""
+    reports: dict[str, Any] = {}
+    for toolset in toolsets:
+        health = getattr(toolset, "health", None)
+        report = health() if health is not None else None
+        if report is not None:
+            reports[toolset.name] = report
+    down = any(r.get("status") not in (None, "ok") for r in reports.values())
+    return {"status": "degraded" if down else "ok", "toolsets": reports}
