@@ -240,6 +240,9 @@ class TurnState:
     usage: Usage = field(default_factory=Usage)
     answer: str | None = None
     data: Any = None  # the structured answer (spec.output_schema), once validated
+    # What the run is doing, when a pattern says (a pipeline stage): a timeout of the
+    # whole turn names it.
+    doing: str | None = None
     iterations: int = 0  # model calls made, counted against max_iterations
     recall: Recall = field(default_factory=Recall)
     # Where this turn's own messages start in ``messages`` (after the system prompt

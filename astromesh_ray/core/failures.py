@@ -37,6 +37,7 @@ def attach_run(error: AstromeshError, run_id: str, state: TurnState) -> None:
         details.setdefault("sub_run_id", child_run)
     state.trace.spans[0].end(error.message)
     details["run_id"] = run_id
+    details["iterations"] = state.iterations  # model calls spent (the caller counts them)
     details["trace_id"] = state.trace.trace_id
     details["steps"] = [step_dict(s) for s in state.steps]
     details["trace"] = [s.to_dict() for s in state.trace.spans]

@@ -207,7 +207,7 @@ class AgentRuntime:
                 raise
             if loop.time() < deadline:
                 raise
-            error = deadline_exceeded(turn.ctx)
+            error = deadline_exceeded(turn.ctx, turn.state)
             await self._finish(turn.ctx, turn.state, error)
             attach_run(error, turn.ctx.run_id, turn.state)
             if turn.checkpoint is not None:

@@ -60,6 +60,7 @@ class PipelinePattern:
             span = state.trace.start("stage", ctx.trace.span_id, stage=stage.name, index=index)
             yield TaskStarted(id=stage.name, kind="stage", name=stage.name, input=text)
             before = state.iterations
+            state.doing = f"pipeline stage {stage.name!r} ({index} of {count})"
             try:
                 if stage.prompt is not None:
                     output = ""
@@ -77,6 +78,7 @@ class PipelinePattern:
                 span.end(exc)
                 raise _named(exc, stage, index, count) from None
             span.end()
+            state.doing = None
             yield TaskFinished(
                 id=stage.name,
                 kind="stage",

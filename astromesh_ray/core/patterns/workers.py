@@ -122,6 +122,7 @@ class WorkerBatch:
             span.set(sub_run_id=result.run_id)
         elif error is not None:
             state.trace.extend(s for s in error.details.get("trace") or [] if isinstance(s, dict))
+            state.iterations += int(error.details.get("iterations") or 0)
         span.locate(where)
         span.end(error.message if error is not None else None)
         output = error.message if error is not None else result.answer if result else ""

@@ -12,15 +12,17 @@ from astromesh_ray.errors import RunLimitExceeded, RunTimeout
 T = TypeVar("T")
 
 
-def deadline_exceeded(ctx: RunContext) -> RunTimeout:
-    """The error for a run whose deadline passed (the runtime adds the partial trace)."""
+def deadline_exceeded(ctx: RunContext, state: TurnState | None = None) -> RunTimeout:
+    """The error for a run whose deadline passed (the runtime adds the partial trace),
+    naming what it was doing when a pattern said (``TurnState.doing``)."""
     within = (
         f"the {ctx.request.deadline_s:.3g} s its caller had left"
         if ctx.deadline_from_caller
         else "its timeout_seconds"
     )
+    doing = state.doing if state is not None else None
     return RunTimeout(
-        f"agent {ctx.agent!r} did not answer within {within}",
+        f"agent {ctx.agent!r} did not answer within {within}" + (f" (in {doing})" if doing else ""),
         hint="raise spec.orchestration.timeout_seconds or use a faster model",
         run_id=ctx.run_id,
     )

@@ -165,6 +165,8 @@ async def _run_tool(
         spans = exc.details.get("sub_run_spans")
         if isinstance(spans, list):
             state.trace.extend(s for s in spans if isinstance(s, dict))
+        # A failed sub-run's model calls count too (max_iterations across sub-runs).
+        state.iterations += int(exc.details.get("sub_run_iterations") or 0)
         return ToolResult(f"error: {exc}", is_error=True)
     except LimitReached:  # the tool's own limit, the run still has time
         return ToolResult(

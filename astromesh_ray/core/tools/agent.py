@@ -122,4 +122,5 @@ def _failed(tool: AgentTool, exc: AstromeshError) -> ToolError:
         hint=exc.hint,
         tool=tool.name,
         sub_run_spans=[s.to_dict() for s in spans],
+        sub_run_iterations=int(exc.details.get("iterations") or 0),
     )

@@ -53,11 +53,18 @@ def branch_model(replies: dict[str, object], seen: list[CompletionRequest] | Non
 async def test_yaml_branches_run_and_are_merged(tmp_path: Path) -> None:
     seen: list[CompletionRequest] = []
     model = branch_model(
-        {"sum for {{ query }}": "unused", "sum for go": ToolCall("t", "calculator", {"expression": "1+1"}), "words for go": "words!"},
+        {
+            "sum for {{ query }}": "unused",
+            "sum for go": ToolCall("t", "calculator", {"expression": "1+1"}),
+            "words for go": "words!",
+        },
         seen,
     )
     out = await stream(
-        agents(tmp_path, branches=["sum for {{ query }}", {"name": "words", "task": "words for {{ query }}"}]),
+        agents(
+            tmp_path,
+            branches=["sum for {{ query }}", {"name": "words", "task": "words for {{ query }}"}],
+        ),
         {"fan": ScriptedProvider([model] * 4)},
         "fan",
         "go",
@@ -92,10 +99,16 @@ async def test_the_splitter_writes_the_subtasks(tmp_path: Path) -> None:
 
 async def test_a_failed_branch_is_reported_and_the_others_kept(tmp_path: Path) -> None:
     seen: list[CompletionRequest] = []
-    model = branch_model({"north": ProviderError("north is down", provider="x", status=500), "south": "S"}, seen)
+    model = branch_model(
+        {"north": ProviderError("north is down", provider="x", status=500), "south": "S"}, seen
+    )
     out = await stream(agents(tmp_path), {"fan": ScriptedProvider([model] * 4)}, "fan", "go")
     assert out.result is not None and out.result.answer == "merged"
-    finished = {e["input"] if "input" in e else e["id"]: e for e in out.events if e["type"] == "task_finished"}
+    finished = {
+        e["input"] if "input" in e else e["id"]: e
+        for e in out.events
+        if e["type"] == "task_finished"
+    }
     errors = sorted(e["is_error"] for e in finished.values())
     assert errors == [False, True]
     merge = last_text(seen[-1])
@@ -105,8 +118,10 @@ async def test_a_failed_branch_is_reported_and_the_others_kept(tmp_path: Path) -
 async def test_fail_fast_fails_the_run(tmp_path: Path) -> None:
     model = branch_model({"a": ProviderError("a is down", provider="x", status=500), "b": "B"})
     scripted = ScriptedProvider([model] * 2)
-    with pytest.raises(RunError, match="branch 'branch-1' failed: .*a is down") as info:
-        await run(agents(tmp_path, branches=["a", "b"], fail_fast=True), {"fan": scripted}, "fan", "go")
+    with pytest.raises(RunError, match=r"branch 'branch-1' failed: .*a is down") as info:
+        await run(
+            agents(tmp_path, branches=["a", "b"], fail_fast=True), {"fan": scripted}, "fan", "go"
+        )
     assert info.value.details["reason"] == "branch_failed"
     scripted.discard_remaining()  # b may or may not have been asked before a failed
 
@@ -115,11 +130,16 @@ async def test_every_branch_failing_fails_the_run(tmp_path: Path) -> None:
     down = ProviderError("down", provider="x", status=500)
     model = branch_model({"a": down, "b": down})
     with pytest.raises(RunError, match="every branch failed"):
-        await run(agents(tmp_path, branches=["a", "b"]), {"fan": ScriptedProvider([model] * 2)}, "fan", "go")
+        await run(
+            agents(tmp_path, branches=["a", "b"]),
+            {"fan": ScriptedProvider([model] * 2)},
+            "fan",
+            "go",
+        )
 
 
 async def test_model_calls_are_counted_across_branches(tmp_path: Path) -> None:
-    with pytest.raises(RunLimitExceeded, match="leaves 2 model call.* for 3 branches"):
+    with pytest.raises(RunLimitExceeded, match=r"leaves 2 model call.* for 3 branches"):
         await run(
             agents(tmp_path, branches=["a", "b", "c"], max_iterations=3),
             {"fan": ScriptedProvider([])},
@@ -156,7 +176,9 @@ async def test_the_deadline_ends_slow_branches_with_the_partial_trace(tmp_path: 
     slow = SlowProvider(5.0)
     out_error: RunTimeout | None = None
     try:
-        await stream(agents(tmp_path, branches=["a", "b"], timeout_seconds=0.3), {"fan": slow}, "fan", "go")
+        await stream(
+            agents(tmp_path, branches=["a", "b"], timeout_seconds=0.3), {"fan": slow}, "fan", "go"
+        )
     except RunTimeout as exc:
         out_error = exc
     assert out_error is not None

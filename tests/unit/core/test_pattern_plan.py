@@ -87,7 +87,9 @@ async def test_a_plan_runs_as_a_dag_and_the_synthesizer_sees_every_result(
     finished = [e["id"] for e in out.events if e["type"] == "task_finished"]
     assert started[:2] == ["a", "b"] and started[2] == "c"
     assert set(finished[:2]) == {"a", "b"} and finished[2] == "c"
-    c_start = next(i for i, e in enumerate(out.events) if e == {**e, "type": "task_started", "id": "c"})
+    c_start = next(
+        i for i, e in enumerate(out.events) if e == {**e, "type": "task_started", "id": "c"}
+    )
     assert all(
         i < c_start
         for i, e in enumerate(out.events)
@@ -124,7 +126,9 @@ async def test_a_malformed_plan_is_sent_back_once_with_the_error(tmp_path: Path)
         seen.append(last_text(request))
         return answer(request)
 
-    result = await run(agent(tmp_path), {"planner-agent": ScriptedProvider([model] * 4)}, "planner-agent", "go")
+    result = await run(
+        agent(tmp_path), {"planner-agent": ScriptedProvider([model] * 4)}, "planner-agent", "go"
+    )
     assert result.answer == "final answer"
     assert "depends on unknown step 'nope'" in seen[1]
     assert [s.type for s in result.steps] == ["plan", "task", "answer"]
@@ -136,7 +140,10 @@ async def test_a_malformed_plan_is_sent_back_once_with_the_error(tmp_path: Path)
         ("not json at all", "not JSON"),
         (plan({"id": "a", "task": "x", "tool": "no_such_tool"}), "names tool 'no_such_tool'"),
         (
-            plan({"id": "a", "task": "x", "depends_on": ["b"]}, {"id": "b", "task": "y", "depends_on": ["a"]}),
+            plan(
+                {"id": "a", "task": "x", "depends_on": ["b"]},
+                {"id": "b", "task": "y", "depends_on": ["a"]},
+            ),
             "cycle",
         ),
         (json.dumps({"steps": []}), "should be non-empty"),
@@ -174,8 +181,10 @@ async def test_a_failed_step_is_re_planned(tmp_path: Path) -> None:
 
     flaky = ScriptedProvider([ProviderError("worker model down", provider="x", status=500)])
     out = await stream(
-        with_worker(tmp_path), {"planner-agent": ScriptedProvider([model] * 4), "flaky": flaky},
-        "planner-agent", "go",
+        with_worker(tmp_path),
+        {"planner-agent": ScriptedProvider([model] * 4), "flaky": flaky},
+        "planner-agent",
+        "go",
     )
     assert out.result is not None and out.result.answer == "final answer"
     plans = [e for e in out.events if e["type"] == "plan"]
@@ -206,7 +215,9 @@ async def test_too_few_model_calls_for_the_plan_is_a_limit_error(tmp_path: Path)
     steps = plan({"id": "a", "task": "x"}, {"id": "b", "task": "y"})
     scripted = ScriptedProvider([steps])
     with pytest.raises(RunLimitExceeded, match="max_iterations=3 leaves 1 model call") as info:
-        await run(agent(tmp_path, max_iterations=3), {"planner-agent": scripted}, "planner-agent", "go")
+        await run(
+            agent(tmp_path, max_iterations=3), {"planner-agent": scripted}, "planner-agent", "go"
+        )
     assert info.value.http_status == 504
     assert info.value.details["trace"]
 
