@@ -11,10 +11,14 @@ from astromesh_ray.core.trace import local_location
 
 
 def replica_location() -> dict[str, str]:
-    """Host, pid, node id, and the Serve application/deployment/replica of the caller."""
+    """Host, pid, node id, actor id, and the Serve application/deployment/replica of the caller."""
     where = local_location()
     with contextlib.suppress(Exception):
-        where["node_id"] = ray.get_runtime_context().get_node_id()
+        runtime = ray.get_runtime_context()
+        where["node_id"] = runtime.get_node_id()
+        actor = runtime.get_actor_id()  # the replica's actor (None outside one)
+        if actor:
+            where["actor_id"] = actor
     try:
         ctx = serve.get_replica_context()
     except Exception:
