@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
-from astromesh_ray.core.context import RunContext, TurnState
+from astromesh_ray.core.context import RunContext, RunRequest, TurnState
 from astromesh_ray.core.events import (
     AnswerStep,
     Event,
@@ -112,12 +112,11 @@ class SwarmPattern:
             yield record(state, AnswerStep(iteration=state.iterations, content=result.answer))
             return
 
-    async def _stream(self, ctx: RunContext, member: str, request: object) -> AsyncIterator[Event]:
+    async def _stream(
+        self, ctx: RunContext, member: str, request: RunRequest
+    ) -> AsyncIterator[Event]:
         """The member's events worth relaying (its answer tokens, model and tool
         calls, tagged with its name), then its ``RunFinished``."""
-        from astromesh_ray.core.context import RunRequest
-
-        assert isinstance(request, RunRequest)
         async with closing_stream(ctx.peer(member).stream(request)) as events:
             while True:
                 try:
