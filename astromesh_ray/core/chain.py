@@ -6,7 +6,9 @@ through its ``Peer``, as a sub-run in this run's trace, with retries and its own
 timeout.  A ``when`` or ``input`` that cannot be rendered (``output.data.score``
 without an output schema) is that step's error, never a silent skip.  With
 ``on_error: continue`` a failed step is recorded and the turn keeps its answer;
-with ``fail`` the turn fails.  Every step, run or not, is a ``chain`` step.
+with ``fail`` the turn fails.  A sub-run that times out (the step's
+``timeout_seconds``, or the peer's own) is the step's failure; only this turn's
+own deadline fails the turn.  Every step, run or not, is a ``chain`` step.
 """
 
 from __future__ import annotations
@@ -86,8 +88,10 @@ class ChainSteps:
     async def _attempts(
         self, ctx: RunContext, state: TurnState, step: ChainStepSpec, text: str
     ) -> tuple[str | None, str | None, str | None, int]:
-        """(answer, sub-run id, error, attempts) of running ``step``'s agent."""
+        """(answer, sub-run id, error, attempts made) of running ``step``'s agent.
+        Retrying stops early when the wait before the next try would outlast the turn."""
         error: str | None = None
+        made = 0
         for attempt in range(1, step.retry.max_attempts + 1):
             if attempt > 1:
                 delay = step.retry.initial_delay_s * (
@@ -98,8 +102,10 @@ class ChainSteps:
                     else 2 ** (attempt - 2)
                 )
                 if delay >= ctx.remaining_s():
+                    error = f"{error} (no time left to wait {delay:.3g} s for another try)"
                     break
                 await self._sleep(delay)
+            made = attempt
             span = state.trace.start("chain", ctx.trace.span_id, agent=step.agent, attempt=attempt)
             limit = (
                 ctx.remaining_s()
@@ -122,10 +128,12 @@ class ChainSteps:
                 error = f"agent {step.agent!r} did not answer within {limit:.3g} s"
                 span.end(error)
                 continue
-            except RunTimeout:
-                span.end("run timeout")
-                raise
             except AstromeshError as exc:
+                if isinstance(exc, RunTimeout) and ctx.remaining_s() <= 0:
+                    span.end("run timeout")  # this turn's own deadline: the turn fails
+                    raise
+                # Any other failure of the sub-run is this step's (a RunTimeout with
+                # time left is the peer's own, shorter, timeout_seconds).
                 error = f"agent {step.agent!r} failed: {exc.message}"
                 span.end(error)
                 state.trace.extend(s for s in exc.details.get("trace") or [] if isinstance(s, dict))
@@ -135,7 +143,7 @@ class ChainSteps:
             state.usage = state.usage + result.usage
             state.trace.extend(result.trace)
             return result.answer, result.run_id, None, attempt
-        return None, None, error, step.retry.max_attempts
+        return None, None, error, made
 
     async def _failed(
         self,

@@ -79,8 +79,9 @@ _SHORTHAND_TYPES = ("string", "integer", "number", "boolean", "array", "object",
 
 def output_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """``spec.output_schema`` as a JSON Schema: a full schema (it has ``type``,
-    ``properties``, ``$schema``, ``anyOf``...) as given; the original's shorthand
-    ``{field: {type, description}}`` as an object with every field required."""
+    ``properties``, ``$schema``, ``anyOf``... as JSON Schema keywords) as given; the
+    original's shorthand ``{field: {type, description}}`` (a field may be called
+    ``type``) as an object with every field required."""
     if _is_full_schema(schema):
         return schema
     properties = {name: dict(field) for name, field in schema.items()}
@@ -92,11 +93,17 @@ def output_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_KEYWORDS = ("type", "properties", "$schema", "anyOf", "oneOf", "allOf", "$ref", "enum")
+
+
 def _is_full_schema(schema: dict[str, Any]) -> bool:
-    keys = {"type", "properties", "$schema", "anyOf", "oneOf", "allOf", "$ref", "enum"}
-    return bool(keys & set(schema)) and not all(
-        isinstance(v, dict) and "type" in v and k not in keys for k, v in schema.items()
-    )
+    # A keyword whose value is a shorthand field ({type: <name>}) is a field of that
+    # name ("type" is a common one); as a JSON Schema keyword its value never is.
+    return any(k in _KEYWORDS and not _is_field(v) for k, v in schema.items())
+
+
+def _is_field(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("type"), str)
 
 
 def check_output_schema(schema: dict[str, Any]) -> None:
@@ -112,7 +119,13 @@ def check_output_schema(schema: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
+    full = _is_full_schema(schema)
     try:
         Draft202012Validator.check_schema(output_json_schema(schema))
     except SchemaError as exc:
-        raise rule_error((), f"not a valid JSON Schema: {exc.message}") from None
+        # Point at the bad keyword: its path in the schema (a shorthand field's
+        # path in the generated schema starts with "properties").
+        where = list(exc.absolute_path)
+        if not full:
+            where = where[1:] if where[:1] == ["properties"] else []
+        raise rule_error(tuple(where), f"not a valid JSON Schema: {exc.message}") from None

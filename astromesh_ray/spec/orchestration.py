@@ -7,10 +7,10 @@ to a pattern that does not read it is refused, so nothing is parsed and ignored.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import jinja2
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Discriminator, Field, Tag, field_validator, model_validator
 
 from astromesh_ray.spec.base import StrictModel, count_present, rule_error
 
@@ -31,11 +31,22 @@ class BranchSpec(StrictModel):
         description="What the branch does: a Jinja template over {{ query }} (the user's message).",
     )
 
-    @field_validator("task")
-    @classmethod
-    def _parses(cls, task: str) -> str:
-        _check_template(task)
-        return task
+    @model_validator(mode="after")
+    def _parses(self) -> BranchSpec:
+        _check_template(self.task, "task")
+        return self
+
+
+def _branch_form(value: Any) -> str:
+    return "spec" if isinstance(value, (dict, BranchSpec)) else "text"
+
+
+# A branch is a {name, task} mapping or a task text; which one is decided by the
+# value's shape, so a bad mapping is reported as a mapping (not also as "not a string").
+Branch = Annotated[
+    Annotated[BranchSpec, Tag("spec")] | Annotated[str, Tag("text")],
+    Discriminator(_branch_form),
+]
 
 
 class StageSpec(StrictModel):
@@ -78,7 +89,7 @@ class StageSpec(StrictModel):
         return self
 
 
-def _check_template(text: str, key: str | tuple[str, ...] = "task") -> None:
+def _check_template(text: str, key: str | tuple[str | int, ...]) -> None:
     try:
         jinja2.Environment(autoescape=False).parse(text)
     except jinja2.TemplateSyntaxError as exc:
@@ -120,7 +131,7 @@ class OrchestrationSpec(StrictModel):
     role_map: dict[str, str] = Field(
         default_factory=dict, description="Pattern role → model role (spec.model.roles)."
     )
-    branches: list[BranchSpec | str] | None = Field(
+    branches: list[Branch] | None = Field(
         default=None,
         min_length=1,
         max_length=64,
@@ -156,6 +167,18 @@ class OrchestrationSpec(StrictModel):
         if len(count_present(data, "timeout_seconds", "timeout", "timeout_s")) > 1:
             raise rule_error("timeout", "give timeout_seconds only (timeout is its old name)")
         return data
+
+    @field_validator("branches")
+    @classmethod
+    def _branch_texts_parse(
+        cls, branches: list[BranchSpec | str] | None
+    ) -> list[BranchSpec | str] | None:
+        for index, branch in enumerate(branches or []):
+            if isinstance(branch, str):
+                if not branch.strip():
+                    raise rule_error((index,), "a branch needs a task")
+                _check_template(branch, (index,))
+        return branches
 
     @field_validator("workers", "members")
     @classmethod
