@@ -27,6 +27,9 @@ from astromesh_ray.core.events import (
     TaskFinished,
     TaskStarted,
     TaskStep,
+    ToolCallEvent,
+    ToolResultEvent,
+    ToolStep,
 )
 from astromesh_ray.core.messages import Message, ToolCall
 from astromesh_ray.core.patterns.common import base_prompt
@@ -70,7 +73,12 @@ class PipelinePattern:
                         else:
                             yield event
                 elif stage.tool is not None:
-                    output = await self._tool(ctx, state, stage, text, span)
+                    output = ""
+                    async for event in self._tool(ctx, state, stage, text, span):
+                        if isinstance(event, _Output):
+                            output = event.text
+                        else:
+                            yield event
                 else:
                     output, sub_run = await self._agent(ctx, state, stage, text, span)
                     span.set(sub_run_id=sub_run)
@@ -148,14 +156,43 @@ class PipelinePattern:
 
     async def _tool(
         self, ctx: RunContext, state: TurnState, stage: StageSpec, text: str, span: Span
-    ) -> str:
+    ) -> AsyncIterator[Event | _Output]:
+        """The stage's tool call, announced and recorded like a model's (events and a
+        ``tool_call`` step; not in the transcript, which has no call it answers)."""
         assert stage.tool is not None
         arguments = self._arguments(ctx, stage, text)
         call = ToolCall(id=f"stage-{stage.name}", name=stage.tool, arguments=arguments)
-        outcome = await tool_step(ctx, state, call, iteration=state.iterations, parent=span.span_id)
-        if outcome.result.is_error:
-            raise RunError(outcome.result.content, run_id=ctx.run_id)
-        return outcome.result.content
+        iteration = state.iterations
+        yield ToolCallEvent(
+            iteration=iteration, id=call.id, name=call.name, arguments=arguments, task=stage.name
+        )
+        outcome = await tool_step(ctx, state, call, iteration=iteration, parent=span.span_id)
+        result = outcome.result
+        yield ToolResultEvent(
+            iteration=iteration,
+            id=call.id,
+            name=call.name,
+            content=result.content,
+            is_error=result.is_error,
+            duration_ms=outcome.duration_ms,
+            task=stage.name,
+        )
+        yield record(
+            state,
+            ToolStep(
+                iteration=iteration,
+                id=call.id,
+                tool=call.name,
+                arguments=arguments,
+                result=result.content,
+                is_error=result.is_error,
+                duration_ms=outcome.duration_ms,
+                task=stage.name,
+            ),
+        )
+        if result.is_error:
+            raise RunError(result.content, run_id=ctx.run_id)
+        yield _Output(result.content)
 
     def _arguments(self, ctx: RunContext, stage: StageSpec, text: str) -> dict[str, Any]:
         if stage.arguments is not None:

@@ -70,18 +70,21 @@ async def tool_step(
     iteration: int,
     parent: str | None = None,
     approved: bool = False,
+    iterations_left: int | None = None,
 ) -> ToolOutcome:
     """Run one tool call.  Whatever the tool's fault (unknown or refused tool, bad
     arguments, a ``ToolError``, its own timeout) becomes an error result the model
     reads; the run's deadline passing is a ``RunTimeout``; anything else is a bug
     and propagates.  ``approved``: the caller approved this call (its tool
-    ``requires_approval``)."""
+    ``requires_approval``); ``iterations_left``: the model calls a sub-run may spend
+    (default: what the run has left; ``run_calls`` shares it between concurrent
+    sub-runs)."""
     span = state.trace.start("tool_call", parent or ctx.trace.span_id, tool=call.name)
     span.set(iteration=iteration, call_id=call.id)
     if approved:
         span.set(approved=True)
     try:
-        result = await _run_tool(ctx, state, call, span, approved)
+        result = await _run_tool(ctx, state, call, span, approved, iterations_left)
     except BaseException as exc:
         span.end(exc)
         raise
@@ -129,7 +132,12 @@ def pending_kind(ctx: RunContext, call: ToolCall) -> str | None:
 
 
 async def _run_tool(
-    ctx: RunContext, state: TurnState, call: ToolCall, span: Span, approved: bool
+    ctx: RunContext,
+    state: TurnState,
+    call: ToolCall,
+    span: Span,
+    approved: bool,
+    iterations_left: int | None,
 ) -> ToolResult:
     checked = _checked(ctx, call)
     if isinstance(checked, ToolResult):
@@ -157,7 +165,7 @@ async def _run_tool(
         trace_parent=span.context.traceparent,
         lineage=ctx.lineage,
         models=ctx.models,
-        iterations_left=ctx.iterations_left(state),
+        iterations_left=ctx.iterations_left(state) if iterations_left is None else iterations_left,
     )
     try:
         result = await bounded(ctx, entry.toolset.call(call.name, arguments, tool_ctx), when)
@@ -252,14 +260,33 @@ async def run_calls(
     if len(calls) == 1:  # no task to spawn for the common case
         outcomes = [await tool_step(ctx, state, calls[0], iteration=iteration, parent=parent)]
     else:
+        # Concurrent sub-runs share the model calls left (each would otherwise be
+        # offered all of them, and together spend more than max_iterations).
+        sub_runs = [c for c in calls if _is_sub_run(ctx, c)]
+        each = ctx.iterations_left(state) // len(sub_runs) if len(sub_runs) > 1 else None
         outcomes = await gather_all(
-            [tool_step(ctx, state, c, iteration=iteration, parent=parent) for c in calls]
+            [
+                tool_step(
+                    ctx,
+                    state,
+                    c,
+                    iteration=iteration,
+                    parent=parent,
+                    iterations_left=each if c in sub_runs else None,
+                )
+                for c in calls
+            ]
         )
     for outcome in outcomes:
         if outcome.result.handoff is not None and handoff is not None:
             handoff.append(outcome)
         for event in record_outcome(state, outcome, iteration, task=ctx.task):
             yield event
+
+
+def _is_sub_run(ctx: RunContext, call: ToolCall) -> bool:
+    entry = ctx.tools.get(call.name)
+    return entry is not None and entry.tool.sub_run
 
 
 def record_outcome(

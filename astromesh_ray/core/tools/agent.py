@@ -77,23 +77,24 @@ class AgentToolset:
                 validate=compile_validator(t.name, QUERY_SCHEMA),
                 timeout_s=t.limits.timeout_s,
                 max_result_chars=t.limits.max_result_chars,
+                sub_run=True,
             )
             for t in self._tools.values()
         ]
 
     async def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         tool = self._tools[name]
-        request = sub_request(
-            target=tool.agent,
-            query=str(arguments["query"]),
-            run_id=ctx.run_id,
-            lineage=ctx.lineage,
-            remaining_s=ctx.remaining_s(),
-            trace_parent=ctx.trace_parent,
-            caller=ctx.caller,
-            max_iterations=ctx.iterations_left,
-        )
         try:
+            request = sub_request(
+                target=tool.agent,
+                query=str(arguments["query"]),
+                run_id=ctx.run_id,
+                lineage=ctx.lineage,
+                remaining_s=ctx.remaining_s(),
+                trace_parent=ctx.trace_parent,
+                caller=ctx.caller,
+                max_iterations=ctx.iterations_left,
+            )
             result = await self._peers[tool.agent].run(request)
         except OPERATIONAL as exc:
             raise _failed(tool, exc) from exc

@@ -93,6 +93,9 @@ class ToolDef:
     side_effects: bool = False
     requires_approval: bool = False
     client: bool = False
+    # A sub-run of another agent: its model calls count against the run's
+    # max_iterations, so concurrent calls share what is left.
+    sub_run: bool = False
     side_effects_of: Callable[[dict[str, Any]], bool] | None = None
 
     @property

@@ -63,6 +63,9 @@ async def test_each_stage_output_is_the_next_stage_input(tmp_path: Path) -> None
         "task_finished",
         "step:task",
         "task_started",
+        "tool_call",
+        "tool_result",
+        "step:tool_call",
         "task_finished",
         "step:task",
         "task_started",
@@ -316,3 +319,21 @@ async def test_handoffs_are_bounded_by_max_iterations(tmp_path: Path) -> None:
         )
     assert info.value.http_status == 504
     assert [s["name"] for s in info.value.details["trace"]].count("member_turn") == 3
+
+
+async def test_concurrent_workers_share_the_model_calls_left(tmp_path: Path) -> None:
+    loop = ToolCall("c", "calculator", {"expression": "1+1"})
+    both = [ToolCall("d1", "math", {"query": "x"}), ToolCall("d2", "words", {"query": "y"})]
+    words_loop = ScriptedProvider([ToolCall("w", "no_such_tool", {})] * 2)
+    math = ScriptedProvider([loop, loop])
+    # max_iterations 5: the supervisor's call leaves 4, 2 for each worker; both spend
+    # them without answering, and nothing is left for the supervisor to answer.
+    with pytest.raises(RunLimitExceeded) as info:
+        await run(
+            supervisor(tmp_path, max_iterations=5),
+            {"boss": ScriptedProvider([both]), "math": math, "words": words_loop},
+            "boss",
+            "go",
+        )
+    assert len(math.requests) == 2 and len(words_loop.requests) == 2
+    assert info.value.details["iterations"] == 5
