@@ -10,13 +10,21 @@ import yaml
 
 from astromesh_ray.cli import _parser
 from astromesh_ray.core.build import check_buildable
-from astromesh_ray.core.patterns import _PATTERNS
+from astromesh_ray.core.patterns import PATTERNS
 from astromesh_ray.errors import AstromeshError
 from astromesh_ray.serve.http import HTTP_ERROR_CODES, MAX_BODY_BYTES
-from astromesh_ray.spec import AgentSpec, check_support, load_agent, validate_paths
+from astromesh_ray.spec import (
+    AgentSpec,
+    check_support,
+    load_agent,
+    load_config,
+    validate_paths,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+PATTERNS_DIR = ROOT / "patterns"
+PATTERNS_README = PATTERNS_DIR / "README.md"
 
 
 def table_rows(text: str, header: str) -> list[list[str]]:
@@ -82,7 +90,7 @@ def test_readme_not_yet_supported_list_is_refused() -> None:
         "      embedding: {deployment: {ray_actor_options: {num_gpus: 1}}}\n",
         "guardrails": "spec:\n  model:\n    primary: {model: m}\n  guardrails:\n"
         "    input: [{type: pii_detection}]\n",
-        "chain": "spec:\n  model:\n    primary: {model: m}\n  chain: {mode: sequential}\n",
+        "knowledge": "spec:\n  model:\n    primary: {model: m}\n  knowledge: {}\n",
     }
     for feature, body in refused.items():
         assert feature in README
@@ -93,11 +101,41 @@ def test_readme_not_yet_supported_list_is_refused() -> None:
 
 
 def test_patterns_readme_lists_exactly_the_supported_patterns() -> None:
-    text = (ROOT / "patterns" / "README.md").read_text()
+    text = PATTERNS_README.read_text()
     rows = table_rows(text, "| Pattern | Example | Status |")
     supported = {row[0].strip("`") for row in rows if row[2] == "supported"}
-    assert supported == set(_PATTERNS)
-    for name in supported:
-        example = ROOT / "patterns" / f"{name}.agent.yaml"
-        assert validate_paths([example]) == []
-        assert load_agent(example).spec.orchestration.pattern == name
+    assert supported == set(PATTERNS)
+    headings = set(re.findall(r"^## `([a-z_]+)`$", text, re.MULTILINE))
+    assert headings == set(PATTERNS), "one section per pattern"
+    for name, example, _ in rows:
+        name = name.strip("`")
+        path = PATTERNS_DIR / f"{name}.agent.yaml"
+        assert f"]({path.name})" in example, name
+        assert validate_paths([path]) == []
+        assert load_agent(path).spec.orchestration.pattern == name
+
+
+def test_patterns_gallery_loads_as_one_agents_directory() -> None:
+    """Every file of the gallery, workers and members included, loads and builds
+    together (``--agents patterns``), and every agent name is used once."""
+    files = sorted(PATTERNS_DIR.glob("*.agent.yaml"))
+    assert validate_paths(files) == []
+    agents = load_config(agents_dir=PATTERNS_DIR).agents
+    assert len(agents) == len(files)
+    check_buildable(agents.values())
+    for pattern in PATTERNS:
+        assert (PATTERNS_DIR / f"{pattern}.agent.yaml").is_file(), pattern
+
+
+def test_patterns_readme_yaml_snippets_validate() -> None:
+    """The ``spec`` snippets of patterns/README.md (output_schema, chain) are valid
+    and supported."""
+    snippets = re.findall(r"```yaml\n(.*?)```", PATTERNS_README.read_text(), re.DOTALL)
+    assert len(snippets) >= 2
+    for snippet in snippets:
+        doc = yaml.safe_load(snippet)
+        doc["spec"]["model"] = {"primary": {"provider": "ollama", "model": "m"}}
+        agent = AgentSpec.model_validate(
+            {"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "demo"}, **doc}
+        )
+        assert check_support(agent) == [], snippet
