@@ -18,6 +18,7 @@ from astromesh_ray.core.memory.factory import MemoryDefaults, default_memory_fac
 from astromesh_ray.core.runs import PausedRun, ToolDecision
 from astromesh_ray.core.runs.pausing import Answer
 from astromesh_ray.core.runs.resume import decisions_for, paused_view
+from astromesh_ray.core.tasks import TaskRequest
 from astromesh_ray.serve.breaker import ServeBreakerStore, agent_probes
 from astromesh_ray.serve.handles import agent_app_name
 from astromesh_ray.serve.location import replica_location
@@ -25,6 +26,7 @@ from astromesh_ray.serve.memory import ServeMemoryFactory
 from astromesh_ray.serve.outcome import failure, ok
 from astromesh_ray.serve.peers import ServePeer
 from astromesh_ray.serve.providers import ServeProvider
+from astromesh_ray.serve.tasks import ServeTaskRunner
 from astromesh_ray.serve.tools import serve_tool_services
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec, RAGPipelineSpec
 
@@ -73,7 +75,8 @@ def _memory_summary(agent: AgentSpec) -> dict[str, Any]:
 @serve.deployment(name="agent", max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
 class AgentDeployment:
     """Runs turns of one agent; its model calls go to provider deployments, its
-    sub-runs to peer agents' applications."""
+    sub-runs to peer agents' applications, and its pattern's tasks (plan steps,
+    fan-out branches) to any replica of this same application."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
@@ -98,6 +101,7 @@ class AgentDeployment:
             memory=self._memory,
             rag=rag,
             tools=serve_tool_services(agent.name),
+            make_tasks=ServeTaskRunner,
         )
         # The replica owns the toolsets' lifecycle: listed now, closed on shutdown.
         await self._runtime.start()
@@ -130,6 +134,15 @@ class AgentDeployment:
                 yield ok(event_to_dict(event))
         except Exception as exc:
             yield failure(exc)
+
+    async def task(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one task of a pattern (``core/tasks.py``) for a run on any replica of
+        this application (this one included); the task's failure is in its result."""
+        try:
+            result = await self._runtime.task(TaskRequest.from_dict(request))
+        except Exception as exc:
+            return failure(exc)
+        return ok(result.to_dict())
 
     async def paused(self, run_id: str, caller: dict[str, Any] | None) -> dict[str, Any]:
         """What paused run ``run_id`` waits on (``GET .../runs/{run_id}``)."""

@@ -7,6 +7,7 @@ back as a value (``serve/outcome.py``) and is typed again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from astromesh_ray.core.context import RunRequest
@@ -44,7 +45,14 @@ class ServePeer:
     async def run(self, request: RunRequest) -> RunResult:
         try:
             handle = await self._app.get()
-            outcome = await handle.run.remote(request.to_dict())
+            response = handle.run.remote(request.to_dict())
+            try:
+                outcome = await response
+            except asyncio.CancelledError:
+                # The caller gave up (its deadline, a failed sibling): awaiting a
+                # response does not stop the remote run itself.
+                response.cancel()  # type: ignore[no-untyped-call]
+                raise
         except RAY_FAILURES as exc:
             raise failure(exc, self._unavailable) from None
         return RunResult.from_dict(unwrap(outcome))

@@ -150,3 +150,54 @@ spec:
         assert proc.returncode == 1
         assert "the run paused: it waits on search_parts (client)" in proc.stderr
         assert proc.stdout == ""
+
+
+SWARM = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata: {name: crew}
+spec:
+  model:
+    primary: {provider: openai_compat, model: crew-model, endpoint: "URL"}
+  orchestration: {pattern: swarm, members: [triage, billing]}
+"""
+MEMBER = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata: {name: NAME}
+spec:
+  model:
+    primary: {provider: openai_compat, model: NAME-model, endpoint: "URL"}
+"""
+
+
+def test_run_passes_a_swarm_between_its_members_in_one_process(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer() as llm:
+        agents = tmp_path / "agents"
+        agents.mkdir()
+        (agents / "crew.agent.yaml").write_text(SWARM.replace("URL", llm.url))
+        for name in ("triage", "billing"):
+            text = MEMBER.replace("NAME", name).replace("URL", llm.url)
+            (agents / f"{name}.agent.yaml").write_text(text)
+        llm.add_steps(
+            {"tool_calls": [{"name": "transfer_to_billing", "arguments": {"reason": "a bill"}}]},
+            "Billing here: it is paid.",
+        )
+        proc = astromesh("run", "crew", "is my bill paid?", "--config", str(tmp_path), "--json")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        llm.assert_consumed()
+    assert result["answer"] == "Billing here: it is paid."
+    assert [r["model"] for r in llm.requests] == ["triage-model", "billing-model"]
+    [handoff] = [s for s in result["steps"] if s["type"] == "handoff"]
+    assert handoff["to_agent"] == "billing" and handoff["reason"] == "a bill"
+    # Billing read the conversation: the user, triage's handoff call, its result.
+    sent = llm.requests[1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["function"]["name"] == "transfer_to_billing"
+    assert sent[2]["tool_call_id"] == sent[1]["tool_calls"][0]["id"]
+    # Both members ran in this one process (LocalAgents), in the crew's trace.
+    runs = {s["attributes"]["agent"]: s for s in result["trace"] if s["name"] == "run"}
+    assert sorted(runs) == ["billing", "crew", "triage"]
+    assert len({r["where"]["pid"] for r in runs.values()}) == 1
+    assert {s["trace_id"] for s in result["trace"]} == {result["trace_id"]}
