@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from astromesh_ray.testing.chat_checks import ollama_decode_error, ollama_sequence_error
 from astromesh_ray.testing.loopback import ScriptedServer
 from astromesh_ray.testing.openai_server import fake_embedding
 from astromesh_ray.testing.scripted import count_words, split_words
@@ -54,7 +55,10 @@ class ScriptedOllamaServer(ScriptedServer):
     ``models`` are the pulled models ``/api/tags`` lists; a chat naming another model
     gets Ollama's 404 and consumes no step, and so does a ``format`` that is neither
     ``"json"`` nor a JSON Schema object (Ollama's 500, or an error line when
-    streaming).  Every chat body received is appended to
+    streaming).  A conversation that cannot be decoded (tool-call arguments that
+    are not objects) or whose ``tool`` message follows no tool call
+    (``chat_checks.py``) gets a 400 and consumes no step; those errors go to
+    ``refused``.  Every chat body received is appended to
     ``requests`` (headers to ``request_headers``).  Running out of steps answers 500.
     ``url`` is the base URL without ``/v1`` (what Ollama clients take as ``host``).
 
@@ -85,6 +89,7 @@ class ScriptedOllamaServer(ScriptedServer):
         self.embedding_requests: list[dict[str, Any]] = []
         self.embedding_headers: list[dict[str, str]] = []
         self._embedding_failures: list[tuple[int, str]] = []
+        self.refused: list[str] = []
         super().__init__(steps)
 
     # -- HTTP --------------------------------------------------------------------------
@@ -110,6 +115,11 @@ class ScriptedOllamaServer(ScriptedServer):
         if request.headers.get("authorization", "") == f"Bearer {self.require_api_key}":
             return None
         return _error(401, "unauthorized")
+
+    def _refuse(self, message: str) -> Response:
+        with self._lock:
+            self.refused.append(message)
+        return _error(400, message)
 
     def _pulled(self, model: str) -> bool:
         # Ollama resolves a bare name to its `:latest` tag.
@@ -140,9 +150,9 @@ class ScriptedOllamaServer(ScriptedServer):
             return denied
         if not isinstance(body, dict) or not body.get("model"):
             return _error(400, "model is required")
-        problem = _check_messages(body.get("messages"))
+        problem = ollama_decode_error(body.get("messages"))
         if problem:
-            return _error(400, problem)
+            return self._refuse(problem)
         model = str(body["model"])
         if not self._pulled(model):
             return _error(404, f'model "{model}" not found, try pulling it first')
@@ -152,6 +162,9 @@ class ScriptedOllamaServer(ScriptedServer):
             loaded = {**_head(model), "message": {"role": "assistant", "content": ""}}
             loaded.update(done_reason="load", done=True)
             return _ndjson([loaded]) if stream else JSONResponse(loaded)
+        problem = ollama_sequence_error(body["messages"])
+        if problem:
+            return self._refuse(problem)
         refused = _format_error(body.get("format"))
         if refused is not None:
             # Ollama finds out when it starts generating: a 500, or an error line in
@@ -300,31 +313,6 @@ def _wire_call(call: dict[str, Any]) -> dict[str, Any]:
 def _args_text(call: dict[str, Any]) -> str:
     arguments = call["function"]["arguments"]
     return arguments if isinstance(arguments, str) else json.dumps(arguments)
-
-
-def _check_messages(messages: Any) -> str | None:
-    """Ollama's (Go) decoder errors for message shapes it cannot take."""
-    if messages is None:
-        return None
-    if not isinstance(messages, list):
-        return (
-            "json: cannot unmarshal into Go struct field ChatRequest.messages of type []api.Message"
-        )
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            return "json: cannot unmarshal into Go value of type api.Message"
-        for call in message.get("tool_calls") or []:
-            function = call.get("function") if isinstance(call, dict) else None
-            # The classic OpenAI-client mistake: arguments as a JSON string.
-            if not isinstance(function, dict) or not isinstance(
-                function.get("arguments", {}), dict
-            ):
-                return (
-                    "json: cannot unmarshal string into Go struct field "
-                    "ToolCallFunction.messages.tool_calls.function.arguments of type "
-                    "api.ToolCallFunctionArguments"
-                )
-    return None
 
 
 def _format_error(fmt: Any) -> str | None:

@@ -16,7 +16,6 @@ import base64
 import hashlib
 import json
 import math
-import re
 import struct
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -26,6 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from astromesh_ray.testing.chat_checks import (
+    OpenAIRefusal,
+    openai_messages_refusal,
+    openai_response_format_refusal,
+)
 from astromesh_ray.testing.loopback import ScriptedServer
 from astromesh_ray.testing.scripted import count_words, split_words
 
@@ -34,17 +38,6 @@ __all__ = ["ScriptedOpenAIServer", "fake_embedding"]
 # How many pieces a streamed tool call's argument JSON is cut into (real servers
 # send a few characters per chunk; clients must concatenate them).
 _ARG_PIECES = 3
-_RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
-_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-# How OpenAI names a JSON value's type in its errors.
-_JSON_TYPES = {
-    str: "a string",
-    int: "an integer",
-    float: "a decimal",
-    bool: "a boolean",
-    list: "an array",
-    dict: "an object",
-}
 
 
 class ScriptedOpenAIServer(ScriptedServer):
@@ -67,9 +60,12 @@ class ScriptedOpenAIServer(ScriptedServer):
     ``stream_options.include_usage`` asks for.
     Every chat-completion body received is appended to ``requests`` (its headers to
     ``request_headers``), whether or not it was answered successfully.  Running out of
-    steps answers HTTP 500 saying the script is exhausted.  A malformed
-    ``response_format`` gets OpenAI's 400 and consumes no step (the answer itself is
-    scripted: the server does not constrain it).
+    steps answers HTTP 500 saying the script is exhausted.  A conversation OpenAI
+    would refuse (a tool result that does not follow its call, a call left
+    unanswered, arguments that are not a JSON string: ``chat_checks.py``) or a
+    malformed ``response_format`` gets OpenAI's 400 and consumes no step (the answer
+    itself is scripted: the server does not constrain it); the messages of those
+    refusals go to ``refused``.
 
     ``POST /v1/embeddings`` consumes no step: it answers ``fake_embedding(text,
     dimensions or embedding_dim)`` for each input, as floats or (``encoding_format:
@@ -105,6 +101,7 @@ class ScriptedOpenAIServer(ScriptedServer):
         self.embedding_requests: list[dict[str, Any]] = []
         self.embedding_headers: list[dict[str, str]] = []
         self._embedding_failures: list[tuple[int, str]] = []
+        self.refused: list[str] = []
         super().__init__(steps)
 
     @property
@@ -120,6 +117,11 @@ class ScriptedOpenAIServer(ScriptedServer):
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
         ]
+
+    def _refuse(self, refusal: OpenAIRefusal) -> Response:
+        with self._lock:
+            self.refused.append(refusal.message)
+        return _response(refusal)
 
     def fail_embeddings(self, status: int, message: str, times: int = 1) -> None:
         """Answer the next ``times`` embedding calls with HTTP ``status``."""
@@ -171,9 +173,11 @@ class ScriptedOpenAIServer(ScriptedServer):
                 "invalid_request_error",
                 param="messages",
             )
-        refused = _response_format_error(body.get("response_format"))
+        refused = openai_messages_refusal(body["messages"]) or openai_response_format_refusal(
+            body.get("response_format")
+        )
         if refused is not None:
-            return refused
+            return self._refuse(refused)
         step = await self._await_step()
         if step is None:
             return _error(500, self._exhausted(), "server_error")
@@ -416,80 +420,12 @@ def _content_words(content: Any) -> int:
     return 0
 
 
-def _response_format_error(fmt: Any) -> JSONResponse | None:
-    """OpenAI's 400 for a ``response_format`` it cannot take, or None.
-
-    ``type`` must be ``text``, ``json_object`` or ``json_schema``; ``json_schema``
-    needs ``json_schema.name`` (``^[a-zA-Z0-9_-]{1,64}$``) and, if given, an object
-    ``schema``.  Other keys pass, as vLLM and llama-cpp-python let them (the latter
-    reads ``schema`` next to ``type: json_object``).
-    """
-    if fmt is None:
-        return None
-    where = "response_format"
-    if not isinstance(fmt, dict):
-        return _invalid_type(where, fmt)
-    kind = fmt.get("type")
-    if kind is None:
-        return _missing(f"{where}.type")
-    if kind not in _RESPONSE_FORMAT_TYPES:
-        supported = "'text', 'json_object', and 'json_schema'"
-        return _error(
-            400,
-            f"Invalid value: {kind!r}. Supported values are: {supported}.",
-            "invalid_request_error",
-            param=f"{where}.type",
-            code="invalid_value",
-        )
-    if kind != "json_schema":
-        return None
-    spec = fmt.get("json_schema")
-    if spec is None:
-        return _missing(f"{where}.json_schema")
-    if not isinstance(spec, dict):
-        return _invalid_type(f"{where}.json_schema", spec)
-    name = spec.get("name")
-    if name is None:
-        return _missing(f"{where}.json_schema.name")
-    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
-        return _error(
-            400,
-            f"Invalid '{where}.json_schema.name': string does not match pattern. "
-            "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
-            "invalid_request_error",
-            param=f"{where}.json_schema.name",
-            code="invalid_value",
-        )
-    schema = spec.get("schema")
-    if schema is not None and not isinstance(schema, dict):
-        return _invalid_type(f"{where}.json_schema.schema", schema)
-    return None
-
-
-def _missing(param: str) -> JSONResponse:
-    return _error(
-        400,
-        f"Missing required parameter: '{param}'.",
-        "invalid_request_error",
-        param=param,
-        code="missing_required_parameter",
-    )
-
-
-def _invalid_type(param: str, value: Any) -> JSONResponse:
-    got = _JSON_TYPES.get(type(value), type(value).__name__)
-    return _error(
-        400,
-        f"Invalid type for '{param}': expected an object, but got {got} instead.",
-        "invalid_request_error",
-        param=param,
-        code="invalid_type",
-    )
-
-
 def _error(
     status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
+    return _response(OpenAIRefusal(message, param=param, code=code, status=status, kind=kind))
+
+
+def _response(refusal: OpenAIRefusal) -> JSONResponse:
     # OpenAI's error body shape; clients read error.message.
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(refusal.body(), status_code=refusal.status)

@@ -6,8 +6,8 @@ and TGI Messages servers) and in process by the in-cluster vLLM adapter
 the same answers.  Plain dicts in, our types out: no HTTP, no vendor SDK.
 
 - ``OpenAIChatWire.body``: a ``CompletionRequest`` as the request body
-  (``wire_message`` / ``wire_tool`` per message and tool, ``response_format`` for a
-  ``response_schema``);
+  (``wire_messages`` / ``wire_tool`` for the messages and tools, ``response_format``
+  for a ``response_schema``);
 - ``OpenAIChatWire.completion``: a whole answer as a ``Completion``;
 - ``OpenAIStreamDecoder``: streamed ``chat.completion.chunk`` events as
   ``CompletionChunk``s (text, reasoning and tool-argument deltas), then the last chunk
@@ -20,7 +20,7 @@ Usage is never silently zero: an answer without it is estimated (``estimate_usag
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "error_text",
     "estimate_usage",
     "wire_message",
+    "wire_messages",
     "wire_tool",
 ]
 
@@ -78,7 +79,7 @@ class OpenAIChatWire:
         win), then the payload, which sampling parameters can never replace."""
         body: dict[str, Any] = {**(defaults or {}), **request.parameters}
         body["model"] = self.model
-        body["messages"] = [wire_message(m) for m in request.messages]
+        body["messages"] = wire_messages(request.messages)
         body.pop("tools", None)
         if request.tools:
             body["tools"] = [wire_tool(t) for t in request.tools]
@@ -329,6 +330,48 @@ def error_text(data: Mapping[str, Any]) -> str | None:
     if data.get("detail"):
         return str(data["detail"])[:300]
     return None
+
+
+def wire_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The messages in the wire format, each tool call id sent once per request.
+
+    Ollama and llama.cpp give calls no ids, so theirs are numbered per answer
+    (``call_0``, ...): a conversation with several such answers (a tool loop, or a
+    swarm member on Ollama handing off to one on OpenAI) repeats ids, and strict
+    servers refuse a request answering one id twice.  A repeated (or empty) id goes
+    out renamed (``call_0_2``), and so do the tool messages after its assistant
+    message that answer it; the first use of an id keeps it (a stable prefix for
+    prompt caches).  The history itself is not changed.
+    """
+    wire = [wire_message(m) for m in messages]
+    taken = {c["id"] for w in wire for c in w.get("tool_calls", ())}
+    taken |= {w["tool_call_id"] for w in wire if w["role"] == "tool"}
+    sent: set[str] = set()
+    # The ids the current assistant message's calls go out with, by their own id, in
+    # call order: the tool messages after it answer them in turn.
+    block: dict[str, list[str]] = {}
+    for item in wire:
+        if item["role"] == "tool":
+            ids = block.get(item["tool_call_id"])
+            if ids:
+                item["tool_call_id"] = ids.pop(0)
+            continue
+        block = {}
+        for call in item.get("tool_calls", ()):
+            own = call["id"]
+            if not own or own in sent:
+                call["id"] = _fresh_id(own or "call", taken)
+            sent.add(call["id"])
+            block.setdefault(own, []).append(call["id"])
+    return wire
+
+
+def _fresh_id(base: str, taken: set[str]) -> str:
+    n = 2
+    while f"{base}_{n}" in taken:
+        n += 1
+    taken.add(f"{base}_{n}")
+    return f"{base}_{n}"
 
 
 def wire_message(message: Message) -> dict[str, Any]:
