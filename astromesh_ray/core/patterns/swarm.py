@@ -54,7 +54,9 @@ class SwarmPattern:
         self.members = list(members)
 
     async def run(self, ctx: RunContext, state: TurnState) -> AsyncIterator[Event]:
-        conversation = [m for m in state.messages[state.turn_start :] if m.role != "system"]
+        # The whole conversation: the session's replayed history (when the swarm keeps
+        # memory) and this turn's message; each member adds its own system prompt.
+        conversation = [m for m in state.messages if m.role != "system"]
         current = self.members[0]
         while True:
             if ctx.iterations_left(state) <= 0:

@@ -279,7 +279,14 @@ async def run_calls(
         )
     for outcome in outcomes:
         if outcome.result.handoff is not None and handoff is not None:
-            handoff.append(outcome)
+            if handoff:  # one handoff per answer: the first passes control
+                outcome.result = ToolResult(
+                    f"error: control already passed to {handoff[0].result.handoff}; this "
+                    "handoff was not made",
+                    is_error=True,
+                )
+            else:
+                handoff.append(outcome)
         for event in record_outcome(state, outcome, iteration, task=ctx.task):
             yield event
 

@@ -337,3 +337,67 @@ async def test_concurrent_workers_share_the_model_calls_left(tmp_path: Path) -> 
         )
     assert len(math.requests) == 2 and len(words_loop.requests) == 2
     assert info.value.details["iterations"] == 5
+
+
+async def test_a_second_handoff_in_one_answer_reads_as_not_made(tmp_path: Path) -> None:
+    two = [
+        ToolCall("h1", "transfer_to_billing", {}),
+        ToolCall("h2", "transfer_to_billing", {"reason": "again"}),
+    ]
+
+    def billing(request: CompletionRequest) -> str:
+        tools = [m for m in request.messages if m.role == "tool"]
+        assert [m.tool_call_id for m in tools] == ["h1", "h2"]
+        assert tools[0].content.startswith("Transferred to billing")
+        assert "control already passed to billing" in (tools[1].content or "")
+        return "billing here"
+
+    result = await run(
+        swarm(tmp_path),
+        {
+            "desk": ScriptedProvider([]),
+            "triage": ScriptedProvider([two]),
+            "billing": ScriptedProvider([billing]),
+        },
+        "desk",
+        "go",
+    )
+    assert result.answer == "billing here"
+    assert [s.type for s in result.steps].count("handoff") == 1
+
+
+async def test_members_see_the_swarms_earlier_turns(tmp_path: Path) -> None:
+    from astromesh_ray.core.build import LocalAgents
+    from astromesh_ray.core.context import RunRequest
+
+    agents = load_agents(
+        tmp_path,
+        agent_yaml(
+            "desk",
+            orchestration={"pattern": "swarm", "members": ["triage", "billing"]},
+            memory={"conversational": {"backend": "in_memory"}},
+        ),
+        agent_yaml("triage"),
+        agent_yaml("billing"),
+    )
+
+    def second_turn(request: CompletionRequest) -> str:
+        texts = [m.content for m in request.messages if m.role in ("user", "assistant")]
+        assert texts == ["my name is Ada", "hello", "what is my name?"]
+        return "Ada"
+
+    local = LocalAgents(
+        agents,
+        scripted={
+            "desk": ScriptedProvider([]),
+            "triage": ScriptedProvider(["hello", second_turn]),
+            "billing": ScriptedProvider([]),
+        },
+    )
+    try:
+        desk = await local.runtime("desk")
+        await desk.run(RunRequest(query="my name is Ada", session_id="s1"))
+        result = await desk.run(RunRequest(query="what is my name?", session_id="s1"))
+    finally:
+        await local.aclose()
+    assert result.answer == "Ada"
