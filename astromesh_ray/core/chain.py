@@ -141,6 +141,8 @@ class ChainSteps:
             span.set(sub_run_id=result.run_id)
             span.end()
             state.usage = state.usage + result.usage
+            # Counted in the turn's iterations (not bounded by them: the turn answered).
+            state.iterations += result.iterations
             state.trace.extend(result.trace)
             return result.answer, result.run_id, None, attempt
         return None, None, error, made

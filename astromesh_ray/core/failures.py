@@ -27,7 +27,9 @@ def attach_run(error: AstromeshError, run_id: str, state: TurnState) -> None:
     trace id) and its run id moves to ``sub_run_id``."""
     details = error.details
     child_run = details.get("run_id")
+    spent = state.iterations
     if child_run is not None and child_run != run_id:
+        spent += int(details.get("iterations") or 0)  # the failed sub-run's calls count
         seen = {span.span_id for span in state.trace.spans}
         child_trace = details.get("trace")
         if isinstance(child_trace, list):
@@ -37,7 +39,7 @@ def attach_run(error: AstromeshError, run_id: str, state: TurnState) -> None:
         details.setdefault("sub_run_id", child_run)
     state.trace.spans[0].end(error.message)
     details["run_id"] = run_id
-    details["iterations"] = state.iterations  # model calls spent (the caller counts them)
+    details["iterations"] = spent  # model calls spent (a calling agent counts them)
     details["trace_id"] = state.trace.trace_id
     details["steps"] = [step_dict(s) for s in state.steps]
     details["trace"] = [s.to_dict() for s in state.trace.spans]

@@ -6,8 +6,9 @@ provider can (``ModelStep(output_schema=...)``: OpenAI ``response_format``, Olla
 run once the pattern answered, parses and validates the answer; when it does not
 match (a provider without constrained decoding, or a model that answered after
 tool calls), the model is asked once more, with the validation error, under the
-schema and without tools.  A second miss fails the run (``invalid_output``).  The
-parsed object is the result's ``data``.
+schema and without tools (that call is not streamed: a streaming client reads the
+valid answer and ``data`` in ``run_finished``).  A second miss fails the run
+(``invalid_output``).  The parsed object is the result's ``data``.
 """
 
 from __future__ import annotations
@@ -61,17 +62,30 @@ class StructuredAnswer:
             return
         if ctx.iterations_left(state) <= 0:
             raise self._invalid(ctx, problem, asked_again=False)
-        state.messages.append(
+        # The correction is for this call only, and not streamed: the transcript (what
+        # memory saves) ends with the valid answer in place of the invalid one.
+        messages = [
+            *state.messages,
             Message(
                 role="user",
                 content=f"Your answer does not match the required JSON Schema: {problem}. "
                 "Answer again with only a JSON value matching this schema:\n"
                 + json.dumps(self.schema),
-            )
+            ),
+        ]
+        step = ModelStep(
+            ctx,
+            state,
+            role=self.role,
+            messages=messages,
+            tools=False,
+            output_schema=self.schema,
+            stream=False,
         )
-        step = ModelStep(ctx, state, role=self.role, tools=False, output_schema=self.schema)
         async for event in step:
             yield event
+        if state.messages and state.messages[-1].role == "assistant":
+            state.messages.pop()  # the invalid answer, replaced
         yield record_answer(state, step)
         data, problem = parse_structured(state.answer or "", self.validator)
         if problem is not None:

@@ -38,8 +38,9 @@ from astromesh_ray.core.events import (
 from astromesh_ray.core.messages import Message, Usage
 from astromesh_ray.core.steps.limits import bounded, deadline_exceeded
 from astromesh_ray.core.steps.records import record
+from astromesh_ray.core.tools.agent import OPERATIONAL
 from astromesh_ray.core.trace import Span, Trace, TraceContext, new_trace_id
-from astromesh_ray.errors import AstromeshError, RunError, RunTimeout
+from astromesh_ray.errors import AstromeshError, RunError, RunLimitExceeded, RunTimeout
 
 if TYPE_CHECKING:
     from astromesh_ray.core.runtime import AgentRuntime
@@ -276,9 +277,10 @@ class TaskOutcome:
 
 class Batch:
     """A batch of tasks run concurrently; iterate it for the events, then read
-    ``outcomes`` (by task id).  ``fail_fast``: the first failed task cancels the
-    others and its error is raised.  The run's deadline passing in any task raises
-    ``RunTimeout`` for the run."""
+    ``outcomes`` (by task id).  A task whose runner is down (``AgentUnavailable``...)
+    failed like one that failed itself.  ``fail_fast``: the first failed task cancels
+    the others and the run fails naming it (``task_failed``).  The run's deadline
+    passing in any task raises ``RunTimeout`` for the run."""
 
     def __init__(
         self,
@@ -328,7 +330,7 @@ class Batch:
                     ):
                         if isinstance(outcome.error, RunTimeout):
                             raise deadline_exceeded(ctx)
-                        raise _task_failed(ctx, spec, outcome.error)
+                        raise task_failed(ctx, spec, outcome.error)
         finally:
             for future in pending:
                 future.cancel()
@@ -354,6 +356,11 @@ class Batch:
         )
         try:
             return await bounded(ctx, ctx.tasks.run(request), ctx.deadline)
+        except RunTimeout:
+            span.end("run timeout")
+            raise
+        except OPERATIONAL as exc:  # where it runs is down or failing: the task failed
+            return TaskResult(task_id=spec.id, answer="", error=exc.to_dict())
         except BaseException as exc:
             span.end(exc)
             raise
@@ -407,13 +414,18 @@ class Batch:
         return events
 
 
-def _task_failed(ctx: RunContext, spec: TaskSpec, error: AstromeshError) -> RunError:
+def task_failed(ctx: RunContext, spec: TaskSpec, error: AstromeshError) -> AstromeshError:
+    """The run's error for a failed task under ``fail_fast``: it names the task and
+    keeps the class of a limit (``RunLimitExceeded``, 504), else a ``RunError``."""
     what = spec.kind.replace("_", " ")
-    return RunError(
+    cls: type[AstromeshError] = (
+        RunLimitExceeded if isinstance(error, RunLimitExceeded) else RunError
+    )
+    return cls(
         f"{what} {spec.name!r} failed: {error.message}",
         hint=error.hint or "see the task's steps in the trace",
         run_id=ctx.run_id,
-        reason=f"{spec.kind}_failed",
+        reason="max_iterations" if cls is RunLimitExceeded else f"{spec.kind}_failed",
         task=spec.id,
         cause=error.code,
     )

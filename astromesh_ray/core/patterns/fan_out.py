@@ -20,8 +20,9 @@ from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event
 from astromesh_ray.core.messages import Message
 from astromesh_ray.core.patterns.common import JsonAsk, base_prompt, results_text, share, synthesize
+from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.tasks import Batch, TaskSpec
-from astromesh_ray.errors import RunError
+from astromesh_ray.errors import RunError, RunLimitExceeded
 from astromesh_ray.spec.orchestration import BranchSpec
 
 SUBTASKS_SCHEMA: dict[str, Any] = {
@@ -104,17 +105,23 @@ class ParallelFanOutPattern:
             for name, task in tasks
         ]
         batch = Batch(ctx, state, specs, fail_fast=self.fail_fast)
-        async for event in batch:
-            yield event
+        events = aiter(batch)
+        # Closed now if the run is abandoned here: its branches are cancelled with it.
+        async with closing_stream(events):
+            async for event in events:
+                yield event
         outcomes = [batch.outcomes[s.id] for s in specs]
         if all(o.error is not None for o in outcomes):
             first = outcomes[0]
-            raise RunError(
+            limited = all(isinstance(o.error, RunLimitExceeded) for o in outcomes)
+            raise (RunLimitExceeded if limited else RunError)(
                 f"every branch failed; {first.spec.name!r}: "
                 f"{first.error.message if first.error else ''}",
-                hint="see the branches' steps in the trace",
+                hint="raise spec.orchestration.max_iterations"
+                if limited
+                else "see the branches' steps in the trace",
                 run_id=ctx.run_id,
-                reason="branch_failed",
+                reason="max_iterations" if limited else "branch_failed",
             )
         results = [
             (

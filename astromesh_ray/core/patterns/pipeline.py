@@ -80,11 +80,24 @@ class PipelinePattern:
                         else:
                             yield event
                 else:
-                    output, sub_run = await self._agent(ctx, state, stage, text, span)
+                    # Later prompt stages need a model call each: keep them.
+                    keep = sum(1 for s in self.stages[index:] if s.prompt is not None)
+                    output, sub_run = await self._agent(ctx, state, stage, text, span, keep)
                     span.set(sub_run_id=sub_run)
             except AstromeshError as exc:
                 span.end(exc)
-                raise _named(exc, stage, index, count) from None
+                state.doing = None
+                named = _named(exc, stage, index, count)
+                yield TaskFinished(
+                    id=stage.name,
+                    kind="stage",
+                    name=stage.name,
+                    is_error=True,
+                    output=named.message,
+                    where=dict(span.where),
+                    duration_ms=span.duration_ms or 0.0,
+                )
+                raise named from None
             span.end()
             state.doing = None
             yield TaskFinished(
@@ -216,7 +229,13 @@ class PipelinePattern:
         )
 
     async def _agent(
-        self, ctx: RunContext, state: TurnState, stage: StageSpec, text: str, span: Span
+        self,
+        ctx: RunContext,
+        state: TurnState,
+        stage: StageSpec,
+        text: str,
+        span: Span,
+        keep: int,
     ) -> tuple[str, str]:
         assert stage.agent is not None
         request = sub_request(
@@ -227,7 +246,7 @@ class PipelinePattern:
             remaining_s=ctx.remaining_s(),
             trace_parent=span.context.traceparent,
             caller=ctx.caller,
-            max_iterations=ctx.iterations_left(state),
+            max_iterations=max(ctx.iterations_left(state) - keep, 0),
         )
         result = await bounded(ctx, ctx.peer(stage.agent).run(request), ctx.deadline)
         state.usage = state.usage + result.usage

@@ -24,6 +24,7 @@ from astromesh_ray.core.messages import Message
 from astromesh_ray.core.patterns.common import JsonAsk, base_prompt, results_text, share, synthesize
 from astromesh_ray.core.patterns.workers import WorkerBatch
 from astromesh_ray.core.steps.records import record
+from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.tasks import Batch, TaskOutcome, TaskSpec
 from astromesh_ray.errors import RunError, RunLimitExceeded
 
@@ -84,11 +85,15 @@ class PlanAndExecutePattern:
             yield PlanEvent(iteration=ask.iteration, attempt=attempt, steps=plan)
             yield record(state, PlanStep(iteration=ask.iteration, attempt=attempt, steps=plan))
             failed = []
-            async for event in self._execute(ctx, state, plan, done, failed):
-                yield event
+            steps = self._execute(ctx, state, plan, done, failed)
+            # Closed now if the run is abandoned here: its steps are cancelled with it.
+            async with closing_stream(steps):
+                async for event in steps:
+                    yield event
             if not failed:
                 break
-            if self.fail_fast or ctx.iterations_left(state) < 2:
+            # A new plan needs a planner call, a call per step and the synthesizer's.
+            if self.fail_fast or ctx.iterations_left(state) < 3:
                 step = failed[0]
                 why = step.error.message if step.error else ""
                 if self.fail_fast:
@@ -136,8 +141,10 @@ class PlanAndExecutePattern:
             worker_specs = [s for s in specs if s.role == "worker"]
             batch = Batch(ctx, state, tool_specs, fail_fast=self.fail_fast)
             workers = WorkerBatch(ctx, state, worker_specs, fail_fast=self.fail_fast)
-            async for event in _merge_streams(batch, workers):
-                yield event
+            merged = _merge_streams(batch, workers)
+            async with closing_stream(merged):
+                async for event in merged:
+                    yield event
             for outcome in [*batch.outcomes.values(), *workers.outcomes.values()]:
                 if outcome.error is None:
                     done[outcome.spec.id] = outcome

@@ -19,7 +19,7 @@ from astromesh_ray.core.events import (
 from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import bounded, deadline_exceeded
 from astromesh_ray.core.steps.records import record
-from astromesh_ray.core.tasks import TaskOutcome, TaskSpec, _task_failed
+from astromesh_ray.core.tasks import TaskOutcome, TaskSpec, task_failed
 from astromesh_ray.core.tools.agent import OPERATIONAL
 from astromesh_ray.core.trace import Span
 from astromesh_ray.errors import AstromeshError, RunError, RunTimeout
@@ -73,7 +73,7 @@ class WorkerBatch:
                     for event in self._merge(spec, spans[spec.id], result, error):
                         yield event
                     if error is not None and self.fail_fast:
-                        raise _task_failed(ctx, spec, error)
+                        raise task_failed(ctx, spec, error)
         finally:
             for future in futures:
                 future.cancel()

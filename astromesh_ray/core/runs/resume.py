@@ -15,6 +15,7 @@ from astromesh_ray.core.steps.tools import (
     cap_result,
     gather_all,
     record_outcome,
+    sub_run_share,
     tool_step,
 )
 from astromesh_ray.core.tools.base import DEFAULT_MAX_RESULT_CHARS, ToolResult
@@ -77,8 +78,15 @@ async def complete_pending(
     the calls."""
     by_id = {d.call_id: d for d in decisions}
     approved = [p for p in pending if by_id[p.id].action == "approve"]
+    # Approved sub-runs (agent tools) share the model calls left, as in tool_round.
+    share = sub_run_share(ctx, state, len(approved)) if len(approved) > 1 else None
     ran = await gather_all(
-        [tool_step(ctx, state, _call(p), iteration=p.iteration, approved=True) for p in approved]
+        [
+            tool_step(
+                ctx, state, _call(p), iteration=p.iteration, approved=True, iterations_left=share
+            )
+            for p in approved
+        ]
     )
     outcomes: dict[str, ToolOutcome] = {o.call.id: o for o in ran}
     for p in pending:

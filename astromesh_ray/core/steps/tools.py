@@ -77,8 +77,8 @@ async def tool_step(
     reads; the run's deadline passing is a ``RunTimeout``; anything else is a bug
     and propagates.  ``approved``: the caller approved this call (its tool
     ``requires_approval``); ``iterations_left``: the model calls a sub-run may spend
-    (default: what the run has left; ``run_calls`` shares it between concurrent
-    sub-runs)."""
+    (default: what the run has left but one, for the caller to read the result;
+    ``run_calls`` shares that between concurrent sub-runs)."""
     span = state.trace.start("tool_call", parent or ctx.trace.span_id, tool=call.name)
     span.set(iteration=iteration, call_id=call.id)
     if approved:
@@ -165,7 +165,7 @@ async def _run_tool(
         trace_parent=span.context.traceparent,
         lineage=ctx.lineage,
         models=ctx.models,
-        iterations_left=ctx.iterations_left(state) if iterations_left is None else iterations_left,
+        iterations_left=sub_run_share(ctx, state) if iterations_left is None else iterations_left,
     )
     try:
         result = await bounded(ctx, entry.toolset.call(call.name, arguments, tool_ctx), when)
@@ -263,7 +263,7 @@ async def run_calls(
         # Concurrent sub-runs share the model calls left (each would otherwise be
         # offered all of them, and together spend more than max_iterations).
         sub_runs = [c for c in calls if _is_sub_run(ctx, c)]
-        each = ctx.iterations_left(state) // len(sub_runs) if len(sub_runs) > 1 else None
+        each = sub_run_share(ctx, state, len(sub_runs)) if len(sub_runs) > 1 else None
         outcomes = await gather_all(
             [
                 tool_step(
@@ -289,6 +289,12 @@ async def run_calls(
                 handoff.append(outcome)
         for event in record_outcome(state, outcome, iteration, task=ctx.task):
             yield event
+
+
+def sub_run_share(ctx: RunContext, state: TurnState, count: int = 1, keep: int = 1) -> int:
+    """The model calls each of ``count`` concurrent sub-runs may spend: what the run
+    has left, less ``keep`` for the caller to read their results, shared."""
+    return max(ctx.iterations_left(state) - keep, 0) // max(count, 1)
 
 
 def _is_sub_run(ctx: RunContext, call: ToolCall) -> bool:

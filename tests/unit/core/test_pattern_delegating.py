@@ -218,17 +218,25 @@ async def test_the_supervisor_delegates_in_parallel_through_tool_calls(tmp_path:
 
 async def test_workers_spend_the_supervisors_model_calls(tmp_path: Path) -> None:
     loop = ToolCall("c", "calculator", {"expression": "1+1"})
-    with pytest.raises(RunLimitExceeded):
-        await run(
-            supervisor(tmp_path, max_iterations=3),
-            {
-                "boss": ScriptedProvider([ToolCall("d1", "math", {"query": "x"})]),
-                "math": ScriptedProvider([loop, loop]),
-                "words": ScriptedProvider([]),
-            },
-            "boss",
-            "go",
-        )
+
+    def reads(request: CompletionRequest) -> str:
+        assert "max_iterations=1" in last_text(request)  # math had 3 - 1 - 1 for itself
+        return "math gave up"
+
+    math = ScriptedProvider([loop])
+    result = await run(
+        supervisor(tmp_path, max_iterations=3),
+        {
+            "boss": ScriptedProvider([ToolCall("d1", "math", {"query": "x"}), reads]),
+            "math": math,
+            "words": ScriptedProvider([]),
+        },
+        "boss",
+        "go",
+    )
+    # One call kept for the supervisor to read the result; the worker's call counts.
+    assert result.answer == "math gave up"
+    assert result.iterations == 3
 
 
 # -- swarm ------------------------------------------------------------------------------
@@ -326,17 +334,17 @@ async def test_concurrent_workers_share_the_model_calls_left(tmp_path: Path) -> 
     both = [ToolCall("d1", "math", {"query": "x"}), ToolCall("d2", "words", {"query": "y"})]
     words_loop = ScriptedProvider([ToolCall("w", "no_such_tool", {})] * 2)
     math = ScriptedProvider([loop, loop])
-    # max_iterations 5: the supervisor's call leaves 4, 2 for each worker; both spend
-    # them without answering, and nothing is left for the supervisor to answer.
-    with pytest.raises(RunLimitExceeded) as info:
-        await run(
-            supervisor(tmp_path, max_iterations=5),
-            {"boss": ScriptedProvider([both]), "math": math, "words": words_loop},
-            "boss",
-            "go",
-        )
+    # max_iterations 6: the supervisor's call leaves 5, one kept for it to read the
+    # results, 2 for each worker; both spend them without answering.
+    result = await run(
+        supervisor(tmp_path, max_iterations=6),
+        {"boss": ScriptedProvider([both, "both failed"]), "math": math, "words": words_loop},
+        "boss",
+        "go",
+    )
     assert len(math.requests) == 2 and len(words_loop.requests) == 2
-    assert info.value.details["iterations"] == 5
+    assert result.answer == "both failed"
+    assert result.iterations == 6
 
 
 async def test_a_second_handoff_in_one_answer_reads_as_not_made(tmp_path: Path) -> None:
