@@ -34,7 +34,11 @@ pg_isready -h 127.0.0.1 -p 5432 -q
 # pgvector: no Debian package for this PostgreSQL in bookworm, so it is built from
 # Debian's own source package (trixie), against the server headers.
 if [ ! -f "$("$PG_CONFIG" --sharedir 2>/dev/null || echo /nonexistent)/extension/vector.control" ]; then
-  if [ ! -f "$("$PG_CONFIG" --pgxs 2>/dev/null || echo /nonexistent)" ] || ! command -v dpkg-source >/dev/null; then
+  # The PGXS makefiles can be there without the server headers (another package
+  # ships them): check for both.
+  if [ ! -f "$("$PG_CONFIG" --pgxs 2>/dev/null || echo /nonexistent)" ] \
+    || [ ! -f "$("$PG_CONFIG" --includedir-server 2>/dev/null || echo /nonexistent)/postgres.h" ] \
+    || ! command -v dpkg-source >/dev/null; then
     as_root apt-get update -qq
     as_root apt-get install -y -qq "postgresql-server-dev-$PG_VERSION" dpkg-dev
   fi
