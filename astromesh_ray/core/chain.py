@@ -18,17 +18,17 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import ChainStepRecord, Delegate, Event
 from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import LimitReached, bounded
 from astromesh_ray.core.steps.records import record
+from astromesh_ray.core.steps.subruns import absorb, absorb_failure
 from astromesh_ray.errors import AstromeshError, RunError, RunTimeout
 from astromesh_ray.spec.chain import ChainStepSpec
+from astromesh_ray.spec.templates import evaluate, is_template, render
 
-_ENV = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
 _FALSE = ("", "false", "0", "none", "no", "off")
 
 
@@ -49,10 +49,8 @@ class ChainSteps:
         for index, step in enumerate(self.steps):
             where = f"spec.chain.on_complete[{index}]"
             try:
-                go = (
-                    step.when is None or _render(step.when, variables).strip().lower() not in _FALSE
-                )
-                text = _render(step.input, variables) if go else ""
+                go = _holds(step.when, variables)
+                text = render(step.input, **variables) if go else ""
             except jinja2.TemplateError as exc:
                 problem = f"{where}: cannot render: {exc}"
                 async for event in self._failed(ctx, state, step, "", problem, 0):
@@ -136,14 +134,12 @@ class ChainSteps:
                 # time left is the peer's own, shorter, timeout_seconds).
                 error = f"agent {step.agent!r} failed: {exc.message}"
                 span.end(error)
-                state.trace.extend(s for s in exc.details.get("trace") or [] if isinstance(s, dict))
+                absorb_failure(state, exc)
                 continue
-            span.set(sub_run_id=result.run_id)
+            # Its model calls are counted in the turn's iterations (not bounded by
+            # them: the turn answered).
+            absorb(state, span, result)
             span.end()
-            state.usage = state.usage + result.usage
-            # Counted in the turn's iterations (not bounded by them: the turn answered).
-            state.iterations += result.iterations
-            state.trace.extend(result.trace)
             return result.answer, result.run_id, None, attempt
         return None, None, error, made
 
@@ -176,5 +172,11 @@ class ChainSteps:
             )
 
 
-def _render(template: str, variables: dict[str, Any]) -> str:
-    return _ENV.from_string(template).render(**variables)
+def _holds(when: str | None, variables: dict[str, Any]) -> bool:
+    """Whether a step's ``when`` holds: a bare expression by its value, a template
+    by what it renders (``False``, ``0``, ``no``... and empty are false)."""
+    if when is None:
+        return True
+    if is_template(when):
+        return render(when, **variables).strip().lower() not in _FALSE
+    return bool(evaluate(when, **variables))

@@ -25,7 +25,7 @@ from astromesh_ray.core.tools.env import ToolEnv
 from astromesh_ray.core.tools.services import local_tool_services
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec
-from astromesh_ray.spec.tools import McpToolSpec
+from astromesh_ray.spec.tools import AgentToolSpec, McpToolSpec
 
 __all__ = ["check_buildable"]
 
@@ -81,6 +81,14 @@ def check_buildable(
     except ConfigError as exc:
         problems.extend(exc.details.get("problems") or [exc.message])
     for agent in agents:
+        for member in agent.spec.orchestration.members or ():
+            member_pattern = known[member].spec.orchestration.pattern if member in known else None
+            if member_pattern not in (None, "react", "supervisor"):
+                problems.append(
+                    f"{agent.source or agent.name}: swarm member {member!r} runs the "
+                    f"{member_pattern} pattern: a member's turn must be one model holding "
+                    "the conversation (react or supervisor), which can call the handoff tools"
+                )
         pausing = sorted(p for p in peer_names(agent) if p in known and can_pause(known[p]))
         if pausing:
             problems.append(
@@ -136,8 +144,29 @@ def _check_permissions(agent: AgentSpec) -> None:
 
 
 def _check_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> None:
-    # A role nobody asks for would be parsed and never used: refuse it by name.
-    wanted = {agent.spec.orchestration.role_map.get(r, r) for r in pattern_roles}
+    # A role nobody asks for, or a role_map entry that maps nothing or to nothing,
+    # would be parsed and never used: refuse it by name.
+    pattern = agent.spec.orchestration.pattern
+    role_map = agent.spec.orchestration.role_map
+    declared = set(agent.spec.model.roles)
+    for role, target in sorted(role_map.items()):
+        if role not in pattern_roles:
+            raise ConfigError(
+                f"spec.orchestration.role_map: {role!r} is not a role of the {pattern} pattern",
+                hint="its roles: " + ", ".join(pattern_roles),
+            )
+        if target not in declared:
+            raise ConfigError(
+                f"spec.orchestration.role_map: {role!r} maps to {target!r}, which "
+                "spec.model.roles does not declare",
+                hint="declared roles: "
+                + (
+                    ", ".join(sorted(declared))
+                    or "(none: use the "
+                    "default/roles shape of spec.model to give roles their own models)"
+                ),
+            )
+    wanted = {role_map.get(r, r) for r in pattern_roles}
     unused = sorted(set(agent.spec.model.roles) - wanted)
     if unused:
         raise ConfigError(
@@ -160,6 +189,15 @@ def _check_pattern(agent: AgentSpec) -> None:
             hint="remove requires_approval / the client tools, or use react or supervisor",
         )
     declared = {t.name for t in agent.spec.tools}
+    if orchestration.pattern == "supervisor":
+        agents = {t.name for t in agent.spec.tools if isinstance(t, AgentToolSpec)}
+        clash = sorted(set(orchestration.workers or ()) & (declared - agents))
+        if clash:
+            raise ConfigError(
+                f"spec.orchestration.workers: {', '.join(map(repr, clash))} is also the name "
+                "of another tool of this agent, so the worker could not be offered",
+                hint="rename that tool",
+            )
     dynamic = any(isinstance(t, McpToolSpec) for t in agent.spec.tools)
     for stage in orchestration.stages or ():
         if stage.tool is not None and stage.tool not in declared and not dynamic:

@@ -139,9 +139,10 @@ class PendingToolCall:
 
 @dataclass(slots=True, kw_only=True)
 class RunResult:
-    """The outcome of one turn.  ``status`` is ``completed`` (``answer`` is set) or
+    """The outcome of one turn.  ``status`` is ``completed`` (``answer`` is set),
     ``requires_action``: the run is paused on the tool calls in ``pending`` (its
-    ``answer`` is empty) until the caller posts their results or decisions."""
+    ``answer`` is empty) until the caller posts their results or decisions, or
+    ``handoff``: a swarm member's turn passed control to ``handoff_to``."""
 
     __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
     run_id: str
@@ -227,6 +228,7 @@ class Token:
     iteration: int
     role: str
     tool_index: int | None = None  # which tool call of the answer (channel tool_args)
+    task: str | None = None  # a swarm member's name: the member holding control
     type: Literal["token"] = "token"
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import jinja2
 from pydantic import Field, model_validator
 
 from astromesh_ray.spec.base import StrictModel, rule_error
+from astromesh_ray.spec.templates import check_expression, check_template, is_template
+
+CHAIN_VARIABLES = ("output", "query")
+"""What chain templates are given: this turn's ``output`` (answer, data) and query."""
 
 
 class ChainRetrySpec(StrictModel):
@@ -29,8 +32,9 @@ class ChainStepSpec(StrictModel):
     agent: str = Field(pattern=r"^[a-z][a-z0-9-]*[a-z0-9]$", description="The agent to run.")
     when: str | None = Field(
         default=None,
-        description="A Jinja expression over {{ output.answer }} and {{ output.data }} "
-        "(the structured answer); the step runs when it renders truthy (default: always).",
+        description="A Jinja expression (`output.data.score > 7`) or template "
+        "(`{{ output.data.score > 7 }}`) over `output.answer` and `output.data` (the "
+        "structured answer) and `query`; the step runs when it is true (default: always).",
     )
     input: str = Field(
         default="{{ output.answer }}",
@@ -51,15 +55,12 @@ class ChainStepSpec(StrictModel):
 
     @model_validator(mode="after")
     def _templates_parse(self) -> ChainStepSpec:
-        env = jinja2.Environment(autoescape=False)
-        for key in ("when", "input"):
-            text = getattr(self, key)
-            if text is None:
-                continue
-            try:
-                env.parse(text)
-            except jinja2.TemplateSyntaxError as exc:
-                raise rule_error(key, f"template syntax error: {exc.message}") from None
+        check_template(self.input, "input", CHAIN_VARIABLES)
+        if self.when is not None:
+            if is_template(self.when):
+                check_template(self.when, "when", CHAIN_VARIABLES)
+            else:
+                check_expression(self.when, "when", CHAIN_VARIABLES)
         return self
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-import jinja2
 from pydantic import AliasChoices, Discriminator, Field, Tag, field_validator, model_validator
 
 from astromesh_ray.spec.base import StrictModel, count_present, rule_error
+from astromesh_ray.spec.templates import check_template
 
 PatternName = Literal[
     "react", "plan_and_execute", "parallel_fan_out", "pipeline", "supervisor", "swarm", "glyph"
@@ -20,6 +20,10 @@ PatternName = Literal[
 """Orchestration patterns the YAML may name (``glyph`` is refused)."""
 
 AGENT_NAME = r"^[a-z][a-z0-9-]*[a-z0-9]$"
+BRANCH_VARIABLES = ("query",)
+"""What a branch task template is given: the user's message."""
+STAGE_VARIABLES = ("input", "query")
+"""What a stage template is given: the previous stage's output and the user's message."""
 
 
 class BranchSpec(StrictModel):
@@ -33,7 +37,7 @@ class BranchSpec(StrictModel):
 
     @model_validator(mode="after")
     def _parses(self) -> BranchSpec:
-        _check_template(self.task, "task")
+        check_template(self.task, "task", BRANCH_VARIABLES)
         return self
 
 
@@ -82,20 +86,11 @@ class StageSpec(StrictModel):
         if self.arguments is not None and self.tool is None:
             raise rule_error("arguments", "arguments apply to a tool stage only")
         if self.prompt is not None:
-            _check_template(self.prompt, "prompt")
+            check_template(self.prompt, "prompt", STAGE_VARIABLES)
         for key, value in (self.arguments or {}).items():
             if isinstance(value, str):
-                _check_template(value, ("arguments", key))
+                check_template(value, ("arguments", key), STAGE_VARIABLES)
         return self
-
-
-def _check_template(text: str, key: str | tuple[str | int, ...]) -> None:
-    try:
-        jinja2.Environment(autoescape=False).parse(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise rule_error(
-            key, f"template syntax error on its line {exc.lineno}: {exc.message}"
-        ) from None
 
 
 _OWNERS: dict[str, tuple[str, ...]] = {
@@ -177,7 +172,7 @@ class OrchestrationSpec(StrictModel):
             if isinstance(branch, str):
                 if not branch.strip():
                     raise rule_error((index,), "a branch needs a task")
-                _check_template(branch, (index,))
+                check_template(branch, (index,), BRANCH_VARIABLES)
         return branches
 
     @field_validator("workers", "members")

@@ -142,3 +142,25 @@ def share(ctx: RunContext, state: TurnState, count: int, reserve: int, what: str
             reason="max_iterations",
         )
     return left // count
+
+
+def most_tasks(ctx: RunContext, state: TurnState, what: str) -> int:
+    """How many tasks a splitter or planner may write: one model call each, after its
+    own call and before the synthesizer's; a limit error when not one fits."""
+    most = ctx.iterations_left(state) - 2
+    if most < 1:
+        raise RunLimitExceeded(
+            f"max_iterations={ctx.max_iterations} leaves no model call for {what} (one "
+            "to write them and one to answer are needed too)",
+            hint="raise spec.orchestration.max_iterations",
+            run_id=ctx.run_id,
+            reason="max_iterations",
+        )
+    return most
+
+
+def at_most(schema: Mapping[str, Any], key: str, cap: int, most: int) -> dict[str, Any]:
+    """``schema`` whose array ``key`` holds at most ``min(cap, most)`` items."""
+    copy = json.loads(json.dumps(schema))
+    copy["properties"][key]["maxItems"] = min(cap, most)
+    return dict(copy)

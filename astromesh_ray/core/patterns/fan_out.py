@@ -13,17 +13,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
-
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event
 from astromesh_ray.core.messages import Message
-from astromesh_ray.core.patterns.common import JsonAsk, base_prompt, results_text, share, synthesize
+from astromesh_ray.core.patterns.common import (
+    JsonAsk,
+    at_most,
+    base_prompt,
+    most_tasks,
+    results_text,
+    share,
+    synthesize,
+)
 from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.tasks import Batch, TaskSpec
 from astromesh_ray.errors import RunError, RunLimitExceeded
 from astromesh_ray.spec.orchestration import BranchSpec
+from astromesh_ray.spec.templates import render
 
 SUBTASKS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -37,8 +43,6 @@ SUBTASKS_SCHEMA: dict[str, Any] = {
     },
     "required": ["subtasks"],
 }
-
-_ENV = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
 
 
 class ParallelFanOutPattern:
@@ -58,10 +62,7 @@ class ParallelFanOutPattern:
 
     async def run(self, ctx: RunContext, state: TurnState) -> AsyncIterator[Event]:
         if self.branches:
-            tasks = [
-                (b.name, _ENV.from_string(b.task).render(query=ctx.request.query))
-                for b in self.branches
-            ]
+            tasks = [(b.name, render(b.task, query=ctx.request.query)) for b in self.branches]
         else:
             ask = JsonAsk(
                 ctx,
@@ -76,7 +77,7 @@ class ParallelFanOutPattern:
                         '["...", "..."]}.',
                     ),
                 ],
-                schema=SUBTASKS_SCHEMA,
+                schema=at_most(SUBTASKS_SCHEMA, "subtasks", 16, most_tasks(ctx, state, "subtasks")),
                 check=lambda value: None,
                 what="list of subtasks",
                 reason="invalid_subtasks",

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import (
@@ -37,12 +36,12 @@ from astromesh_ray.core.patterns.react import tool_loop
 from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import bounded
 from astromesh_ray.core.steps.records import record
+from astromesh_ray.core.steps.subruns import absorb
 from astromesh_ray.core.steps.tools import tool_step
 from astromesh_ray.core.trace import Span
 from astromesh_ray.errors import AstromeshError, RunError
 from astromesh_ray.spec.orchestration import StageSpec
-
-_ENV = SandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined)
+from astromesh_ray.spec.templates import render
 
 
 class PipelinePattern:
@@ -249,10 +248,7 @@ class PipelinePattern:
             max_iterations=max(ctx.iterations_left(state) - keep, 0),
         )
         result = await bounded(ctx, ctx.peer(stage.agent).run(request), ctx.deadline)
-        state.usage = state.usage + result.usage
-        state.iterations += result.iterations
-        state.trace.extend(result.trace)
-        span.locate(result.where)
+        absorb(state, span, result)
         return result.answer, result.run_id
 
 
@@ -263,7 +259,7 @@ class _Output:
 
 def _render(template: str, text: str, ctx: RunContext) -> str:
     try:
-        return _ENV.from_string(template).render(input=text, query=ctx.request.query)
+        return render(template, input=text, query=ctx.request.query)
     except jinja2.TemplateError as exc:
         raise RunError(f"cannot render: {exc}", run_id=ctx.run_id) from None
 

@@ -21,7 +21,15 @@ from typing import Any
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event, PlanEvent, PlannedTask, PlanStep
 from astromesh_ray.core.messages import Message
-from astromesh_ray.core.patterns.common import JsonAsk, base_prompt, results_text, share, synthesize
+from astromesh_ray.core.patterns.common import (
+    JsonAsk,
+    at_most,
+    base_prompt,
+    most_tasks,
+    results_text,
+    share,
+    synthesize,
+)
 from astromesh_ray.core.patterns.workers import WorkerBatch
 from astromesh_ray.core.steps.records import record
 from astromesh_ray.core.streams import closing_stream
@@ -74,7 +82,7 @@ class PlanAndExecutePattern:
                 state,
                 role="planner",
                 messages=self._planner_prompt(ctx, state, done, failed),
-                schema=PLAN_SCHEMA,
+                schema=at_most(PLAN_SCHEMA, "steps", 32, most_tasks(ctx, state, "plan steps")),
                 check=lambda plan: self._check(ctx, plan, done),
                 what="plan",
                 reason="invalid_plan",

@@ -5,12 +5,16 @@ turn of its own (its prompt, tools and model) over the conversation so far, offe
 one handoff tool per other member (``patterns/handoffs.py``).  A member that calls
 one ends its turn; the conversation, its tool call and result included, goes to the
 member named.  The member that answers without handing off is the last speaker: its
-answer is the run's (and under streaming, its tokens are the ones streamed).
+answer is the run's.  Streamed answer tokens are those of the member holding
+control, tagged with its name (``Token.task``): text a member writes before handing
+off is streamed as it is written, as in a ``react`` turn; the run's answer is the
+last speaker's alone.
 
-Members are separate agents: under Serve, each its own application (async
-replicas, so A → B → A never deadlocks), reached by message through its ``Peer``;
-the swarm holds the conversation between turns.  Every member turn spends model
-calls from the swarm's ``max_iterations`` and time from its deadline.
+Members are separate agents: under Serve, each its own application.  The swarm
+holds the conversation and passes it to each member in turn, by message, through
+its ``Peer`` (A → B → A is three calls from the swarm, not calls nested inside each
+other, so no member waits on another).  Every member turn spends model calls from
+the swarm's ``max_iterations`` and time from its deadline.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from astromesh_ray.core.messages import Message
 from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import bounded, iterations_exhausted
 from astromesh_ray.core.steps.records import record
+from astromesh_ray.core.steps.subruns import absorb
 from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.trace import Span
 
@@ -125,9 +130,9 @@ class SwarmPattern:
                     event = await bounded(ctx, anext(events), ctx.deadline)
                 except StopAsyncIteration:
                     return
-                if isinstance(event, Token) and event.channel == "answer":
-                    yield event
-                elif isinstance(event, _RELAYED):
+                if (isinstance(event, Token) and event.channel == "answer") or isinstance(
+                    event, _RELAYED
+                ):
                     yield dataclasses.replace(event, task=member)
                 elif isinstance(event, RunFinished):
                     yield event
@@ -135,11 +140,8 @@ class SwarmPattern:
     def _merge(
         self, state: TurnState, span: Span, result: RunResult, conversation: Sequence[Message]
     ) -> list[Message]:
-        state.usage = state.usage + result.usage
-        state.iterations += result.iterations
-        state.trace.extend(result.trace)
-        span.locate(result.where)
-        span.set(sub_run_id=result.run_id, status=result.status)
+        absorb(state, span, result)
+        span.set(status=result.status)
         span.end()
         for step in result.steps:
             if isinstance(step, ToolStep | ThoughtStep):

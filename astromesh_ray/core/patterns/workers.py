@@ -19,6 +19,7 @@ from astromesh_ray.core.events import (
 from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import bounded, deadline_exceeded
 from astromesh_ray.core.steps.records import record
+from astromesh_ray.core.steps.subruns import absorb, absorb_failure
 from astromesh_ray.core.tasks import TaskOutcome, TaskSpec, task_failed
 from astromesh_ray.core.tools.agent import OPERATIONAL
 from astromesh_ray.core.trace import Span
@@ -115,15 +116,10 @@ class WorkerBatch:
         state = self.state
         where: dict[str, str] = {}
         if result is not None:
-            state.usage = state.usage + result.usage
-            state.iterations += result.iterations
-            state.trace.extend(result.trace)
+            absorb(state, span, result)
             where = dict(result.where)
-            span.set(sub_run_id=result.run_id)
         elif error is not None:
-            state.trace.extend(s for s in error.details.get("trace") or [] if isinstance(s, dict))
-            state.iterations += int(error.details.get("iterations") or 0)
-        span.locate(where)
+            absorb_failure(state, error)
         span.end(error.message if error is not None else None)
         output = error.message if error is not None else result.answer if result else ""
         self.outcomes[spec.id] = TaskOutcome(spec, output, error, where)

@@ -17,6 +17,7 @@ from astromesh_ray.core.messages import Message
 from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import bounded
 from astromesh_ray.core.steps.records import record
+from astromesh_ray.core.steps.subruns import absorb
 
 
 class Delegation:
@@ -94,11 +95,8 @@ class Delegation:
         except BaseException as exc:
             span.end(exc)
             raise
-        span.set(sub_run_id=result.run_id)
+        absorb(state, span, result)
         span.end()
-        state.usage = state.usage + result.usage
-        state.iterations += result.iterations
-        state.trace.extend(result.trace)
         self._result = result
         if self.handoff:
             state.messages.append(Message(role="assistant", content=result.answer))

@@ -241,6 +241,18 @@ async def test_when_over_data_with_output_schema_runs(tmp_path: Path) -> None:
     assert step.ran and step.answer == "ok" and step.error is None
 
 
+@pytest.mark.parametrize(("score", "ran"), [(9, True), (3, False)])
+async def test_a_bare_expression_when_is_evaluated(tmp_path: Path, score: int, ran: bool) -> None:
+    # `output.data.score > 7` without braces is an expression, not text that is
+    # always truthy.
+    agents = lead_and_composer(tmp_path, {"when": "output.data.score > 7"}, output_schema=True)
+    composer = ScriptedProvider(["ok"] if ran else [])
+    result = await run_lead(agents, ScriptedProvider([f'{{"score": {score}}}']), composer)
+    (step,) = chain_steps(result)
+    assert step.ran is ran and step.error is None
+    assert len(composer.requests) == (1 if ran else 0)
+
+
 async def test_a_render_error_with_on_error_fail_fails_the_turn(tmp_path: Path) -> None:
     agents = lead_and_composer(tmp_path, {"input": "{{ output.data.missing }}", "on_error": "fail"})
     with pytest.raises(RunError) as info:

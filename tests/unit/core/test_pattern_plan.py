@@ -211,15 +211,39 @@ async def test_fail_fast_fails_on_the_first_failed_step(tmp_path: Path) -> None:
     assert info.value.details["trace"]  # the partial trace
 
 
-async def test_too_few_model_calls_for_the_plan_is_a_limit_error(tmp_path: Path) -> None:
-    steps = plan({"id": "a", "task": "x"}, {"id": "b", "task": "y"})
-    scripted = ScriptedProvider([steps])
-    with pytest.raises(RunLimitExceeded, match="max_iterations=3 leaves 1 model call") as info:
+async def test_too_few_model_calls_for_a_plan_is_a_limit_error(tmp_path: Path) -> None:
+    with pytest.raises(RunLimitExceeded, match="max_iterations=2 leaves no model call") as info:
         await run(
-            agent(tmp_path, max_iterations=3), {"planner-agent": scripted}, "planner-agent", "go"
+            agent(tmp_path, max_iterations=2),
+            {"planner-agent": ScriptedProvider([])},
+            "planner-agent",
+            "go",
         )
     assert info.value.http_status == 504
-    assert info.value.details["trace"]
+
+
+async def test_a_plan_longer_than_the_calls_left_is_sent_back(tmp_path: Path) -> None:
+    long = plan(*({"id": k, "task": "x"} for k in "abcd"))
+    short = plan({"id": "a", "task": "x"})
+    seen: list[CompletionRequest] = []
+    answer = planner_executor([long, short], {"x": "x done"})
+
+    def model(request: CompletionRequest) -> object:
+        seen.append(request)
+        return answer(request)
+
+    # max_iterations 5: a plan of at most 3 steps (the planner's call and the
+    # synthesizer's are needed too); the 4-step plan is sent back.
+    result = await run(
+        agent(tmp_path, max_iterations=5),
+        {"planner-agent": ScriptedProvider([model] * 4)},
+        "planner-agent",
+        "go",
+    )
+    assert result.answer == "final answer"
+    assert seen[0].response_schema is not None
+    assert seen[0].response_schema["properties"]["steps"]["maxItems"] == 3
+    assert "is too long" in last_text(seen[1])
 
 
 async def test_the_deadline_covers_the_steps(tmp_path: Path) -> None:

@@ -160,6 +160,7 @@ def test_event_schema_is_the_contract_for_every_event() -> None:
         "iteration": 1,
         "role": "reasoner",
         "tool_index": None,
+        "task": None,
         "type": "token",
     }
     with pytest.raises(jsonschema.ValidationError):

@@ -211,6 +211,36 @@ BAD: list[tuple[str, str, int, str, str]] = [
         "template syntax error",
     ),
     (
+        "branch-unknown-variable",
+        "  orchestration:\n    pattern: parallel_fan_out\n    branches:\n"
+        "      - 'look up {{ input }}'\n",
+        14,
+        "spec.orchestration.branches[0]",
+        "unknown variable(s) input in the template; it is given query",
+    ),
+    (
+        "stage-unknown-variable",
+        "  orchestration:\n    pattern: pipeline\n    stages:\n"
+        "      - name: a\n        prompt: '{{ output }}'\n",
+        15,
+        "spec.orchestration.stages[0].prompt",
+        "unknown variable(s) output in the template; it is given input, query",
+    ),
+    (
+        "chain-input-unknown-variable",
+        "  chain:\n    on_complete:\n      - agent: other\n        input: '{{ answer }}'\n",
+        14,
+        "spec.chain.on_complete[0].input",
+        "unknown variable(s) answer in the template; it is given output, query",
+    ),
+    (
+        "chain-when-bare-expression-syntax",
+        "  chain:\n    on_complete:\n      - agent: other\n        when: 'output.data.score >'\n",
+        14,
+        "spec.chain.on_complete[0].when",
+        "expression syntax error",
+    ),
+    (
         "chain-mode-parallel",
         "  chain:\n    mode: parallel\n    on_complete:\n      - agent: other\n",
         12,
@@ -420,3 +450,53 @@ def test_a_chain_agent_that_is_not_loaded_is_refused(write: WriteYaml) -> None:
     message = _refused([lead])
     assert "agent 'lead' calls agent 'composer', which is not loaded" in message
     check_buildable([lead, _load(write, "composer", "")])
+
+
+def test_role_map_entries_must_map_a_pattern_role_to_a_declared_role(write: WriteYaml) -> None:
+    roles = (
+        "  model:\n    default:\n      candidates: [{provider: ollama, model: m}]\n"
+        "    roles:\n      planner:\n        candidates: [{provider: ollama, model: big}]\n"
+    )
+    body = AGENT.format(name="rm").split("  model:")[0]
+    typo_key = write(
+        "k.agent.yaml",
+        body + roles + "  orchestration:\n    pattern: plan_and_execute\n"
+        "    role_map: {plannr: planner}\n",
+    )
+    with pytest.raises(ConfigError, match="role_map: 'plannr' is not a role of the "
+                       "plan_and_execute pattern"):  # fmt: skip
+        check_buildable([load_agent(typo_key)])
+    typo_value = write(
+        "v.agent.yaml",
+        body + roles + "  orchestration:\n    pattern: plan_and_execute\n"
+        "    role_map: {synthesizer: plannr}\n",
+    )
+    with pytest.raises(ConfigError, match=r"'synthesizer' maps to 'plannr', which "
+                       r"spec\.model\.roles does not declare"):  # fmt: skip
+        check_buildable([load_agent(typo_value)])
+    good = write(
+        "g.agent.yaml",
+        body + roles + "  orchestration:\n    pattern: plan_and_execute\n"
+        "    role_map: {synthesizer: planner}\n",
+    )
+    check_buildable([load_agent(good)])
+
+
+def test_a_worker_named_like_another_tool_is_refused(write: WriteYaml) -> None:
+    boss = _load(
+        write,
+        "boss",
+        "  tools:\n    - {name: writer, type: webhook, webhook: {url: 'https://example.com/w'}}\n"
+        "  orchestration:\n    pattern: supervisor\n    workers: [writer]\n",
+    )
+    message = _refused([boss, _load(write, "writer", "")])
+    assert "'writer' is also the name of another tool of this agent" in message
+
+
+def test_swarm_members_run_react_or_supervisor(write: WriteYaml) -> None:
+    desk = _load(
+        write, "desk", "  orchestration:\n    pattern: swarm\n    members: [triage, planner]\n"
+    )
+    planner = _load(write, "planner", "  orchestration:\n    pattern: plan_and_execute\n")
+    message = _refused([desk, _load(write, "triage", ""), planner])
+    assert "swarm member 'planner' runs the plan_and_execute pattern" in message
