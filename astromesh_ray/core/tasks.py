@@ -383,35 +383,59 @@ class Batch:
             events.append(event)
         output = error.message if error is not None else result.answer
         self.outcomes[spec.id] = TaskOutcome(spec, result.answer, error, dict(result.where))
-        events.append(
-            TaskFinished(
+        events += task_ended(
+            state,
+            spec,
+            output=output,
+            is_error=error is not None,
+            iterations=result.iterations,
+            where=dict(result.where),
+            start_time=result.start_time or time.time(),
+            duration_ms=result.duration_ms,
+        )
+        return events
+
+
+def task_ended(
+    state: TurnState,
+    spec: TaskSpec,
+    *,
+    output: str,
+    is_error: bool,
+    iterations: int,
+    where: dict[str, str],
+    start_time: float,
+    duration_ms: float,
+    sub_run_id: str | None = None,
+) -> list[Event]:
+    """A task's ``task_finished`` event and its recorded ``task`` step."""
+    return [
+        TaskFinished(
+            id=spec.id,
+            kind=spec.kind,
+            name=spec.name,
+            is_error=is_error,
+            output=output,
+            where=where,
+            duration_ms=duration_ms,
+        ),
+        record(
+            state,
+            TaskStep(
                 id=spec.id,
                 kind=spec.kind,
                 name=spec.name,
-                is_error=error is not None,
+                input=spec.input,
                 output=output,
-                where=dict(result.where),
-                duration_ms=result.duration_ms,
-            )
-        )
-        events.append(
-            record(
-                state,
-                TaskStep(
-                    id=spec.id,
-                    kind=spec.kind,
-                    name=spec.name,
-                    input=spec.input,
-                    output=output,
-                    is_error=error is not None,
-                    iterations=result.iterations,
-                    where=dict(result.where),
-                    start_time=result.start_time or time.time(),
-                    duration_ms=result.duration_ms,
-                ),
-            )
-        )
-        return events
+                is_error=is_error,
+                iterations=iterations,
+                where=where,
+                start_time=start_time,
+                duration_ms=duration_ms,
+                sub_run_id=sub_run_id,
+            ),
+        ),
+    ]
 
 
 def task_failed(ctx: RunContext, spec: TaskSpec, error: AstromeshError) -> AstromeshError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import Event, RunResult, event_from_dict
@@ -42,20 +43,25 @@ class ServePeer:
             app=self._app.app,
         )
 
-    async def run(self, request: RunRequest) -> RunResult:
+    async def call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """``method`` of the agent's deployment with ``payload``, unwrapped (its errors
+        raised as their type, Ray's as ``AgentUnavailable``).  Cancelled, it cancels
+        the remote call too: awaiting a response does not stop the remote work."""
         try:
             handle = await self._app.get()
-            response = handle.run.remote(request.to_dict())
+            response = getattr(handle, method).remote(payload)
             try:
                 outcome = await response
             except asyncio.CancelledError:
-                # The caller gave up (its deadline, a failed sibling): awaiting a
-                # response does not stop the remote run itself.
-                response.cancel()  # type: ignore[no-untyped-call]
+                response.cancel()
                 raise
         except RAY_FAILURES as exc:
             raise failure(exc, self._unavailable) from None
-        return RunResult.from_dict(unwrap(outcome))
+        result: dict[str, Any] = unwrap(outcome)
+        return result
+
+    async def run(self, request: RunRequest) -> RunResult:
+        return RunResult.from_dict(await self.call("run", request.to_dict()))
 
     async def stream(self, request: RunRequest) -> AsyncIterator[Event]:
         try:

@@ -8,17 +8,14 @@ deployment does not deadlock).  A run holds one of its replica's
 ``max_ongoing_requests`` while its tasks wait for theirs: when runs alone fill every
 replica, their tasks queue until the runs' deadlines.  The result comes back as a
 value (``serve/outcome.py``) and is typed again; the task's own failure is in it,
-not raised.
+not raised.  A task the run gives up on (its deadline, a failed sibling under
+``fail_fast``) is cancelled where it runs.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from astromesh_ray.core.tasks import TaskRequest, TaskResult
-from astromesh_ray.errors import AgentUnavailable
-from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, agent_app_name, describe, failure
-from astromesh_ray.serve.outcome import unwrap
+from astromesh_ray.serve.peers import ServePeer
 
 
 class ServeTaskRunner:
@@ -27,29 +24,7 @@ class ServeTaskRunner:
 
     def __init__(self, agent: str) -> None:
         self.agent = agent
-        self._app = AppHandle(agent_app_name(agent))
-
-    def _unavailable(self, exc: BaseException) -> AgentUnavailable:
-        self._app.forget()
-        return AgentUnavailable(
-            f"agent {self.agent!r} could not run a task: its application {self._app.app!r} "
-            f"failed: {describe(exc)}",
-            hint="check `serve status`; redeploy the agent's application",
-            agent=self.agent,
-            app=self._app.app,
-        )
+        self._app = ServePeer(agent)  # the same application, its ``task`` method
 
     async def run(self, request: TaskRequest) -> TaskResult:
-        try:
-            handle = await self._app.get()
-            response = handle.task.remote(request.to_dict())
-            try:
-                outcome = await response
-            except asyncio.CancelledError:
-                # The run gave up on the task (its deadline, a failed sibling under
-                # fail_fast): awaiting a response does not stop the remote call itself.
-                response.cancel()  # type: ignore[no-untyped-call]
-                raise
-        except RAY_FAILURES as exc:
-            raise failure(exc, self._unavailable) from None
-        return TaskResult.from_dict(unwrap(outcome))
+        return TaskResult.from_dict(await self._app.call("task", request.to_dict()))

@@ -371,12 +371,19 @@ def test_fan_out_past_its_timeout_is_504_with_the_partial_trace(api: str, llms: 
     assert any(s["name"] == "task_call" for s in events[-1]["error"]["trace"])
 
 
-def test_a_plan_too_big_for_max_iterations_is_run_limit_exceeded(api: str, llms: Models) -> None:
-    plan = {"steps": [{"id": f"s{i}", "task": f"part {i}"} for i in range(5)]}
-    llms.main.add_steps(json.dumps(plan))  # 1 call spent, 1 kept to answer: 4 for 5 steps
-    reply = _run(api, "planner", "do five things")
+def test_plan_steps_out_of_model_calls_end_in_run_limit_exceeded(api: str, llms: Models) -> None:
+    # max_iterations 6: the planner's call leaves 5; 4 steps get 1 call each (one kept
+    # for the synthesizer).  Each step's one call asks for a tool, so no step answers;
+    # with 1 call left the plan cannot be made again: 504, with the partial trace.
+    plan = {"steps": [{"id": f"s{i}", "task": f"part {i}"} for i in range(4)]}
+    llms.main.add_steps(json.dumps(plan))
+    for _ in range(4):
+        llms.main.add_steps({"tool_calls": [{"name": "lookup", "arguments": {"q": "x"}}]})
+    reply = _run(api, "planner", "do four things")
     assert reply.status_code == 504, reply.text
     error = reply.json()["error"]
     assert error["code"] == "run_limit_exceeded"
-    assert "max_iterations=6" in error["message"]
-    assert [s["name"] for s in error["trace"]][:2] == ["gateway", "run"]
+    assert "no model calls are left to plan again" in error["message"]
+    assert error["iterations"] == 5
+    names = [s["name"] for s in error["trace"]]
+    assert names[:2] == ["gateway", "run"] and names.count("task_call") == 4

@@ -12,15 +12,12 @@ from astromesh_ray.core.events import (
     Delegate,
     Event,
     RunResult,
-    TaskFinished,
     TaskStarted,
-    TaskStep,
 )
 from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import bounded, deadline_exceeded
-from astromesh_ray.core.steps.records import record
 from astromesh_ray.core.steps.subruns import absorb, absorb_failure
-from astromesh_ray.core.tasks import TaskOutcome, TaskSpec, task_failed
+from astromesh_ray.core.tasks import TaskOutcome, TaskSpec, task_ended, task_failed
 from astromesh_ray.core.tools.agent import OPERATIONAL
 from astromesh_ray.core.trace import Span
 from astromesh_ray.errors import AstromeshError, RunError, RunTimeout
@@ -123,30 +120,14 @@ class WorkerBatch:
         span.end(error.message if error is not None else None)
         output = error.message if error is not None else result.answer if result else ""
         self.outcomes[spec.id] = TaskOutcome(spec, output, error, where)
-        return [
-            TaskFinished(
-                id=spec.id,
-                kind=spec.kind,
-                name=spec.name,
-                is_error=error is not None,
-                output=output,
-                where=where,
-                duration_ms=span.duration_ms or 0.0,
-            ),
-            record(
-                state,
-                TaskStep(
-                    id=spec.id,
-                    kind=spec.kind,
-                    name=spec.name,
-                    input=spec.input,
-                    output=output,
-                    is_error=error is not None,
-                    iterations=result.iterations if result else 0,
-                    where=where,
-                    start_time=span.start_time or time.time(),
-                    duration_ms=span.duration_ms or 0.0,
-                    sub_run_id=result.run_id if result else None,
-                ),
-            ),
-        ]
+        return task_ended(
+            state,
+            spec,
+            output=output,
+            is_error=error is not None,
+            iterations=result.iterations if result else 0,
+            where=where,
+            start_time=span.start_time or time.time(),
+            duration_ms=span.duration_ms or 0.0,
+            sub_run_id=result.run_id if result else None,
+        )
