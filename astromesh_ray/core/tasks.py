@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
 from astromesh_ray.core.events import (
     AnswerStep,
+    Delegate,
     Event,
     StepEvent,
     TaskFinished,
@@ -36,6 +37,7 @@ from astromesh_ray.core.events import (
     event_to_dict,
 )
 from astromesh_ray.core.messages import Message, Usage
+from astromesh_ray.core.peers import sub_request
 from astromesh_ray.core.steps.limits import bounded, deadline_exceeded
 from astromesh_ray.core.steps.records import record
 from astromesh_ray.core.tools.agent import OPERATIONAL
@@ -120,9 +122,11 @@ class TaskResult:
     where: dict[str, str] = field(default_factory=dict)
     start_time: float = 0.0
     duration_ms: float = 0.0
+    sub_run_id: str | None = None  # a worker's run (a plan step another agent did)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "sub_run_id": self.sub_run_id,
             "task_id": self.task_id,
             "answer": self.answer,
             "error": self.error,
@@ -149,6 +153,7 @@ class TaskResult:
             where=dict(data.get("where") or {}),
             start_time=float(data.get("start_time") or 0.0),
             duration_ms=float(data.get("duration_ms") or 0.0),
+            sub_run_id=data.get("sub_run_id"),
         )
 
 
@@ -263,6 +268,9 @@ class TaskSpec:
     messages: list[Message]
     tools: list[str] | None = None
     max_iterations: int = 1
+    # Another agent does it instead (a plan step naming a worker): a sub-run of that
+    # agent through its Peer, asked the last message, within ``max_iterations``.
+    worker: str | None = None
 
 
 @dataclass(slots=True)
@@ -313,6 +321,13 @@ class Batch:
                 task_name=spec.name,
             )
             yield TaskStarted(id=spec.id, kind=spec.kind, name=spec.name, input=spec.input)
+            if spec.worker is not None:
+                yield Delegate(
+                    iteration=state.iterations,
+                    peer=spec.worker,
+                    query=spec.input,
+                    span_id=spans[spec.id].span_id,
+                )
         pending: dict[asyncio.Task[TaskResult], TaskSpec] = {
             asyncio.ensure_future(self._call(spec, spans[spec.id])): spec for spec in self.specs
         }
@@ -337,6 +352,8 @@ class Batch:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _call(self, spec: TaskSpec, span: Span) -> TaskResult:
+        if spec.worker is not None:
+            return await self._worker(spec, spec.worker, span)
         ctx = self.ctx
         request = TaskRequest(
             task_id=spec.id,
@@ -365,6 +382,48 @@ class Batch:
             span.end(exc)
             raise
 
+    async def _worker(self, spec: TaskSpec, worker: str, span: Span) -> TaskResult:
+        """The task as a sub-run of agent ``worker``.  The worker failing
+        operationally (down, slow, out of model calls) is the task's error; anything
+        else (a cycle, a bug) fails the run."""
+        ctx = self.ctx
+        request = sub_request(
+            target=worker,
+            query=spec.messages[-1].content or spec.input,
+            run_id=ctx.run_id,
+            lineage=ctx.lineage,
+            remaining_s=ctx.remaining_s(),
+            trace_parent=span.context.traceparent,
+            caller=ctx.caller,
+            max_iterations=spec.max_iterations,
+        )
+        try:
+            result = await bounded(ctx, ctx.peer(worker).run(request), ctx.deadline)
+        except RunTimeout as exc:
+            if ctx.remaining_s() <= 0:
+                span.end("run timeout")
+                raise deadline_exceeded(ctx) from None
+            return _failed_worker(spec, exc)  # the worker's own, shorter, timeout
+        except OPERATIONAL as exc:
+            return _failed_worker(spec, exc)
+        except RunError as exc:
+            if exc.details.get("reason") != "max_iterations":
+                span.end(exc)
+                raise
+            return _failed_worker(spec, exc)
+        return TaskResult(
+            task_id=spec.id,
+            answer=result.answer,
+            error=None,
+            usage=result.usage,
+            iterations=result.iterations,
+            trace=result.trace,
+            where=dict(result.where),
+            start_time=span.start_time,
+            duration_ms=(time.time() - span.start_time) * 1000,
+            sub_run_id=result.run_id,
+        )
+
     def _merge(self, spec: TaskSpec, span: Span, result: TaskResult) -> list[Event]:
         state = self.state
         error = AstromeshError.from_dict(result.error) if result.error is not None else None
@@ -373,6 +432,8 @@ class Batch:
         state.trace.extend(result.trace)
         span.locate(result.where)
         span.set(iterations=result.iterations)
+        if result.sub_run_id is not None:
+            span.set(sub_run_id=result.sub_run_id)
         span.end(error.message if error is not None else None)
         events: list[Event] = []
         for event in result.events:
@@ -392,8 +453,21 @@ class Batch:
             where=dict(result.where),
             start_time=result.start_time or time.time(),
             duration_ms=result.duration_ms,
+            sub_run_id=result.sub_run_id,
         )
         return events
+
+
+def _failed_worker(spec: TaskSpec, error: AstromeshError) -> TaskResult:
+    """A worker's failure as the task's result: its spans and model calls kept."""
+    details = error.details
+    return TaskResult(
+        task_id=spec.id,
+        answer="",
+        error={k: v for k, v in error.to_dict().items() if k not in ("trace", "steps")},
+        iterations=int(details.get("iterations") or 0),
+        trace=[Span.from_dict(s) for s in details.get("trace") or [] if isinstance(s, dict)],
+    )
 
 
 def task_ended(

@@ -15,7 +15,7 @@ synthesizer answers from every step's result.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from astromesh_ray.core.context import RunContext, TurnState
@@ -30,7 +30,6 @@ from astromesh_ray.core.patterns.common import (
     share,
     synthesize,
 )
-from astromesh_ray.core.patterns.workers import WorkerBatch
 from astromesh_ray.core.steps.records import record
 from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.tasks import Batch, TaskOutcome, TaskSpec
@@ -145,15 +144,12 @@ class PlanAndExecutePattern:
             specs = [self._spec(ctx, state, p, done, budget) for p in ready]
             for p in ready:
                 del todo[p.id]
-            tool_specs = [s for s in specs if s.role != "worker"]
-            worker_specs = [s for s in specs if s.role == "worker"]
-            batch = Batch(ctx, state, tool_specs, fail_fast=self.fail_fast)
-            workers = WorkerBatch(ctx, state, worker_specs, fail_fast=self.fail_fast)
-            merged = _merge_streams(batch, workers)
-            async with closing_stream(merged):
-                async for event in merged:
+            batch = Batch(ctx, state, specs, fail_fast=self.fail_fast)
+            events = aiter(batch)
+            async with closing_stream(events):
+                async for event in events:
                     yield event
-            for outcome in [*batch.outcomes.values(), *workers.outcomes.values()]:
+            for outcome in batch.outcomes.values():
                 if outcome.error is None:
                     done[outcome.spec.id] = outcome
                 else:
@@ -184,10 +180,10 @@ class PlanAndExecutePattern:
                 kind="plan_step",
                 name=step.id,
                 input=step.task,
-                role="worker",
+                role="executor",
                 messages=[Message(role="user", content=text)],
-                tools=[step.worker],
                 max_iterations=budget,
+                worker=step.worker,
             )
         return TaskSpec(
             id=step.id,
@@ -268,32 +264,3 @@ def _task(step: Mapping[str, Any]) -> PlannedTask:
         worker=step.get("worker") or None,
         depends_on=[str(d) for d in step.get("depends_on") or []],
     )
-
-
-async def _merge_streams(*streams: AsyncIterable[Event]) -> AsyncIterator[Event]:
-    """The events of several streams as they come (both batches run at once)."""
-    import asyncio
-
-    iterators = [s.__aiter__() for s in streams]
-    nexts: dict[asyncio.Task[Event], AsyncIterator[Event]] = {
-        asyncio.ensure_future(anext(it)): it for it in iterators
-    }
-    try:
-        while nexts:
-            done, _ = await asyncio.wait(nexts, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                it = nexts.pop(future)
-                try:
-                    event = future.result()
-                except StopAsyncIteration:
-                    continue
-                yield event
-                nexts[asyncio.ensure_future(anext(it))] = it
-    finally:
-        for future in nexts:
-            future.cancel()
-        await asyncio.gather(*nexts, return_exceptions=True)
-        for it in iterators:
-            close = getattr(it, "aclose", None)
-            if close is not None:
-                await close()

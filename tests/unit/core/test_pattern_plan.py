@@ -112,7 +112,10 @@ async def test_a_plan_runs_as_a_dag_and_the_synthesizer_sees_every_result(
     add = next(r for r in seen if "Your step: add" in last_text(r))
     assert [t.name for t in add.tools] == ["calculator"]
     result = out.result
-    assert [s.type for s in result.steps] == ["plan", "tool_call", "task", "task", "task", "answer"]
+    types = [s.type for s in result.steps]
+    # a and b end in either order (they run at once); c after both.
+    assert types[0] == "plan" and types[-2:] == ["task", "answer"]
+    assert sorted(types[1:-2]) == ["task", "task", "tool_call"]
     assert result.iterations == 6  # planner 1, a 2, b 1, c 1, synthesizer 1
 
 
