@@ -16,6 +16,7 @@ from typing import Any
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event
 from astromesh_ray.core.messages import Message
+from astromesh_ray.core.patterns.batch import Batch, TaskSpec
 from astromesh_ray.core.patterns.common import (
     JsonAsk,
     at_most,
@@ -26,7 +27,6 @@ from astromesh_ray.core.patterns.common import (
     synthesize,
 )
 from astromesh_ray.core.streams import closing_stream
-from astromesh_ray.core.tasks import Batch, TaskSpec
 from astromesh_ray.errors import RunError, RunLimitExceeded
 from astromesh_ray.spec.orchestration import BranchSpec
 from astromesh_ray.spec.templates import render

@@ -21,6 +21,7 @@ from typing import Any
 from astromesh_ray.core.context import RunContext, TurnState
 from astromesh_ray.core.events import Event, PlanEvent, PlannedTask, PlanStep
 from astromesh_ray.core.messages import Message
+from astromesh_ray.core.patterns.batch import Batch, TaskOutcome, TaskSpec
 from astromesh_ray.core.patterns.common import (
     JsonAsk,
     at_most,
@@ -32,7 +33,6 @@ from astromesh_ray.core.patterns.common import (
 )
 from astromesh_ray.core.steps.records import record
 from astromesh_ray.core.streams import closing_stream
-from astromesh_ray.core.tasks import Batch, TaskOutcome, TaskSpec
 from astromesh_ray.errors import RunError, RunLimitExceeded
 
 PLAN_SCHEMA: dict[str, Any] = {
