@@ -21,7 +21,7 @@ from astromesh_ray.core.trace import Trace, TraceContext
 from astromesh_ray.errors import InvalidRequest, RunError
 
 if TYPE_CHECKING:
-    from astromesh_ray.core.events import Step
+    from astromesh_ray.core.events import RunResult, Step
     from astromesh_ray.core.memory.base import VectorHit
     from astromesh_ray.core.peers import Peer
     from astromesh_ray.core.providers.base import Provider
@@ -258,3 +258,28 @@ class TurnState:
     def forget(self, stream: AsyncIterator[Any]) -> None:
         """``stream`` was closed by its step."""
         self.open_streams.remove(stream)
+
+
+def turn_result(ctx: RunContext, state: TurnState, **fields: Any) -> RunResult:
+    """The ``RunResult`` of a turn as it stands (answered, paused or handed off):
+    its transcript, steps, usage, model calls, trace and structured answer;
+    ``fields`` add or override (``status``, ``pending``, ``handoff_to``...)."""
+    from astromesh_ray.core.events import RunResult
+
+    values: dict[str, Any] = {
+        "run_id": ctx.run_id,
+        "agent": ctx.agent,
+        "answer": state.answer or "",
+        "steps": state.steps,
+        "usage": state.usage,
+        "trace": state.trace.spans,
+        "trace_id": state.trace.trace_id,
+        "session_id": ctx.session_id,
+        "parent_run_id": ctx.request.parent_run_id,
+        "messages": state.messages,
+        "where": dict(state.trace.where),
+        "data": state.data,
+        "iterations": state.iterations,
+    }
+    values.update(fields)
+    return RunResult(**values)

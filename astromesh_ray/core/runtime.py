@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
+from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState, turn_result
 from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
 from astromesh_ray.core.failures import attach_run, internal_error
 from astromesh_ray.core.patterns.base import AfterStep, Pattern
@@ -434,23 +434,7 @@ class AgentRuntime:
         run_span.set(usage=state.usage.to_dict())
         run_span.end()
         assert state.answer is not None
-        yield RunFinished(
-            result=RunResult(
-                run_id=run_id,
-                agent=self.name,
-                answer=state.answer,
-                steps=state.steps,
-                usage=state.usage,
-                trace=trace.spans,
-                trace_id=trace.trace_id,
-                session_id=request.session_id,
-                parent_run_id=request.parent_run_id,
-                messages=state.messages,
-                where=dict(trace.where),
-                data=state.data,
-                iterations=state.iterations,
-            )
-        )
+        yield RunFinished(result=turn_result(ctx, state))
 
     async def _paused(
         self, ctx: RunContext, state: TurnState, paused: RunPaused

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from astromesh_ray.core.context import RunContext, TurnState
+from astromesh_ray.core.context import RunContext, TurnState, turn_result
 from astromesh_ray.core.events import RunResult
 from astromesh_ray.core.messages import ToolSchema
 from astromesh_ray.core.steps.tools import HandedOff
@@ -84,20 +84,11 @@ def with_handoffs(tools: ToolIndex, members: Sequence[str]) -> ToolIndex:
 
 def handed_off(ctx: RunContext, state: TurnState, handoff: HandedOff) -> RunResult:
     """The result of a member's turn that handed control to another member."""
-    return RunResult(
-        run_id=ctx.run_id,
-        agent=ctx.agent,
+    return turn_result(
+        ctx,
+        state,
         answer="",
-        steps=state.steps,
-        usage=state.usage,
-        trace=state.trace.spans,
-        trace_id=state.trace.trace_id,
-        session_id=ctx.session_id,
-        parent_run_id=ctx.request.parent_run_id,
-        messages=state.messages,
-        where=dict(state.trace.where),
         status="handoff",
-        iterations=state.iterations,
         handoff_to=handoff.to_agent,
         handoff_reason=handoff.reason,
     )

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState
+from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState, turn_result
 from astromesh_ray.core.events import Event, PendingToolCall, RunResult
 from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore, ToolDecision
 from astromesh_ray.core.runs.resume import check_answer, complete_pending
@@ -177,21 +177,7 @@ def paused_result(
     ctx: RunContext, state: TurnState, pending: Sequence[PendingToolCall]
 ) -> RunResult:
     """The ``requires_action`` result of a run that waits on ``pending``."""
-    return RunResult(
-        run_id=ctx.run_id,
-        agent=ctx.agent,
-        answer="",
-        steps=state.steps,
-        usage=state.usage,
-        trace=state.trace.spans,
-        trace_id=state.trace.trace_id,
-        session_id=ctx.session_id,
-        parent_run_id=ctx.request.parent_run_id,
-        messages=state.messages,
-        where=dict(state.trace.where),
-        status="requires_action",
-        pending=list(pending),
-    )
+    return turn_result(ctx, state, answer="", status="requires_action", pending=list(pending))
 
 
 def restore(state: TurnState, run: PausedRun) -> None:
