@@ -1,4 +1,5 @@
-"""What every benchmark script here shares: the machine it ran on, for its report."""
+"""What the benchmark scripts here share: the machine they ran on, for their reports,
+and a local Ray cluster with Serve on a free loopback port."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import datetime
 import os
 import platform
 import shutil
+import socket
 import subprocess
 
 
@@ -34,3 +36,35 @@ def machine(extra: str = "", gpu_note: str = "") -> list[str]:
         f"Python {platform.python_version()}{extra}, load average {load_average()}",
         f"GPU: {gpu()}{gpu_note}",
     ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_ray() -> str | None:
+    """A local cluster and Serve on a free loopback port (its base URL); None when Ray
+    cannot start (the reason is printed).  The caller sets Ray's environment first."""
+    import ray
+    from ray import serve
+
+    try:
+        ray.init(
+            address="local",  # never attach to a stale cluster
+            # Every deployment and actor here asks for 0 CPUs (DESIGN.md §7): logical
+            # CPUs only bound what asks for some.
+            num_cpus=max(2, os.cpu_count() or 2),
+            include_dashboard=False,
+            object_store_memory=150 * 1024 * 1024,
+            namespace="astromesh-bench",
+            log_to_driver=False,  # replicas' logs stay in Ray's session directory
+        )
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    except Exception as exc:  # whatever stops Ray or Serve starting: say it, exit non-zero
+        print(f"FAILED: Ray could not start: {type(exc).__name__}: {exc}")
+        return None
+    return f"http://127.0.0.1:{port}"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 
 import harness
-from serve_load import Child
+from serve_load import MODEL, Child, _model_server
 
 # Before Ray is imported: every listener on loopback, no usage stats (DESIGN.md §7).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -40,14 +40,12 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import argparse
 import logging
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +55,7 @@ from ray import serve
 
 from astromesh_ray.serve.builders import BUILDERS, plan
 from astromesh_ray.spec import load_config
-from astromesh_ray.testing.openai_server import ScriptedOpenAIServer
 
-MODEL = "bench-model"
 QUERY = "Review the options."
 BRANCH_ANSWER = "One branch's findings."
 ANSWER = "The merged answer."
@@ -99,32 +95,6 @@ def agent_yaml(name: str, branches: int, url: str) -> str:
     )
 
 
-# -- the model server, in a child process -----------------------------------------------
-
-
-def _model_server(conn: Connection) -> None:
-    """The child: one ``ScriptedOpenAIServer``; the parent scripts each turn (its
-    branches' answers, then the synthesizer's) and reads how many requests came."""
-    server = ScriptedOpenAIServer(model=MODEL).start()
-    conn.send(server.url)
-    while True:
-        op, *args = conn.recv()
-        if op == "turn":
-            branches, delay_s = args
-            branch = {"content": BRANCH_ANSWER, "delay_s": delay_s}
-            server.add_steps(*([branch] * branches), {"content": ANSWER, "delay_s": delay_s})
-            conn.send(None)
-        elif op == "take":
-            taken = len(server.requests)
-            del server.requests[:taken]
-            del server.request_headers[:taken]
-            conn.send((taken, server.remaining))
-        elif op == "stop":
-            server.stop()
-            conn.send(None)
-            return
-
-
 # -- the measurement ---------------------------------------------------------------------
 
 
@@ -149,7 +119,8 @@ def one_turn(
     client: httpx.Client, url: str, model: Child, figures: Figures, delay_s: float
 ) -> None:
     """Script, send and check one turn; record its times in ``figures``."""
-    model.ask("turn", figures.branches, delay_s)
+    branch = {"content": BRANCH_ANSWER, "delay_s": delay_s}
+    model.ask("steps", [branch] * figures.branches + [{"content": ANSWER, "delay_s": delay_s}])
     started = time.perf_counter()
     reply = client.post(url, json={"query": QUERY})
     elapsed = time.perf_counter() - started
@@ -174,33 +145,6 @@ def one_turn(
     figures.branches_s.append(end - start)
     figures.replicas |= replicas
     figures.split_turns += len(replicas) > 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_ray() -> str | None:
-    """A local cluster and Serve on a free loopback port; None when Ray cannot start
-    (the reason is printed)."""
-    try:
-        ray.init(
-            address="local",  # never attach to a stale cluster
-            num_cpus=max(2, os.cpu_count() or 2),  # every replica asks for 0 CPUs
-            include_dashboard=False,
-            object_store_memory=150 * 1024 * 1024,
-            namespace="astromesh-bench",
-            log_to_driver=False,
-        )
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    except Exception as exc:  # whatever stops Ray or Serve starting: say it, exit non-zero
-        print(f"FAILED: Ray could not start: {type(exc).__name__}: {exc}")
-        return None
-    return f"http://127.0.0.1:{port}"
 
 
 def report(base: Figures, fan: Figures, delay_s: float) -> None:
@@ -248,7 +192,7 @@ def main(argv: Sequence[str]) -> int:
     model = Child(_model_server)
     base, fan = Figures(1), Figures(args.branches)
     try:
-        model_url = model.recv(timeout_s=60)
+        _, model_url = model.recv(timeout_s=60)
         with tempfile.TemporaryDirectory() as folder:
             root = Path(folder)
             (root / "agents").mkdir()
@@ -257,7 +201,7 @@ def main(argv: Sequence[str]) -> int:
                     agent_yaml(f"fanout-{f.branches}", f.branches, model_url)
                 )
             loaded = load_config(root)
-            url = start_ray()
+            url = harness.start_ray()
             if url is None:
                 return 2
             try:

@@ -39,13 +39,17 @@ ANSWER = "A short answer."
 
 def _model_server(conn: Connection) -> None:
     """The child: one ``ScriptedOpenAIServer``; the parent adds exactly the answers a
-    block needs and reads how many chat requests arrived."""
+    block needs (``add``: that many plain answers; ``steps``: these steps) and reads
+    how many chat requests arrived."""
     server = ScriptedOpenAIServer(model=MODEL).start()
     conn.send((os.getpid(), server.url))
     while True:
         op, *args = conn.recv()
         if op == "add":
             server.add_steps(*([ANSWER] * args[0]))
+            conn.send(None)
+        elif op == "steps":
+            server.add_steps(*args[0])
             conn.send(None)
         elif op == "take":
             # Between blocks: no request is in flight, so nothing appends meanwhile.

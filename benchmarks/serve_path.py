@@ -61,7 +61,6 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 import argparse
 import importlib
 import logging
-import socket
 import statistics
 import sys
 import tempfile
@@ -245,13 +244,6 @@ class Figures:
 
 
 # -- the cluster -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def breaker_handle() -> Any:
@@ -541,28 +533,6 @@ def report(figures: Mapping[str, Figures]) -> None:
 # -- main --------------------------------------------------------------------------------
 
 
-def start_ray() -> str | None:
-    """A local cluster and Serve on a free loopback port; None when Ray cannot start
-    (the reason is printed)."""
-    try:
-        ray.init(
-            address="local",  # never attach to a stale cluster
-            # Every deployment and the breaker actor ask for 0 CPUs (DESIGN.md §7):
-            # logical CPUs only bound what asks for some.
-            num_cpus=max(2, os.cpu_count() or 2),
-            include_dashboard=False,
-            object_store_memory=150 * 1024 * 1024,
-            namespace="astromesh-bench",
-            log_to_driver=False,  # replicas' logs stay in Ray's session directory
-        )
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    except Exception as exc:  # whatever stops Ray or Serve starting: say it, exit non-zero
-        print(f"FAILED: Ray could not start: {type(exc).__name__}: {exc}")
-        return None
-    return f"http://127.0.0.1:{port}"
-
-
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="timed requests per block")
@@ -602,7 +572,7 @@ def main(argv: Sequence[str]) -> int:
             print("max_ongoing_requests: " + ", ".join(f"{k} {v}" for k, v in limits.items()))
             if min(limits.values()) < CLIENTS:
                 raise RuntimeError(f"a deployment takes fewer than {CLIENTS} requests at once")
-            url = start_ray()
+            url = harness.start_ray()
             if url is None:
                 return 2
             try:
