@@ -109,7 +109,9 @@ class GuardrailViolation(AstromeshError):
 
 
 class BudgetExceeded(AstromeshError):
-    """A cost or token budget ran out."""
+    """A cost or token budget ran out; ``details`` names the ``cap``, its ``scope``
+    (turn, session, agent), ``limit``, ``spent``, ``unit`` (tokens, usd), and
+    ``resets_at`` (ISO 8601, UTC; ``None``: never) with ``retry_after_s``."""
 
     code = "budget_exceeded"
     http_status = 429
@@ -163,6 +165,18 @@ class AgentUnavailable(AstromeshError):
 
 
 _BY_CODE[AgentUnavailable.code] = AgentUnavailable
+
+
+class GuardrailUnavailable(AstromeshError):
+    """A guardrail could not check (its moderation endpoint, embedder or budget
+    ledger failed): the text is not let through unchecked.  ``details`` carries
+    ``guardrail`` and ``retryable``."""
+
+    code = "guardrail_unavailable"
+    http_status = 503
+
+
+_BY_CODE[GuardrailUnavailable.code] = GuardrailUnavailable
 
 
 class MemoryUnavailable(AstromeshError):

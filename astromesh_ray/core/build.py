@@ -15,6 +15,14 @@ from typing import Any, cast
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore
 from astromesh_ray.core.chain import ChainSteps
+from astromesh_ray.core.guardrails.build import (
+    JUDGE_ROLE,
+    GuardrailEnv,
+    budget_policy,
+    guardrail_resources,
+    has_guardrails,
+    needs_judge,
+)
 from astromesh_ray.core.memory.build import build_memory, has_memory
 from astromesh_ray.core.memory.factory import (
     MemoryFactory,
@@ -265,11 +273,13 @@ def build_runtime(
             counter_endpoint = resolve_route(
                 agent, providers or {}, routing, role=pattern.roles[0]
             ).endpoints[0]
-    elif SUMMARIZER_ROLE in roles and SUMMARIZER_ROLE not in models:
-        models = {**models, SUMMARIZER_ROLE: models[pattern.roles[0]]}
+    else:  # the extra roles default to the pattern's first
+        extra = [r for r in (SUMMARIZER_ROLE, JUDGE_ROLE) if r in roles and r not in models]
+        models = {**models, **{r: models[pattern.roles[0]] for r in extra}}
     agent_memory = None
     pauses = can_pause(agent)
-    if memory is None and (has_memory(agent) or pauses):
+    guarded = has_guardrails(agent)
+    if memory is None and (has_memory(agent) or pauses or guarded):
         memory = default_memory_factory()
         resources.append(memory)
     if has_memory(agent):
@@ -290,14 +300,24 @@ def build_runtime(
     peers = {name: make_peer(name) for name in sorted(names)} if make_peer else {}
     permissions = body.permissions
     allowed = permissions.allowed_actions if permissions else None
+    guardrails = None
+    if guarded:
+        assert memory is not None
+        guardrails = GuardrailEnv(
+            vault=memory.placeholder_vault(), ledger=memory.budget_ledger, embedder=memory.embedder
+        )
     env = StageEnv(
-        memory=agent_memory, secrets=tuple(secret_values(_secret_envs(agent, providers)))
+        memory=agent_memory,
+        secrets=tuple(secret_values(_secret_envs(agent, providers))),
+        guardrails=guardrails,
     )
+    stages = stages_for(agent, env)
+    resources += guardrail_resources(stages)
     return AgentRuntime(
         name=agent.name,
         models=models,
         pattern=pattern,
-        stages=stages_for(agent, env),
+        stages=stages,
         toolsets=build_toolsets(
             ToolEnv(
                 agent=agent,
@@ -321,6 +341,7 @@ def build_runtime(
             output_json_schema(body.output_schema) if body.output_schema is not None else None
         ),
         after=after_steps(agent, pattern),
+        budget=budget_policy(agent, guardrails),
     )
 
 
@@ -331,12 +352,16 @@ def can_pause(agent: AgentSpec) -> bool:
 
 
 def model_roles(agent: AgentSpec, pattern_roles: tuple[str, ...]) -> tuple[str, ...]:
-    """The model roles ``agent`` needs: its pattern's, and ``summarizer`` when its
-    conversation is kept with the ``summary`` strategy."""
+    """The model roles ``agent`` needs: its pattern's, ``summarizer`` when its
+    conversation is kept with the ``summary`` strategy, and ``judge`` when a content
+    filter judges categories with the LLM judge."""
+    roles = pattern_roles
     conversational = agent.spec.memory.conversational if agent.spec.memory else None
     if conversational is not None and conversational.strategy == "summary":
-        return (*pattern_roles, SUMMARIZER_ROLE)
-    return pattern_roles
+        roles = (*roles, SUMMARIZER_ROLE)
+    if needs_judge(agent):
+        roles = (*roles, JUDGE_ROLE)
+    return roles
 
 
 def _secret_envs(agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec] | None) -> list[str]:

@@ -25,6 +25,7 @@ from astromesh_ray.core.tools.env import ToolEnv
 from astromesh_ray.core.tools.services import local_tool_services
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec
+from astromesh_ray.spec.guardrails import PiiDetectionSpec
 from astromesh_ray.spec.tools import AgentToolSpec, McpToolSpec
 
 __all__ = ["check_buildable"]
@@ -69,6 +70,7 @@ def check_buildable(
             pattern = pattern_for(agent.spec.orchestration, supervisor_workers(agent))
             _check_roles(agent, model_roles(agent, pattern.roles))
             check_backends(agent.spec.memory)
+            _check_guardrails(agent)
             for endpoint in agent_endpoints(agent, providers):
                 if endpoint.options.get("mode") != "in_cluster":  # built by Serve
                     local_provider(endpoint)
@@ -99,6 +101,24 @@ def check_buildable(
             )
     if problems:
         raise ConfigError("\n".join(problems), problems=problems)
+
+
+def _check_guardrails(agent: AgentSpec) -> None:
+    """PII guardrails name entity types the detector has, and an NER model that is
+    installed (the YAML checks cannot know either)."""
+    guardrails = agent.spec.guardrails
+    if guardrails is None:
+        return
+    for direction, specs in (("input", guardrails.input), ("output", guardrails.output)):
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, PiiDetectionSpec):
+                continue
+            from astromesh_ray.core.guardrails.pii import pii_detector
+
+            try:
+                pii_detector(spec.entities, spec.score_threshold, spec.ner_model)
+            except ValueError as exc:
+                raise ConfigError(f"spec.guardrails.{direction}[{i}]: {exc}") from None
 
 
 class _Unreachable:

@@ -21,7 +21,8 @@ from astromesh_ray.core.trace import Trace, TraceContext
 from astromesh_ray.errors import InvalidRequest, RunError
 
 if TYPE_CHECKING:
-    from astromesh_ray.core.events import RunResult, Step
+    from astromesh_ray.core.events import Event, RunResult, Step
+    from astromesh_ray.core.guardrails.budget import RunBudget
     from astromesh_ray.core.memory.base import VectorHit
     from astromesh_ray.core.peers import Peer
     from astromesh_ray.core.providers.base import Provider
@@ -151,7 +152,9 @@ class RunRequest:
 
 @dataclass(frozen=True, slots=True)
 class RunContext:
-    """Everything fixed for one run.  ``deadline`` is event-loop time."""
+    """Everything fixed for one run.  ``deadline`` is event-loop time.  Its
+    ``request`` is the run's own copy: input guardrails redact ``request.query``
+    in place, so everything after them sees the clean message."""
 
     run_id: str
     agent: str
@@ -178,6 +181,9 @@ class RunContext:
     output_schema: Mapping[str, Any] | None = None
     # Set for a task's context: which task its events belong to.
     task: str | None = None
+    # The agent's cost caps for this run (``cost_limit``): checked around every
+    # model call (``core/guardrails/budget.py``).
+    budget: RunBudget | None = None
 
     @property
     def session_id(self) -> str | None:
@@ -250,6 +256,14 @@ class TurnState:
     turn_start: int = 0
     # Streams a step has open: the runtime closes them if the run is abandoned.
     open_streams: list[AsyncIterator[Any]] = field(default_factory=list)
+    # Events a prepare stage produced (guardrail actions), sent after run_started.
+    announce: list[Event] = field(default_factory=list)
+    # The answer an input guardrail gave instead of the pattern (a refused topic):
+    # the model is not called.
+    refusal: str | None = None
+    # The answer the caller gets when it differs from the one stored (``restore``
+    # of redacted PII); None: ``answer``.
+    delivered: str | None = None
 
     def on_abandon(self, stream: AsyncIterator[Any]) -> None:
         """Have the runtime close ``stream`` if the run ends while it is open."""
@@ -269,7 +283,7 @@ def turn_result(ctx: RunContext, state: TurnState, **fields: Any) -> RunResult:
     values: dict[str, Any] = {
         "run_id": ctx.run_id,
         "agent": ctx.agent,
-        "answer": state.answer or "",
+        "answer": (state.delivered if state.delivered is not None else state.answer) or "",
         "steps": state.steps,
         "usage": state.usage,
         "trace": state.trace.spans,

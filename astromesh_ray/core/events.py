@@ -354,12 +354,13 @@ class TaskFinished:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GuardrailEvent:
-    """A guardrail acted on input or output."""
+    """A guardrail acted on input or output: ``detail`` says what it found by kind
+    and count (``2 EMAIL_ADDRESS``), never the text itself."""
 
     __pydantic_config__: ClassVar[ConfigDict] = _CONFIG
     guardrail: str
     stage: Literal["input", "output"]
-    action: Literal["block", "redact", "warn"]
+    action: Literal["block", "redact", "warn", "truncate"]
     detail: str
     type: Literal["guardrail"] = "guardrail"
 

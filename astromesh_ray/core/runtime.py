@@ -2,9 +2,9 @@
 
     ctx = RunContext(...)               # fixed for the run
     state = TurnState(...)              # what the run builds up
-    prepare stages                      # prompts (memory and input guardrails later)
-    pattern.run(ctx, state) → transformers → events
-    finish stages                       # (memory save, episodic record later)
+    prepare stages                      # input guardrails, memory load, prompts
+    pattern.run(ctx, state), after steps → transformers (output guardrails) → events
+    finish stages                       # memory save, episodic record
     RunFinished(result)
 
 It runs against interfaces only: whether a model is an HTTP client in this process
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState, turn_result
 from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
 from astromesh_ray.core.failures import attach_run, internal_error
+from astromesh_ray.core.messages import Message
 from astromesh_ray.core.patterns.base import AfterStep, Pattern
 from astromesh_ray.core.patterns.handoffs import handed_off, with_handoffs
 from astromesh_ray.core.peers import Peer
@@ -60,6 +61,7 @@ from astromesh_ray.core.trace import Trace, TraceContext, new_trace_id
 from astromesh_ray.errors import AstromeshError, RunError
 
 if TYPE_CHECKING:
+    from astromesh_ray.core.guardrails.budget import BudgetPolicy
     from astromesh_ray.core.memory.agent import AgentMemory
 
 log = logging.getLogger("astromesh.runtime")
@@ -94,6 +96,7 @@ class AgentRuntime:
         tasks: TaskRunner | None = None,
         output_schema: Mapping[str, Any] | None = None,
         after: Sequence[AfterStep] = (),
+        budget: BudgetPolicy | None = None,
     ) -> None:
         self.name = name
         # Where the pattern's tasks (plan steps, branches) run: here, or (under Serve)
@@ -103,6 +106,8 @@ class AgentRuntime:
         # pattern answered (structured output, spec.chain).
         self.output_schema = output_schema
         self.after = list(after)
+        # The agent's cost caps (cost_limit guardrails): each run gets its RunBudget.
+        self.budget = budget
         # Where runs paused on client tools or approvals wait (None: the agent has
         # no such tools, so none pauses).
         self.paused = paused
@@ -294,6 +299,8 @@ class AgentRuntime:
             await self.start()
         assert self.tools is not None
         request.check()
+        # The run's own copy: input guardrails redact its query in place.
+        request = dataclasses.replace(request)
         if self.paused is not None and resume is None:
             check_storable(request)
         parent = TraceContext.parse(request.trace_parent)
@@ -327,6 +334,9 @@ class AgentRuntime:
             where=trace.where,
             tasks=self.tasks,
             output_schema=self.output_schema,
+            budget=(
+                self.budget.for_run(run_id, request.session_id) if self.budget is not None else None
+            ),
         )
         state = TurnState(trace=trace)
         if resume is not None:
@@ -349,13 +359,16 @@ class AgentRuntime:
                 trace_id=trace.trace_id,
                 parent_run_id=request.parent_run_id,
             )
+            for event in state.announce:  # what the prepare stages did (guardrails)
+                yield event
+            state.announce.clear()
             if resume is not None:
                 checkpoint = await self.pauses.answer(ctx, state, resume)
                 if turn is not None:
                     turn.checkpoint = checkpoint
                 for event in checkpoint.events:
                     yield event
-            events = self.pattern.run(ctx, state)
+            events = self._answer(ctx, state)
             layers.append(events)
             if self.stages.transformers:
                 events = stage_layer(None, events)
@@ -366,13 +379,6 @@ class AgentRuntime:
                     layers.append(events)
             async for event in events:
                 yield event
-            if state.answer is None:
-                raise RunError(
-                    f"pattern {self.pattern.name!r} ended without an answer", run_id=run_id
-                )
-            for after in self.after:
-                async for event in after.run(ctx, state):
-                    yield event
         except HandedOff as exc:
             handoff = exc
         except RunPaused as exc:
@@ -403,6 +409,8 @@ class AgentRuntime:
             for span in trace.spans[1:]:
                 if span.duration_ms is None:  # its step never resumed to end it
                     span.end("abandoned")
+            if ctx.budget is not None:
+                await _end_budget(ctx)
             if error is None and paused is None and handoff is None and state.answer is None:
                 run_span.end("abandoned")  # the reader stopped, or the task was cancelled
         if turn is not None:
@@ -435,6 +443,25 @@ class AgentRuntime:
         run_span.end()
         assert state.answer is not None
         yield RunFinished(result=turn_result(ctx, state))
+
+    async def _answer(self, ctx: RunContext, state: TurnState) -> AsyncIterator[Event]:
+        """The pattern's events, then the after steps' (structured output, chain):
+        what the transformers (output guardrails) see.  An input refused by a
+        guardrail answers with its refusal: the pattern does not run."""
+        if state.refusal is not None:
+            state.answer = state.refusal
+            state.messages.append(Message(role="assistant", content=state.refusal))
+            return
+        async with closing_stream(self.pattern.run(ctx, state)) as events:
+            async for event in events:
+                yield event
+        if state.answer is None:
+            raise RunError(
+                f"pattern {self.pattern.name!r} ended without an answer", run_id=ctx.run_id
+            )
+        for after in self.after:
+            async for event in after.run(ctx, state):
+                yield event
 
     async def _paused(
         self, ctx: RunContext, state: TurnState, paused: RunPaused
@@ -477,6 +504,16 @@ class _Turn:
     timeout: asyncio.Timeout | None = None
     finishing: bool = False
     checkpoint: Checkpoint | None = None  # a resumed run's, once its calls are done
+
+
+async def _end_budget(ctx: RunContext) -> None:
+    """Drop the turn's entries from the budget ledger (a failure is only logged: the
+    turn's spend is already settled, and the entries expire)."""
+    assert ctx.budget is not None
+    try:
+        await ctx.budget.end()
+    except Exception:
+        log.warning("run %s: ending its budget failed", ctx.run_id, exc_info=True)
 
 
 def new_run_id() -> str:

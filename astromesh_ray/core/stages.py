@@ -1,7 +1,7 @@
 """Lifecycle stages around the pattern: ``prepare`` before it, event transformers
 around its stream, ``finish`` after it.
 
-    prepare stages  (memory load → input guardrails → prompts)
+    prepare stages  (input guardrails → memory load → prompts)
     pattern.run(ctx, state)  ──events──►  transformers (output guardrails → metrics)
     finish stages   (memory save → episodic record)
 
@@ -27,6 +27,7 @@ from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.errors import AstromeshError, RunError
 
 if TYPE_CHECKING:
+    from astromesh_ray.core.guardrails.build import GuardrailEnv
     from astromesh_ray.core.memory.agent import AgentMemory
     from astromesh_ray.spec import AgentSpec
 
@@ -83,11 +84,12 @@ class Stages:
 @dataclass(frozen=True)
 class StageEnv:
     """What stages get from whoever builds the runtime besides the YAML: the agent's
-    memory backends, and the secret values (API keys in the environment) that must
-    never be logged."""
+    memory backends, the secret values (API keys in the environment) that must
+    never be logged, and what guardrails keep state in (vault, ledger, embedders)."""
 
     memory: AgentMemory | None = None
     secrets: tuple[str, ...] = ()
+    guardrails: GuardrailEnv | None = None
 
 
 StageFactory = Callable[["AgentSpec", StageEnv], Any]
@@ -97,8 +99,11 @@ StageFactory = Callable[["AgentSpec", StageEnv], Any]
 # or several at once) or None when the agent's YAML does not ask for it.  The order
 # here is the order they run in.
 STAGES: dict[str, str] = {
+    # First: nothing (memory recall, an embedder, a model) sees unchecked input.
+    "guardrails_input": "astromesh_ray.core.guardrails.stages:input_stage",
     "memory": "astromesh_ray.core.memory.stages:memory_stage",
     "prompts": "astromesh_ray.core.prompts:prompt_stage",
+    "guardrails_output": "astromesh_ray.core.guardrails.stages:output_stage",
     "episodic": "astromesh_ray.core.memory.stages:episodic_stage",
 }
 

@@ -209,6 +209,12 @@ async def execute_task(runtime: AgentRuntime, request: TaskRequest) -> TaskResul
         where=trace.where,
         tasks=runtime.tasks,
         task=request.task_id,
+        # The run's budget: its turn key lives in the ledger, shared with the run.
+        budget=(
+            runtime.budget.for_run(request.run_id, request.session_id)
+            if runtime.budget is not None
+            else None
+        ),
     )
     state = TurnState(trace=trace, messages=list(request.messages))
     events: list[Event] = []

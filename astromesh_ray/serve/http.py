@@ -92,7 +92,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AstromeshError)
     async def _astromesh(_: Request, exc: AstromeshError) -> JSONResponse:
-        return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status)
+        headers = None
+        retry_after = exc.details.get("retry_after_s")
+        if isinstance(retry_after, int | float) and retry_after > 0:  # a budget's window
+            headers = {"Retry-After": str(int(retry_after))}
+        return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

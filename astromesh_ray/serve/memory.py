@@ -10,14 +10,24 @@ on a host (WAL mode, busy timeouts).  Paused runs of agents without a Redis or
 PostgreSQL history live in one actor (``serve/paused.py``), reachable from every
 node.  An embedder with a ``deployment`` block is its own application, batching the
 calls of every replica (``serve/embedders.py``); without one it runs in the replica.
+Guardrails keep budgets and redaction placeholders in one named actor
+(``serve/guardrail_state.py``), so replicas share them.
 """
 
 from __future__ import annotations
 
+from astromesh_ray.core.guardrails.budget import Ledger
+from astromesh_ray.core.guardrails.vault import PlaceholderVault
 from astromesh_ray.core.memory.base import Embedder, VectorStore
-from astromesh_ray.core.memory.factory import SQLITE_FILE, MemoryFactory, VectorStoreSpec
+from astromesh_ray.core.memory.factory import (
+    BUDGET_FILE,
+    SQLITE_FILE,
+    MemoryFactory,
+    VectorStoreSpec,
+)
 from astromesh_ray.core.runs.paused import PausedRunStore
 from astromesh_ray.serve.embedders import ServeEmbedder, embedder_app_name
+from astromesh_ray.serve.guardrail_state import ActorLedger, ActorVault
 from astromesh_ray.serve.paused import ActorPausedRuns
 from astromesh_ray.serve.vectors import ActorVectorStore
 from astromesh_ray.spec.memory import ConversationalMemorySpec, EmbeddingSpec
@@ -39,6 +49,17 @@ class ServeMemoryFactory(MemoryFactory):
         file = spec.connection.url if own and spec and spec.connection else None
         path = str(self.defaults.path(file or SQLITE_FILE))
         return self._once(f"paused:actor:{path}", lambda: ActorPausedRuns(path))  # type: ignore[no-any-return]
+
+    def placeholder_vault(self) -> PlaceholderVault:
+        """The vault actor's (``serve/guardrail_state.py``): one session's
+        placeholders are the same on every replica."""
+        path = str(self.defaults.path(BUDGET_FILE))
+        return self._once(f"guardrails:vault:{path}", lambda: ActorVault(path))  # type: ignore[no-any-return]
+
+    def budget_ledger(self) -> Ledger:
+        """The ledger actor's: replicas cannot overspend a budget together."""
+        path = str(self.defaults.path(BUDGET_FILE))
+        return self._once(f"guardrails:ledger:{path}", lambda: ActorLedger(path))  # type: ignore[no-any-return]
 
     def embedder_for(self, spec: EmbeddingSpec) -> Embedder:
         if spec.deployment is not None:

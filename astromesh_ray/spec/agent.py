@@ -122,7 +122,9 @@ class AgentBodySpec(StrictModel):
     tools: list[ToolSpec] = Field(default_factory=list, description="Callable tools.")
     memory: MemorySpec | None = Field(default=None, description="Memory (refused for now).")
     guardrails: GuardrailsSpec | None = Field(
-        default=None, description="Input and output checks (refused for now)."
+        default=None,
+        description="Checks on input and output (PII, topics, content, length) and cost "
+        "budgets, in order.",
     )
     permissions: PermissionsSpec | None = Field(default=None, description="What tools may do.")
     output_schema: dict[str, Any] | None = Field(

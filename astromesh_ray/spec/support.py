@@ -48,10 +48,6 @@ def _nonempty(value: Any) -> bool:
     return bool(value)
 
 
-def _always(value: Any) -> bool:
-    return True
-
-
 def _one_of(*names: str) -> Callable[[Any], bool]:
     return lambda value: value in names
 
@@ -155,13 +151,6 @@ RULES: tuple[Rule, ...] = (
         "the CPU (NumPy), and the openai and ollama ones call a server",
         "serve the embedding model on a GPU server (vLLM, Ollama) and name it with "
         "provider openai or ollama; remove num_gpus",
-    ),
-    Rule(
-        "Agent",
-        ("spec.guardrails.input.*", "spec.guardrails.output.*"),
-        _always,
-        "guardrail '{value[type]}' is not supported yet",
-        "guardrails arrive with the guardrails work; remove spec.guardrails",
     ),
     Rule(
         "Agent",

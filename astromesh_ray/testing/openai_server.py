@@ -1,17 +1,19 @@
 """``ScriptedOpenAIServer``: a real loopback HTTP server speaking OpenAI chat completions.
 
 It answers ``POST /v1/chat/completions`` from a script of steps and ``GET /v1/models``,
-and ``POST /v1/embeddings`` with deterministic vectors (``fake_embedding``), in the
-exact wire format (JSON bodies, SSE streams with tool-call arguments split
-across chunks, the ``stream_options.include_usage`` usage chunk, ``data: [DONE]``),
-so integration tests and demos exercise a provider's real HTTP path without a model.
-Validated against the official ``openai`` client in the integration tests.
+``POST /v1/embeddings`` with deterministic vectors (``fake_embedding``) and ``POST
+/v1/moderations`` by substring rules (``moderation_rules``), in the exact wire format
+(JSON bodies, SSE streams with tool-call arguments split across chunks, the
+``stream_options.include_usage`` usage chunk, ``data: [DONE]``), so integration
+tests and demos exercise a provider's real HTTP path without a model.  Validated
+against the official ``openai`` client in the integration tests.
 
 Imports neither Ray nor any vendor SDK; uvicorn runs it in a daemon thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -33,11 +35,35 @@ from astromesh_ray.testing.chat_checks import (
 from astromesh_ray.testing.loopback import ScriptedServer
 from astromesh_ray.testing.scripted import count_words, split_words
 
-__all__ = ["ScriptedOpenAIServer", "fake_embedding"]
+__all__ = ["MODERATION_CATEGORIES", "ScriptedOpenAIServer", "fake_embedding"]
 
 # How many pieces a streamed tool call's argument JSON is cut into (real servers
 # send a few characters per chunk; clients must concatenate them).
 _ARG_PIECES = 3
+
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+"""The categories OpenAI's ``omni-moderation-latest`` reports for every input."""
+
+# Scores of the moderation answers: a rule naming just a category scores it
+# _RULE_SCORE; a category scored _FLAG_SCORE or more is flagged; one no rule names
+# scores _BASE_SCORE (real models never answer exactly 0).
+_RULE_SCORE = 0.9
+_FLAG_SCORE = 0.5
+_BASE_SCORE = 1e-4
 
 
 class ScriptedOpenAIServer(ScriptedServer):
@@ -73,6 +99,16 @@ class ScriptedOpenAIServer(ScriptedServer):
     ``embedding_requests`` (headers to ``embedding_headers``); ``fail_embeddings``
     makes the next calls fail, and ``embeddings_reversed = True`` lists ``data`` in
     reverse order (clients must order by ``index``).
+
+    ``POST /v1/moderations`` consumes no step either: it answers OpenAI's moderation
+    format (every category of ``MODERATION_CATEGORIES``, scores, flags and applied
+    input types, one result per input) by ``moderation_rules``: a substring found
+    in the input (case-insensitively) names a category (scored 0.9) or maps
+    categories to scores (``{"rude": {"harassment": 0.3}}``); the highest score
+    a category gets counts, a category scored 0.5 or more is flagged, and a category
+    no rule names scores 0.0001.  Its bodies go to ``moderation_requests`` (headers
+    to ``moderation_headers``); ``fail_moderations`` makes the next calls fail, and
+    ``moderation_delay_s`` delays every answer.
     """
 
     embedding_dim = 32
@@ -101,6 +137,11 @@ class ScriptedOpenAIServer(ScriptedServer):
         self.embedding_requests: list[dict[str, Any]] = []
         self.embedding_headers: list[dict[str, str]] = []
         self._embedding_failures: list[tuple[int, str]] = []
+        self.moderation_rules: dict[str, str | dict[str, float]] = {}
+        self.moderation_delay_s = 0.0
+        self.moderation_requests: list[dict[str, Any]] = []
+        self.moderation_headers: list[dict[str, str]] = []
+        self._moderation_failures: list[tuple[int, str]] = []
         self.refused: list[str] = []
         super().__init__(steps)
 
@@ -116,6 +157,7 @@ class ScriptedOpenAIServer(ScriptedServer):
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/moderations", self._moderations, methods=["POST"]),
         ]
 
     def _refuse(self, refusal: OpenAIRefusal) -> Response:
@@ -127,6 +169,11 @@ class ScriptedOpenAIServer(ScriptedServer):
         """Answer the next ``times`` embedding calls with HTTP ``status``."""
         with self._lock:
             self._embedding_failures.extend([(status, message)] * times)
+
+    def fail_moderations(self, status: int, message: str, times: int = 1) -> None:
+        """Answer the next ``times`` moderation calls with HTTP ``status``."""
+        with self._lock:
+            self._moderation_failures.extend([(status, message)] * times)
 
     def _auth_error(self, request: Request) -> Response | None:
         if self.require_api_key is None:
@@ -256,6 +303,80 @@ class ScriptedOpenAIServer(ScriptedServer):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+    async def _moderations(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(
+                400, "We could not parse the JSON body of your request.", "invalid_request_error"
+            )
+        if isinstance(body, dict):
+            with self._lock:
+                self.moderation_requests.append(body)
+                self.moderation_headers.append(dict(request.headers))
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        texts = _moderation_inputs(body.get("input") if isinstance(body, dict) else None)
+        if texts is None:
+            return _error(
+                400,
+                "'$.input' is invalid. Please check the API reference: "
+                "https://platform.openai.com/docs/api-reference.",
+                "invalid_request_error",
+                param="input",
+            )
+        with self._lock:
+            failure = self._moderation_failures.pop(0) if self._moderation_failures else None
+            rules = dict(self.moderation_rules)
+            serial = len(self.moderation_requests)
+        if self.moderation_delay_s:
+            await asyncio.sleep(self.moderation_delay_s)
+        if failure is not None:
+            status, message = failure
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            return _error(status, message, kind)
+        return JSONResponse(
+            {
+                "id": f"modr-scripted-{serial}",
+                "model": str(body.get("model") or "omni-moderation-latest"),
+                "results": [_moderation_result(text, rules) for text in texts],
+            }
+        )
+
+
+def _moderation_inputs(raw: Any) -> list[str] | None:
+    """The texts of a moderation ``input``: a string, strings (one result each), or
+    multimodal parts (one result, of their text parts); None when it is none of those."""
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not raw:
+        return None
+    if all(isinstance(item, str) for item in raw):
+        return list(raw)
+    if all(isinstance(item, dict) and item.get("type") in ("text", "image_url") for item in raw):
+        return [" ".join(str(item.get("text", "")) for item in raw if item["type"] == "text")]
+    return None
+
+
+def _moderation_result(text: str, rules: dict[str, str | dict[str, float]]) -> dict[str, Any]:
+    """One result of OpenAI's moderation format for ``text`` under ``rules``."""
+    scores = dict.fromkeys(MODERATION_CATEGORIES, _BASE_SCORE)
+    lowered = text.lower()
+    for needle, named in rules.items():
+        if needle.lower() in lowered:
+            for category, score in (
+                {named: _RULE_SCORE} if isinstance(named, str) else named
+            ).items():
+                scores[category] = max(scores.get(category, 0.0), float(score))
+    flags = {category: score >= _FLAG_SCORE for category, score in scores.items()}
+    return {
+        "flagged": any(flags.values()),
+        "categories": flags,
+        "category_scores": scores,
+        "category_applied_input_types": {category: ["text"] for category in scores},
+    }
 
 
 def fake_embedding(text: str, dim: int) -> list[float]:

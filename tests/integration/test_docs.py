@@ -88,8 +88,6 @@ def test_readme_not_yet_supported_list_is_refused() -> None:
         "embedders on GPUs": "spec:\n  model:\n    primary: {model: m}\n  memory:\n"
         "    semantic:\n      backend: faiss\n"
         "      embedding: {deployment: {ray_actor_options: {num_gpus: 1}}}\n",
-        "guardrails": "spec:\n  model:\n    primary: {model: m}\n  guardrails:\n"
-        "    input: [{type: pii_detection}]\n",
         "knowledge": "spec:\n  model:\n    primary: {model: m}\n  knowledge: {}\n",
     }
     for feature, body in refused.items():

@@ -39,6 +39,8 @@ from astromesh_ray.spec.memory import (
 )
 
 if TYPE_CHECKING:
+    from astromesh_ray.core.guardrails.budget import Ledger
+    from astromesh_ray.core.guardrails.vault import PlaceholderVault
     from astromesh_ray.core.runs.paused import PausedRunStore
 
 log = logging.getLogger("astromesh.memory")
@@ -46,6 +48,9 @@ log = logging.getLogger("astromesh.memory")
 SQLITE_FILE = "memory.sqlite3"
 """The one SQLite file of the embedded stores (conversations and episodes) in the data
 directory."""
+
+BUDGET_FILE = "budgets.sqlite3"
+"""The SQLite file of cost budgets (session and agent spend) in the data directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +331,19 @@ class MemoryFactory:
         file = spec.connection.url if kind == "sqlite" and spec and spec.connection else None
         path = self.defaults.path(file or SQLITE_FILE)
         return self._once(f"paused:sqlite:{path}", lambda: stores.SqlitePausedRuns(path))  # type: ignore[no-any-return]
+
+    def placeholder_vault(self) -> PlaceholderVault:
+        """Where redaction placeholders live (guardrails): in this process."""
+        from astromesh_ray.core.guardrails.vault import LocalVault
+
+        return self._once("guardrails:vault", LocalVault)  # type: ignore[no-any-return]
+
+    def budget_ledger(self) -> Ledger:
+        """Where cost budgets are kept (guardrails): the data directory's budget file."""
+        from astromesh_ray.core.guardrails.budget import SqliteLedger
+
+        path = str(self.defaults.path(BUDGET_FILE))
+        return self._once(f"guardrails:ledger:{path}", lambda: SqliteLedger(path))  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Close every backend built (each once); one that fails is logged."""

@@ -156,6 +156,15 @@ class EpisodicStage:
             for span in own
             if span.name in ("model_call", "memory.summarize")
         ]
+        found += [
+            episode(
+                "guardrail",
+                span.start_time,
+                {k: span.attributes.get(k) for k in ("guardrail", "direction", "action", "detail")},
+            )
+            for span in own
+            if span.name == "guardrail"
+        ]
         tool_spans = {s.attributes.get("call_id"): s for s in own if s.name == "tool_call"}
         for step in state.steps:
             if isinstance(step, ToolStep):

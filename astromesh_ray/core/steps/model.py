@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from astromesh_ray.core.context import RunContext, TurnState
-from astromesh_ray.core.events import Event, ModelCall, Token
+from astromesh_ray.core.events import Event, GuardrailEvent, ModelCall, Token
 from astromesh_ray.core.messages import (
     Completion,
     CompletionChunk,
@@ -99,6 +99,16 @@ class ModelStep:
             trace_parent=span.context.traceparent,
             response_schema=dict(self.output_schema) if self.output_schema else None,
         )
+        hold = None
+        if ctx.budget is not None:  # cost caps: an estimate before the call
+            try:
+                hold = await ctx.budget.before(request, provider)
+            except BaseException as exc:
+                span.end(exc)
+                raise
+            request = hold.request  # max_tokens lowered to what is left
+            for warning in hold.warnings:
+                yield budget_warning(ctx, state, warning)
         try:
             if self.stream:
                 parts: list[CompletionChunk] = []
@@ -123,8 +133,18 @@ class ModelStep:
                 completion = await bounded(ctx, provider.complete(request), ctx.deadline)
         except BaseException as exc:
             span.end(exc)
+            if hold is not None:  # nothing was spent that the provider reported
+                await _release(ctx, hold)
             raise
         state.usage = state.usage + completion.usage
+        if hold is not None and ctx.budget is not None:  # and the actual usage after it
+            try:
+                warnings = await ctx.budget.after(hold, completion.usage)
+            except BaseException as exc:
+                span.end(exc)
+                raise
+            for warning in warnings:
+                yield budget_warning(ctx, state, warning)
         span.set(
             provider=completion.provider,
             model=completion.model,
@@ -151,6 +171,22 @@ class ModelStep:
             where=dict(span.where),
             task=ctx.task,
         )
+
+
+def budget_warning(ctx: RunContext, state: TurnState, warning: str) -> GuardrailEvent:
+    """A cost cap with action warn was passed: recorded, the run goes on."""
+    from astromesh_ray.core.guardrails.chain import note
+
+    return note(ctx, state, "cost_limit", "output", "warn", warning)
+
+
+async def _release(ctx: RunContext, hold: Any) -> None:
+    """Settle a failed call's hold at zero (its estimate is not spend)."""
+    assert ctx.budget is not None
+    try:
+        await ctx.budget.after(hold, Usage())
+    except Exception:  # the call's own error is the one to report
+        pass
 
 
 def _tokens(chunk: CompletionChunk, iteration: int, role: str) -> list[Token]:

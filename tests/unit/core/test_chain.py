@@ -5,7 +5,6 @@ its own timeout, and failing the turn only with ``on_error: fail``."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +46,7 @@ def sales_agents(tmp_path: Path) -> dict[str, AgentSpec]:
     """sales-qualifier and email-composer as the original ships them, loaded by the
     real loader, with only what cannot run here replaced (in a tmp copy):
 
-    - ``spec.guardrails`` is removed: the loader refuses pii_detection, max_length
-      and cost_limit until the guardrails issue lands (test_spec_originals.py pins
-      those refusals);
+    - its guardrails (pii_detection, max_length, cost_limit) stay and run;
     - ``memory.conversational.backend: redis`` becomes ``sqlite`` (same strategy,
       max_turns and ttl): unit tests reach no Redis server, and sqlite lives in the
       tmp data directory;
@@ -61,9 +58,7 @@ def sales_agents(tmp_path: Path) -> dict[str, AgentSpec]:
     The client tool ``lookup_company`` stays: the scripted model never calls it, and
     the runs it could pause are kept in the tmp data directory's SQLite file.
     """
-    text = (ORIGINAL / "sales-qualifier.agent.yaml").read_text(encoding="utf-8")
-    without = re.sub(r"(?m)^  guardrails:\n(?:(?:    .*)?\n)*", "", text)
-    assert "guardrails" not in without and "permissions:" in without
+    without = (ORIGINAL / "sales-qualifier.agent.yaml").read_text(encoding="utf-8")
     without = _replace_once(without, "backend: redis", "backend: sqlite")
     without = _replace_once(without, "backend: chromadb", "backend: faiss")
     (tmp_path / "sales-qualifier.agent.yaml").write_text(without, encoding="utf-8")

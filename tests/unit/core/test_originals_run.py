@@ -69,14 +69,10 @@ def role_router_demo(tmp_path: Path) -> AgentSpec:
 
 
 def support_agent(tmp_path: Path) -> AgentSpec:
-    # spec.guardrails (pii_detection, cost_limit) is refused by the loader until the
-    # guardrails issue lands (test_spec_originals.py pins those refusals): the block
-    # is removed.  Its sqlite memory with the summary strategy stays (in the tmp data
-    # directory).
-    guardrails = (ORIGINAL / "support-agent.agent.yaml").read_text(encoding="utf-8")
-    block = guardrails[guardrails.index("  guardrails:\n") :]
-    assert block.rstrip().endswith("max_tokens_per_turn: 500")  # the file's last block
-    return copy_original(tmp_path, "support-agent.agent.yaml", [(block, "")])
+    # As the original ships it: its guardrails (pii_detection on input and output,
+    # cost_limit) run; its sqlite memory with the summary strategy lives in the tmp
+    # data directory.
+    return copy_original(tmp_path, "support-agent.agent.yaml", [])
 
 
 def _kind(request: CompletionRequest) -> str:
@@ -184,7 +180,7 @@ async def test_role_router_demo_runs_each_role_on_its_model(tmp_path: Path) -> N
 
 async def test_support_agent_plans_executes_and_answers(tmp_path: Path) -> None:
     agent = support_agent(tmp_path)
-    assert agent.spec.guardrails is None
+    assert agent.spec.guardrails is not None
     memory = agent.spec.memory
     assert memory is not None and memory.conversational is not None
     assert (memory.conversational.backend, memory.conversational.strategy) == ("sqlite", "summary")

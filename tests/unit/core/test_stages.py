@@ -125,9 +125,10 @@ async def test_prompt_errors_name_the_prompts_stage() -> None:
 def test_stages_come_from_the_registry(tmp_path: Path) -> None:
     agents = load_agents(tmp_path, agent_yaml("brief", prompts={"system": "Be brief."}))
     stages = stages_for(agents["brief"])
-    assert stages.names == ["prompts"]  # no memory declared: no memory stages
-    assert list(STAGES) == ["memory", "prompts", "episodic"]
-    with pytest.raises(ConfigError, match="stages: memory, prompts, episodic"):
+    assert stages.names == ["prompts"]  # no memory, no guardrails declared: only prompts
+    order = ["guardrails_input", "memory", "prompts", "guardrails_output", "episodic"]
+    assert list(STAGES) == order
+    with pytest.raises(ConfigError, match="stages: " + ", ".join(order)):
         stage_factory("memory_typo")
 
 

@@ -21,8 +21,8 @@ from astromesh_ray.testing import ScriptedProvider
 
 ORIGINAL = Path(__file__).parents[1] / "spec" / "data" / "original"
 
-# Blocks these files use that other work still refuses (guardrails, structured
-# output, chains); memory backends that need servers are left out of unit tests.
+# Blocks other tests cover (guardrails, structured output, chains); memory backends
+# that need servers are left out of unit tests.
 ELSEWHERE = ("guardrails", "output_schema", "chain", "memory")
 
 

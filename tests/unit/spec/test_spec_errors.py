@@ -116,7 +116,8 @@ def test_missing_discriminator_lists_the_types(write: WriteYaml) -> None:
     issues = issues_of(lambda: load_document(write("a.agent.yaml", text)))
     assert issues[0]["path"] == "spec.guardrails.input[0].type"
     assert issues[0]["hint"] == (
-        "one of: pii_detection, topic_filter, content_filter, cost_limit, max_length"
+        "one of: pii_detection, pii, topic_filter, topic, content_filter, content, "
+        "cost_limit, cost, max_length"
     )
 
 

@@ -50,36 +50,42 @@ def test_runtime_original_with_legacy_api_version_loads() -> None:
     assert runtime.spec.defaults.orchestration.max_iterations == 10
 
 
-SALES_EXPECTED = [
-    (87, "spec.guardrails.input[0]", "guardrail 'pii_detection'"),
-    (89, "spec.guardrails.input[1]", "guardrail 'max_length'"),
-    (92, "spec.guardrails.output[0]", "guardrail 'cost_limit'"),
-]
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sales-qualifier.agent.yaml",
+        "support-agent.agent.yaml",
+        "autolink-parts.agent.yaml",
+    ],
+)
+def test_originals_with_guardrails_load_fully(name: str) -> None:
+    agent = load_document(ORIGINAL / name)
+    assert isinstance(agent, AgentSpec)
+    assert check_support(agent) == []
+    assert agent.spec.guardrails is not None
 
 
-def test_sales_qualifier_fails_only_with_support_issues_at_their_lines() -> None:
-    name = "sales-qualifier.agent.yaml"
-    issues = issues_of(lambda: load_document(ORIGINAL / name))
-    got = [(i["line"], i["path"]) for i in issues]
-    assert got == [(line, path) for line, path, _ in SALES_EXPECTED]
-    for issue, (line, _, words) in zip(issues, SALES_EXPECTED, strict=True):
-        assert issue["file"] == str(ORIGINAL / name)
-        assert words in issue["message"]
-        assert any(w in issue["message"] for w in SUPPORT_WORDS)
-        assert issue["hint"]
-        # The reported line really holds the refused key.
-        key = issue["path"].rsplit(".", 1)[-1].split("[")[0]
-        assert key in _line(name, line) or "type:" in _line(name, line)
+def test_original_guardrail_blocks_keep_their_meaning() -> None:
+    from astromesh_ray.spec.guardrails import CostLimitSpec, MaxLengthSpec, PiiDetectionSpec
+
+    sales = load_document(ORIGINAL / "sales-qualifier.agent.yaml")
+    assert isinstance(sales, AgentSpec) and sales.spec.guardrails is not None
+    pii, length = sales.spec.guardrails.input
+    assert isinstance(pii, PiiDetectionSpec) and pii.action == "redact"
+    assert isinstance(length, MaxLengthSpec) and length.max_chars == 5000
+    (cost,) = sales.spec.guardrails.output
+    assert isinstance(cost, CostLimitSpec) and cost.max_tokens_per_turn == 1000
+    support = load_document(ORIGINAL / "support-agent.agent.yaml")
+    assert isinstance(support, AgentSpec) and support.spec.guardrails is not None
+    assert [g.type for g in support.spec.guardrails.output] == ["pii_detection", "cost_limit"]
 
 
-def test_support_agent_refusals() -> None:
-    issues = issues_of(lambda: load_document(ORIGINAL / "support-agent.agent.yaml"))
-    assert [(i["line"], i["path"]) for i in issues] == [
-        (41, "spec.guardrails.input[0]"),
-        (44, "spec.guardrails.output[0]"),
-        (46, "spec.guardrails.output[1]"),
-    ]
-    assert all("guardrail" in i["message"] for i in issues)  # issue 10's, not the pattern
+def test_whatsapp_assistant_guardrails_pass_only_its_routing_is_refused() -> None:
+    """Upstream's whatsapp-assistant: its guardrail blocks load; what it is refused
+    for is capability_match routing, at its line."""
+    issues = issues_of(lambda: load_document(ORIGINAL / "whatsapp-assistant.agent.yaml"))
+    assert [i["path"] for i in issues] == ["spec.model.routing.strategy"]
+    assert "capability_match" in _line("whatsapp-assistant.agent.yaml", issues[0]["line"])
 
 
 def test_role_router_demo_refusals_name_source_key() -> None:
@@ -145,9 +151,7 @@ def test_original_memory_blocks_are_supported(name: str) -> None:
     data = yaml.safe_load((ORIGINAL / name).read_text(encoding="utf-8"))
     agent = AgentSpec.model_validate(data)
     assert agent.spec.memory is not None and agent.spec.memory.conversational is not None
-    issues = check_support(agent)
-    assert issues, "these files still use refused features elsewhere"
-    assert not [i for i in issues if i.path[:2] == ("spec", "memory")]
+    assert check_support(agent) == []
 
 
 @pytest.mark.parametrize("name", sorted(ORIGINAL_MEMORY_BLOCKS))

@@ -90,11 +90,6 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "spec.memory.semantic.embedding.deployment.ray_actor_options.num_gpus",
         "embedders on GPUs are not supported yet",
     ),
-    (
-        {"guardrails": {"output": [{"type": "topic_filter", "blocked_topics": ["x"]}]}},
-        "spec.guardrails.output[0]",
-        "guardrail 'topic_filter'",
-    ),
     ({"knowledge": {"sources": []}}, "spec.knowledge", "knowledge is not supported"),
     ({"prefetch": {"x": 1}}, "spec.prefetch", "prefetch is not supported"),
     ({"observability": {"trace": True}}, "spec.observability", "observability"),
@@ -120,7 +115,13 @@ def test_supported_agent_has_no_issues() -> None:
         permissions={"allowed_actions": ["t"]},
         orchestration={"pattern": "react", "max_iterations": 3},
         deployment={"num_replicas": 1},
-        guardrails={"input": [], "output": []},
+        guardrails={
+            "input": [{"type": "pii_detection"}, {"type": "max_length", "max_chars": 10}],
+            "output": [
+                {"type": "topic_filter", "blocked_topics": ["x"], "method": "keywords"},
+                {"type": "cost_limit", "max_tokens_per_turn": 5},
+            ],
+        },
     )
     assert check_support(spec) == []
 
