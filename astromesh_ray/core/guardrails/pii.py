@@ -95,7 +95,24 @@ _OURS: dict[str, type[EntityRecognizer]] = {
 # spaCy labels (OntoNotes, WikiNER) mapped to ours; every other label is ignored.
 _NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION"}
 _NER_LABELS |= {"FAC": "LOCATION", "LOCATION": "LOCATION"}
-_NER_IGNORED = ["CARDINAL", "DATE", "EVENT", "LANGUAGE", "LAW", "MISC", "MONEY", "NORP", "ORDINAL", "ORG", "ORGANIZATION", "PERCENT", "PRODUCT", "QUANTITY", "TIME", "WORK_OF_ART"]
+_NER_IGNORED = [
+    "CARDINAL",
+    "DATE",
+    "EVENT",
+    "LANGUAGE",
+    "LAW",
+    "MISC",
+    "MONEY",
+    "NORP",
+    "ORDINAL",
+    "ORG",
+    "ORGANIZATION",
+    "PERCENT",
+    "PRODUCT",
+    "QUANTITY",
+    "TIME",
+    "WORK_OF_ART",
+]
 NER_MODEL_HINT = "python -m spacy download en_core_web_sm"
 
 
