@@ -520,6 +520,8 @@ POSITIVES: dict[str, tuple[str, Callable[[], str]]] = {
     "IPV6": ("IP_ADDRESS", ipv6),
     "SECRET": ("SECRET", secret),
     "TOKEN": ("SECRET", random_token),
+    "FICTIONAL": ("PHONE_NUMBER", lambda: rng.choice(["+1 (555) ", "+1 555-"]) + f"{digits(3)}-{digits(4)}"),
+    "EMAIL_UPPER": ("EMAIL_ADDRESS", lambda: email().upper()),
 }
 
 # -- templates: {UPPER} is a labelled entity, {lower} an unlabelled look-alike ----------
@@ -640,6 +642,39 @@ TEMPLATES: dict[str, list[str]] = {
         "Error code 0x80070005 at {time}, retry {ticket}.",
         "Tax rate {percent} applied to subtotal {price} for zip {zip}.",
     ],
+    "EDGE": [
+        "Tel:{PHONE}",
+        "(mobile: {PHONE})",
+        "{PHONE} is my number.",
+        "Call the demo line {FICTIONAL} any time.",
+        "Support hotline {FICTIONAL}; sales {PHONE}.",
+        "SSN#{SSN}",
+        "IP={IPV4}",
+        "Open http://{IPV4}:8080/admin in your browser.",
+        "ping6 {IPV6}",
+        "https://api.example.com/v1/callback?access_token={TOKEN}&state=ok",
+        "api_key: \"{SECRET}\"",
+        "EMAIL: {EMAIL_UPPER}",
+        "Send it to <{EMAIL}>; thanks!",
+        "Card: {CARD}. IBAN: {IBAN}. Email: {EMAIL}.",
+    ],
+    "NEG2": [
+        "Call 911 or 112 in an emergency; the 3-2-1 backup rule applies.",
+        "Flight LH 400 departs at {time} from gate B{portnum}.",
+        "Room 1204 on floor 12, building {zip}.",
+        "We are ISO 27001 certified; see RFC 5321 and RFC 3986.",
+        "Pi is 3.14159 and e is 2.71828, roughly.",
+        "Read pages 10-20 and 200-240 before {date}.",
+        "A budget of 1,000,000 USD, +5 points, +20% growth.",
+        "USPS tracking 9400 1000 0000 0000 0000 00 for order {order}.",
+        "Build hash {sha} signed with key id 3AA5C34371567BD2.",
+        "Serial number SN-{order_plain}, part {sku}.",
+        "The {identifier} class lives in {path}.",
+        "Latitude {coords}; altitude 1,250 m; at {time}.",
+        "Release {version} fixes CVE-2024-3094 and CVE-2023-44487.",
+        "Temperatures ranged from -12.5 to 31.4 degrees on {date}.",
+        "Conference call ID 8841 2239, passcode 5512#.",
+    ],
     "MIXED": [
         "Hi, I'm Sam ({EMAIL}, {PHONE}). Card {CARD} was charged twice for {order}.",
         "Wire {price} to {IBAN}; questions to {EMAIL} or {PHONE}.",
@@ -660,6 +695,8 @@ COUNTS = {
     "IP": 60,
     "SECRET": 110,
     "NEG": 110,
+    "EDGE": 56,
+    "NEG2": 45,
     "MIXED": 40,
 }
 

@@ -117,7 +117,7 @@ an optional ``+``/``00``/``(`` and a final digit."""
 # A run of digits and separators that could be a number: not glued to an id
 # (ORD-2024-118273, #12345678), a path, a decimal or an address.
 _PHONE_CANDIDATE = re.compile(
-    r"(?<![\w+#/.@:-])(?:\+|00)?\(?\d[\d \t().-]{5,24}\d(?![\w@]|[.-]\d|:\d)"
+    r"(?<![\w+#/.@-])(?<!\d:)(?:\+|00)?\(?\d[\d \t().-]{5,24}\d(?![\w@]|[.-]\d|:\d)"
 )
 _PHONE_WORDS = re.compile(
     r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|whats ?app|sms|text|dial|ring)\b"
@@ -131,8 +131,15 @@ _NOT_A_PHONE = re.compile(
 # Text shaped like an IBAN (a valid one is found as one; a mistyped one is still
 # not a phone number).
 _IBAN_SHAPED = re.compile(r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b")
+NATIONAL_MIN_DIGITS = 7
 NATIONAL_MAX_DIGITS = 12
-"""Longer runs written without a country code are cards or account numbers."""
+"""Runs written without a country code and outside these bounds are something
+else: page ranges and counts below, cards and account numbers above."""
+# A number introduced as an id is one: "order 12345678", "ID 8841 2239", "PIN: 4421".
+_ID_BEFORE = re.compile(
+    r"(?i)\b(?:id|pin|code|passcode|ref|reference|order|invoice|account|acct|serial|no\.?)"
+    r"\s*[:#]?\s*$"
+)
 _INTERNATIONAL = re.compile(r"^(?:\+|00[1-9])")
 _SEPARATED = re.compile(r"\d[ ().-]+\d|^\(")
 
@@ -164,6 +171,8 @@ class PhoneNumberRecognizer(LocalRecognizer):  # type: ignore[misc]
             at = candidate.start()
             if any(start <= at < end for start, end in ibans):
                 continue
+            if _ID_BEFORE.search(text, max(0, at - 16), at):
+                continue
             for start, end, score in self._numbers(candidate.group(), at):
                 if _NOT_A_PHONE.search(text[start:end]):
                     continue
@@ -181,9 +190,12 @@ class PhoneNumberRecognizer(LocalRecognizer):  # type: ignore[misc]
             if not found and _possible_international(run):
                 yield offset, offset + len(run), 0.55
             return
-        if sum(c.isdigit() for c in run) > NATIONAL_MAX_DIGITS:
+        count = sum(c.isdigit() for c in run)
+        if not NATIONAL_MIN_DIGITS <= count <= NATIONAL_MAX_DIGITS or _NOT_A_PHONE.search(run):
             return
         for region in self.regions:
+            if count not in _digit_counts(region):
+                continue
             matches = list(PhoneNumberMatcher(run, region, leniency=Leniency.STRICT_GROUPING))
             if matches:
                 for match in matches:
@@ -192,12 +204,25 @@ class PhoneNumberRecognizer(LocalRecognizer):  # type: ignore[misc]
                 return
 
 
+@cache
+def _digit_counts(region: str) -> frozenset[int]:
+    """How many digits a national-format number of ``region`` can have: its
+    numbers' lengths, with and without the trunk prefix (``0``, ``1``)."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if meta is None or meta.general_desc is None or not meta.general_desc.possible_length:
+        return frozenset(range(NATIONAL_MIN_DIGITS, NATIONAL_MAX_DIGITS + 1))
+    lengths = set(meta.general_desc.possible_length)
+    prefix = len(meta.national_prefix or "")
+    return frozenset(lengths | {n + prefix for n in lengths})
+
+
 def _possible_international(run: str) -> bool:
     try:
         number = phonenumbers.parse(run, None)
     except phonenumbers.NumberParseException:
         return False
-    return bool(phonenumbers.is_possible_number(number)) and len(run.split()) >= 3
+    groups = [g for g in re.split(r"[ ().-]+", run) if g]
+    return bool(phonenumbers.is_possible_number(number)) and len(groups) >= 3
 
 
 # -- cards, SSNs, IP addresses ---------------------------------------------------------
