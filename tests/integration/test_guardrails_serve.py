@@ -131,11 +131,6 @@ def test_pii_in_the_answer_never_reaches_the_client_as_json(
     llm.assert_consumed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, issue 10 still open: over SSE through the gateway a number split "
-    "over word chunks still reaches the client (the unit tests of the same path pass)",
-)
 def test_pii_split_over_stream_chunks_never_reaches_the_client_over_sse(
     api: str, models: tuple[ScriptedOpenAIServer, ScriptedOpenAIServer]
 ) -> None:
@@ -151,7 +146,7 @@ def test_pii_split_over_stream_chunks_never_reaches_the_client_over_sse(
     events = [json.loads(line[6:]) for line in lines]
     streamed = "".join(e["text"] for e in events if e["type"] == "token")
     assert streamed == "Sure: call [PHONE_1], or pay with card [CARD_1] to [IBAN_1] today, thanks."
-    assert not [s for s in SECRETS if s in "\n".join(lines)]
+    assert not [line for line in lines if any(s in line for s in SECRETS)]  # no event at all
     assert any(e["type"] == "guardrail" and e["stage"] == "output" for e in events)
     llm.assert_consumed()
 

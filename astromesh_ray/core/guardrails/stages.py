@@ -5,8 +5,9 @@ the output (``core/stages.py`` places them).
                                         prompts or any model call: redacted in
                                         place (what the model sees and memory
                                         stores), or refused
-    guardrails_output (transformer)     streamed tokens (``stream.py``), thoughts,
-                                        and the answer, before anything leaves
+    guardrails_output (transformer)     streamed tokens (``stream.py``), thought
+                                        and answer step events, and the answer,
+                                        before anything leaves
 
 A blocked input with a refusal (a topic filter) answers with it and the model is
 never called; any other block fails the run with ``guardrail_violation``.  On
@@ -68,6 +69,7 @@ class OutputGuardrails:
         deliver = await self._deliverer(ctx, state)
         buffers = TokenBuffers(self.chain, ctx, state, deliver)
         cleaned: dict[str, str] = {}  # raw text -> clean, for the transcript
+        recorded: set[str] = set()  # raw texts whose actions are recorded already
         async with closing_stream(events) as inner:
             async for event in inner:
                 if isinstance(event, Token):
@@ -77,9 +79,16 @@ class OutputGuardrails:
                 if isinstance(event, ModelCall):
                     for out in await buffers.end_call(event.task, event.iteration):
                         yield out
-                elif isinstance(event, StepEvent) and isinstance(event.step, ThoughtStep):
-                    applied = await self.chain.apply(event.step.content, ctx, state)
+                elif isinstance(event, StepEvent) and isinstance(
+                    event.step, ThoughtStep | AnswerStep
+                ):
+                    # A streamed answer's actions were recorded piece by piece.
+                    quiet = isinstance(event.step, AnswerStep) and buffers.streamed_answer
+                    applied = await self.chain.apply(
+                        event.step.content, ctx, state, record=not quiet
+                    )
                     cleaned[event.step.content] = applied.text
+                    recorded.add(event.step.content)
                     for out in applied.events:
                         yield out
                     event = StepEvent(
@@ -89,11 +98,10 @@ class OutputGuardrails:
         for out in await buffers.end():
             yield out
         if state.answer is not None:
-            # Streamed, the answer was checked (and its actions recorded) piece by
-            # piece: its whole text is cleaned again quietly, for the result.
-            applied = await self.chain.apply(
-                state.answer, ctx, state, record=not buffers.streamed_answer
-            )
+            # Streamed, or seen as an answer step, the answer's actions are
+            # recorded already: its whole text is cleaned again quietly.
+            quiet = buffers.streamed_answer or state.answer in recorded
+            applied = await self.chain.apply(state.answer, ctx, state, record=not quiet)
             for out in applied.events:
                 yield out
             cleaned[state.answer] = applied.text

@@ -5,16 +5,26 @@ engine has its own tests): the buffering does not depend on what finds."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 
 import pytest
 
-from astromesh_ray.core.events import Event, GuardrailEvent, ModelCall, RunFinished, Token
+from astromesh_ray.core.events import (
+    Event,
+    GuardrailEvent,
+    ModelCall,
+    RunFinished,
+    StepEvent,
+    Token,
+    event_to_dict,
+)
 from astromesh_ray.core.guardrails.base import Direction, Finding, Verdict, apply_spans
 from astromesh_ray.core.guardrails.chain import GuardChain
 from astromesh_ray.core.guardrails.stages import OutputGuardrails
 from astromesh_ray.core.guardrails.vault import LocalVault
+from astromesh_ray.core.records import AnswerStep
 from astromesh_ray.errors import GuardrailViolation
 from astromesh_ray.testing import ScriptedProvider
 
@@ -82,6 +92,9 @@ async def test_streamed_tokens_never_carry_a_redacted_match(answer: str) -> None
     assert isinstance(result, RunFinished)
     assert result.result.answer == streamed  # the reply and the stream agree
     assert "SECRET-" not in str(result.result.to_dict())  # messages and steps too
+    # No event at all carries it (the answer's step event included).
+    assert not [e for e in events if "SECRET-" in json.dumps(event_to_dict(e))]
+    assert any(isinstance(e, StepEvent) and isinstance(e.step, AnswerStep) for e in events)
     redactions = [e for e in events if isinstance(e, GuardrailEvent)]
     assert redactions and all("SECRET" in e.detail for e in redactions)
     # Tokens left before the stream ended: it was not all held to the end.
