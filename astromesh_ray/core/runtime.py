@@ -11,7 +11,7 @@ It runs against interfaces only: whether a model is an HTTP client in this proce
 or a handle to a Serve replica, whether a peer is another runtime here or another
 agent's application, is decided by whoever built it (``core/build.py``).  The
 runtime owns its toolsets' lifecycle: ``start`` lists their tools (once), ``aclose``
-closes them and the model clients.
+closes them and the model clients.  What each step of a turn does is in ``turns.py``.
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from astromesh_ray.core.context import Caller, RunContext, RunRequest, TurnState, turn_result
 from astromesh_ray.core.events import Event, RunFinished, RunResult, RunStarted
 from astromesh_ray.core.failures import attach_run, internal_error
-from astromesh_ray.core.messages import Message
 from astromesh_ray.core.patterns.base import AfterStep, Pattern
-from astromesh_ray.core.patterns.handoffs import handed_off, with_handoffs
+from astromesh_ray.core.patterns.handoffs import handed_off
 from astromesh_ray.core.peers import Peer
 from astromesh_ray.core.providers.base import Provider
 from astromesh_ray.core.runs.paused import PausedRun, PausedRunStore
@@ -58,7 +55,16 @@ from astromesh_ray.core.tasks import (
 from astromesh_ray.core.tools.base import Toolset, toolsets_health
 from astromesh_ray.core.tools.index import ToolIndex
 from astromesh_ray.core.trace import Trace, TraceContext, new_trace_id
-from astromesh_ray.errors import AstromeshError, RunError
+from astromesh_ray.core.turns import (
+    Turn,
+    answer,
+    end_budget,
+    finish_stages,
+    new_context,
+    new_run_id,
+    sub_run_paused,
+)
+from astromesh_ray.errors import AstromeshError
 
 if TYPE_CHECKING:
     from astromesh_ray.core.guardrails.budget import BudgetPolicy
@@ -198,7 +204,7 @@ class AgentRuntime:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s(request)
-        turn = _Turn()
+        turn = Turn()
         result: RunResult | None = None
         events = self._events(request, deadline=deadline, turn=turn, resume=_resume)
         try:
@@ -213,7 +219,7 @@ class AgentRuntime:
             if loop.time() < deadline:
                 raise
             error = deadline_exceeded(turn.ctx, turn.state)
-            await self._finish(turn.ctx, turn.state, error)
+            await finish_stages(self.stages, turn.ctx, turn.state, error)
             attach_run(error, turn.ctx.run_id, turn.state)
             if turn.checkpoint is not None:
                 await self.pauses.interrupted(turn.checkpoint, error)
@@ -292,7 +298,7 @@ class AgentRuntime:
         request: RunRequest,
         *,
         deadline: float,
-        turn: _Turn | None,
+        turn: Turn | None,
         resume: Resume | None = None,
     ) -> AsyncIterator[Event]:
         if self.tools is None:
@@ -314,30 +320,7 @@ class AgentRuntime:
         run_span.set(run_id=run_id)
         if resume:
             run_span.set(resumed=True)
-        ctx = RunContext(
-            run_id=run_id,
-            agent=self.name,
-            request=request,
-            models=self.models,
-            tools=with_handoffs(self.tools, request.handoffs),
-            peers=self.peers,
-            deadline=deadline,
-            trace=run_span.context,
-            lineage=(*request.lineage, self.name),
-            max_iterations=min(self.max_iterations, request.max_iterations or self.max_iterations),
-            parameters=self.parameters,
-            stream_tokens=turn is None,
-            bounded=turn is not None,
-            deadline_from_caller=(
-                request.deadline_s is not None and request.deadline_s < self.timeout_s
-            ),
-            where=trace.where,
-            tasks=self.tasks,
-            output_schema=self.output_schema,
-            budget=(
-                self.budget.for_run(run_id, request.session_id) if self.budget is not None else None
-            ),
-        )
+        ctx = new_context(self, request, trace, run_span.context, run_id, deadline, turn)
         state = TurnState(trace=trace)
         if resume is not None:
             restore(state, resume.run)
@@ -368,7 +351,7 @@ class AgentRuntime:
                     turn.checkpoint = checkpoint
                 for event in checkpoint.events:
                     yield event
-            events = self._answer(ctx, state)
+            events = answer(self.pattern, self.after, ctx, state)
             layers.append(events)
             if self.stages.transformers:
                 events = stage_layer(None, events)
@@ -383,14 +366,7 @@ class AgentRuntime:
             handoff = exc
         except RunPaused as exc:
             if request.lineage:  # a sub-run: nobody could answer it
-                error = RunError(
-                    f"agent {self.name!r} runs as a sub-run of {request.lineage[-1]!r} and "
-                    f"called {', '.join(p.name for p in exc.pending)}, which need(s) the "
-                    "caller (a client tool or an approval): a sub-run cannot pause",
-                    hint="give the calling agent those tools instead",
-                    run_id=run_id,
-                    reason="sub_run_paused",
-                )
+                error = sub_run_paused(self.name, request, exc, run_id)
             else:
                 paused = exc
         except AstromeshError as exc:
@@ -410,7 +386,7 @@ class AgentRuntime:
                 if span.duration_ms is None:  # its step never resumed to end it
                     span.end("abandoned")
             if ctx.budget is not None:
-                await _end_budget(ctx)
+                await end_budget(ctx)
             if error is None and paused is None and handoff is None and state.answer is None:
                 run_span.end("abandoned")  # the reader stopped, or the task was cancelled
         if turn is not None:
@@ -429,7 +405,7 @@ class AgentRuntime:
             yield RunFinished(result=handed_off(ctx, state, handoff))
             return
         try:
-            await self._finish(ctx, state, error)
+            await finish_stages(self.stages, ctx, state, error)
         except AstromeshError as exc:  # only raised when the run itself succeeded
             error = exc
         if error is not None:
@@ -444,25 +420,6 @@ class AgentRuntime:
         assert state.answer is not None
         yield RunFinished(result=turn_result(ctx, state))
 
-    async def _answer(self, ctx: RunContext, state: TurnState) -> AsyncIterator[Event]:
-        """The pattern's events, then the after steps' (structured output, chain):
-        what the transformers (output guardrails) see.  An input refused by a
-        guardrail answers with its refusal: the pattern does not run."""
-        if state.refusal is not None:
-            state.answer = state.refusal
-            state.messages.append(Message(role="assistant", content=state.refusal))
-            return
-        async with closing_stream(self.pattern.run(ctx, state)) as events:
-            async for event in events:
-                yield event
-        if state.answer is None:
-            raise RunError(
-                f"pattern {self.pattern.name!r} ended without an answer", run_id=ctx.run_id
-            )
-        for after in self.after:
-            async for event in after.run(ctx, state):
-                yield event
-
     async def _paused(
         self, ctx: RunContext, state: TurnState, paused: RunPaused
     ) -> AsyncIterator[Event]:
@@ -474,49 +431,3 @@ class AgentRuntime:
             attach_run(exc, ctx.run_id, state)
             raise
         yield RunFinished(result=paused_result(ctx, state, paused.pending))
-
-    async def _finish(
-        self, ctx: RunContext, state: TurnState, error: AstromeshError | None
-    ) -> None:
-        """Run every finish stage, each once.  A stage that fails does not stop the
-        later ones, which are told the run failed with its error (the episodic log
-        records a turn whose saving failed); that first failure is raised at the end,
-        unless the run had already failed, whose error is the one to report."""
-        failed: AstromeshError | None = None
-        for stage in self.stages.finish:
-            try:
-                await in_stage(stage.name, stage.finish(ctx, state, error or failed))
-            except AstromeshError as exc:
-                if error is None and failed is None:
-                    failed = exc
-                else:
-                    log.warning("finish stage %r failed after a failed run: %s", stage.name, exc)
-        if failed is not None:
-            raise failed
-
-
-@dataclass(slots=True)
-class _Turn:
-    """Where ``run`` finds the context and state of the turn it bounds."""
-
-    ctx: RunContext | None = None
-    state: TurnState | None = None
-    timeout: asyncio.Timeout | None = None
-    finishing: bool = False
-    checkpoint: Checkpoint | None = None  # a resumed run's, once its calls are done
-
-
-async def _end_budget(ctx: RunContext) -> None:
-    """Drop the turn's entries from the budget ledger (a failure is only logged: the
-    turn's spend is already settled, and the entries expire)."""
-    assert ctx.budget is not None
-    try:
-        await ctx.budget.end()
-    except Exception:
-        log.warning("run %s: ending its budget failed", ctx.run_id, exc_info=True)
-
-
-def new_run_id() -> str:
-    """A unique run id: 32 hex digits from the OS's CSPRNG (a paused run is resumed by
-    its id, so ids must not be guessable from the trace ids a reply shows)."""
-    return secrets.token_hex(16)

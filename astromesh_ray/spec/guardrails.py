@@ -158,7 +158,9 @@ class ContentFilterSpec(StrictModel):
             try:
                 re.compile(pattern, re.IGNORECASE)
             except re.error as exc:
-                raise rule_error(("blocked_patterns", i), f"not a regular expression: {exc}")
+                raise rule_error(
+                    ("blocked_patterns", i), f"not a regular expression: {exc}"
+                ) from None
             if re.fullmatch(pattern, "", re.IGNORECASE):
                 raise rule_error(("blocked_patterns", i), "the pattern matches empty text")
         if not self.blocked_patterns and not self.categories:

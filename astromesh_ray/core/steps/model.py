@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -183,10 +184,8 @@ def budget_warning(ctx: RunContext, state: TurnState, warning: str) -> Guardrail
 async def _release(ctx: RunContext, hold: Any) -> None:
     """Settle a failed call's hold at zero (its estimate is not spend)."""
     assert ctx.budget is not None
-    try:
+    with contextlib.suppress(Exception):  # the call's own error is the one to report
         await ctx.budget.after(hold, Usage())
-    except Exception:  # the call's own error is the one to report
-        pass
 
 
 def _tokens(chunk: CompletionChunk, iteration: int, role: str) -> list[Token]:
