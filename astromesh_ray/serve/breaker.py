@@ -40,6 +40,7 @@ from ray.serve.exceptions import RayServeException
 from astromesh_ray.core.breaker import BreakerPolicy, State
 from astromesh_ray.core.build import prepared
 from astromesh_ray.core.patterns import pattern_for
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
 from astromesh_ray.serve.breaker_board import (
     BreakerBoard,
     BreakerUnavailable,
@@ -56,7 +57,6 @@ from astromesh_ray.serve.providers import provider_app_name
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec, resolve_route
 
 ACTOR_NAME = "astromesh-breakers"
-ACTOR_NAMESPACE = "astromesh"
 # A call on the hot path waits this long for the actor before failing open.
 CALL_TIMEOUT_S = 5.0
 # After a failed call, the link does not try the actor again for this long: during an

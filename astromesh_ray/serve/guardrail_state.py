@@ -16,21 +16,18 @@ the actor cannot be reached or does not answer in time they raise
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 
 from astromesh_ray.core.guardrails.ledger import Ask, Grant, Line, Metric, SqliteLedger, Standing
 from astromesh_ray.core.guardrails.vault import VAULT_TTL_S, ScopeTable
 from astromesh_ray.errors import GuardrailUnavailable
-from astromesh_ray.serve.handles import RAY_FAILURES, describe
-from astromesh_ray.serve.handles import failure as ray_failure
-from astromesh_ray.serve.outcome import failure, ok, unwrap
-from astromesh_ray.serve.vectors import ACTOR_NAMESPACE
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE, NamedActorClient
+from astromesh_ray.serve.handles import describe
+from astromesh_ray.serve.outcome import failure, ok
 
 CALL_TIMEOUT_S = 10.0
 
@@ -91,27 +88,28 @@ class GuardrailStateActor:
             return failure(exc)
 
 
-class _ActorClient:
-    """What both clients share: the lazy lookup, the timeout and the failures."""
+class _ActorClient(NamedActorClient):
+    """What both clients share: the actor of ``path`` and their errors."""
 
     guardrail = "cost_limit"
 
     def __init__(self, path: str, *, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+        super().__init__(actor_name(path), call_timeout_s)
         self.path = path
-        self.actor_name = actor_name(path)
-        self.call_timeout_s = call_timeout_s
-        self._actor: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_actor": None}
-
-    async def aclose(self) -> None:
-        self._actor = None  # the actor is shared: it keeps running
 
     def _unavailable(self, exc: BaseException) -> GuardrailUnavailable:
         return GuardrailUnavailable(
             f"the guardrail-state actor {self.actor_name} is unavailable: {describe(exc)}",
             hint="it restarts by itself if it died; try again, or check the Ray cluster",
+            guardrail=self.guardrail,
+            retryable=True,
+        )
+
+    def _timed_out(self, method: str) -> GuardrailUnavailable:
+        return GuardrailUnavailable(
+            f"the guardrail-state actor {self.actor_name} did not answer {method} "
+            f"within {self.call_timeout_s:g}s",
+            hint="the actor may be starting or overloaded; try again",
             guardrail=self.guardrail,
             retryable=True,
         )
@@ -123,32 +121,6 @@ class _ActorClient:
             get_if_exists=True,
             lifetime="detached",
         ).remote(self.path)
-
-    async def _call(self, method: str, *args: Any) -> Any:
-        try:
-            if self._actor is None:
-                # The lookup asks the GCS and blocks: not on the event loop.
-                self._actor = await asyncio.to_thread(self._lookup)
-            ref = getattr(self._actor, method).remote(*args)
-            outcome = await asyncio.wait_for(ref, self.call_timeout_s)
-        except TimeoutError as exc:
-            raise GuardrailUnavailable(
-                f"the guardrail-state actor {self.actor_name} did not answer {method} "
-                f"within {self.call_timeout_s:g}s",
-                hint="the actor may be starting or overloaded; try again",
-                guardrail=self.guardrail,
-                retryable=True,
-            ) from exc
-        except ActorUnavailableError as exc:
-            # Restarting (or briefly unreachable): the same handle works once it is back.
-            raise self._unavailable(exc) from exc
-        except RayActorError as exc:
-            self._actor = None  # dead for good: look it up (or start it) again next time
-            raise self._unavailable(exc) from exc
-        except RAY_FAILURES as exc:
-            self._actor = None
-            raise ray_failure(exc, self._unavailable) from exc
-        return unwrap(outcome)
 
 
 class ActorLedger(_ActorClient):

@@ -11,20 +11,17 @@ replayed after its first attempt had committed would find nothing.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 
 from astromesh_ray.core.runs.paused import PAUSED_TTL_S, PausedRun
 from astromesh_ray.core.runs.stores import SqlitePausedRuns
 from astromesh_ray.errors import MemoryUnavailable
-from astromesh_ray.serve.handles import RAY_FAILURES, describe
-from astromesh_ray.serve.handles import failure as ray_failure
-from astromesh_ray.serve.outcome import failure, ok, unwrap
-from astromesh_ray.serve.vectors import ACTOR_NAMESPACE
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE, NamedActorClient
+from astromesh_ray.serve.handles import describe
+from astromesh_ray.serve.outcome import failure, ok
 
 CALL_TIMEOUT_S = 30.0
 
@@ -58,18 +55,13 @@ class PausedRunsActor:
         return ok(run.to_dict() if run is not None else None)
 
 
-class ActorPausedRuns:
+class ActorPausedRuns(NamedActorClient):
     """A ``PausedRunStore`` whose body is the ``PausedRunsActor`` of ``path``."""
 
     def __init__(self, path: str, *, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
-        self.path = path
         digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-        self.actor_name = f"astromesh-paused-runs-{digest}"
-        self.call_timeout_s = call_timeout_s
-        self._actor: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_actor": None}
+        super().__init__(f"astromesh-paused-runs-{digest}", call_timeout_s)
+        self.path = path
 
     async def save(self, agent: str, run: PausedRun, ttl_s: float = PAUSED_TTL_S) -> None:
         await self._call("save", agent, run.to_dict(), ttl_s)
@@ -82,13 +74,18 @@ class ActorPausedRuns:
         found = await self._call("take", agent, run_id)
         return PausedRun.from_dict(found) if found is not None else None
 
-    async def aclose(self) -> None:
-        self._actor = None  # the actor is shared: it keeps running
-
     def _unavailable(self, exc: BaseException) -> MemoryUnavailable:
         return MemoryUnavailable(
             f"the paused-runs actor {self.actor_name} is unavailable: {describe(exc)}",
             hint="it restarts by itself if it died; check the Ray cluster",
+            backend="paused_runs",
+            retryable=True,
+        )
+
+    def _timed_out(self, method: str) -> MemoryUnavailable:
+        return MemoryUnavailable(
+            f"the paused-runs actor {self.actor_name} did not answer {method} within "
+            f"{self.call_timeout_s:g}s",
             backend="paused_runs",
             retryable=True,
         )
@@ -100,26 +97,3 @@ class ActorPausedRuns:
             get_if_exists=True,
             lifetime="detached",
         ).remote(self.path)
-
-    async def _call(self, method: str, *args: Any) -> Any:
-        try:
-            if self._actor is None:
-                self._actor = await asyncio.to_thread(self._lookup)
-            ref = getattr(self._actor, method).remote(*args)
-            outcome = await asyncio.wait_for(ref, self.call_timeout_s)
-        except TimeoutError as exc:
-            raise MemoryUnavailable(
-                f"the paused-runs actor {self.actor_name} did not answer {method} within "
-                f"{self.call_timeout_s:g}s",
-                backend="paused_runs",
-                retryable=True,
-            ) from exc
-        except ActorUnavailableError as exc:
-            raise self._unavailable(exc) from exc
-        except RayActorError as exc:
-            self._actor = None
-            raise self._unavailable(exc) from exc
-        except RAY_FAILURES as exc:
-            self._actor = None
-            raise ray_failure(exc, self._unavailable) from exc
-        return unwrap(outcome)

@@ -38,6 +38,7 @@ from astromesh_ray.core.tools.env import ToolServices
 from astromesh_ray.core.tools.mcp.connection import McpToolInfo, server_down
 from astromesh_ray.core.tools.services import MemoryToolCache, SlidingWindowLimiter
 from astromesh_ray.errors import ToolError
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
 from astromesh_ray.serve.handles import RAY_FAILURES, describe
 from astromesh_ray.serve.outcome import failure, ok, unwrap
 from astromesh_ray.spec.tools import McpServerSpec, ToolResourcesSpec
@@ -55,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger("astromesh.tools")
 
-ACTOR_NAMESPACE = "astromesh"
 STATE_ACTOR = "astromesh-tool-state"
 # A state call waits this long before failing open; a list or a lookup this long.
 STATE_TIMEOUT_S = 5.0

@@ -26,26 +26,23 @@ filesystem.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 
 from astromesh_ray.core.memory.base import VectorHit, VectorItem, VectorStore, Where
 from astromesh_ray.core.memory.factory import VectorStoreSpec, build_vector_store
 from astromesh_ray.errors import ConfigError, MemoryUnavailable
-from astromesh_ray.serve.handles import RAY_FAILURES, describe
-from astromesh_ray.serve.handles import failure as ray_failure
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE, NamedActorClient
+from astromesh_ray.serve.handles import describe
 from astromesh_ray.serve.location import replica_location
-from astromesh_ray.serve.outcome import failure, ok, unwrap
+from astromesh_ray.serve.outcome import failure, ok
 
 __all__ = ["ACTOR_NAMESPACE", "ActorVectorStore", "VectorStoreActor", "actor_name"]
 
-ACTOR_NAMESPACE = "astromesh"
 # Long enough for an upsert that snapshots a large collection.
 CALL_TIMEOUT_S = 60.0
 
@@ -155,7 +152,7 @@ class VectorStoreActor:
         return replica_location()
 
 
-class ActorVectorStore:
+class ActorVectorStore(NamedActorClient):
     """A ``VectorStore`` whose body is the named ``VectorStoreActor`` of the store
     ``kind(**kwargs)`` (created on first use if no process has yet).
 
@@ -163,6 +160,8 @@ class ActorVectorStore:
     ``.options()`` (resources, scheduling).  ``aclose`` leaves the actor running:
     other replicas share it.
     """
+
+    cancel_on_timeout = True  # not left to run unseen (it may already be applied)
 
     def __init__(
         self,
@@ -179,17 +178,12 @@ class ActorVectorStore:
                 f"ActorVectorStore holds embedded stores only, not {kind} at a server URL",
                 hint="reach a server store from the replica itself",
             )
+        super().__init__(actor_name(kind, self.kwargs), call_timeout_s)
         self.name = kind
-        self.actor_name = actor_name(kind, self.kwargs)
-        self.call_timeout_s = call_timeout_s
         self.actor_options = dict(actor_options or {})
-        self._actor: Any = None
 
     def __repr__(self) -> str:
         return f"ActorVectorStore({self.kind!r}, actor={self.actor_name!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_actor": None}  # the copy looks the actor up itself
 
     # -- VectorStore protocol ----------------------------------------------------------
 
@@ -228,10 +222,6 @@ class ActorVectorStore:
         """How many items of ``collection`` match ``where``."""
         return int(await self._call("count", collection, dict(where) if where else None))
 
-    async def aclose(self) -> None:
-        """Forget the actor handle; the actor (shared) keeps running."""
-        self._actor = None
-
     # -- the actor ---------------------------------------------------------------------
 
     def _unavailable(self, exc: BaseException) -> MemoryUnavailable:
@@ -256,7 +246,7 @@ class ActorVectorStore:
             self.kind, self.kwargs
         )
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    def _check_ray(self) -> None:
         if not ray.is_initialized():
             # Creating an actor now would start a private Ray cluster in this process.
             raise MemoryUnavailable(
@@ -265,27 +255,12 @@ class ActorVectorStore:
                 backend=self.kind,
                 retryable=False,
             )
-        try:
-            if self._actor is None:
-                self._actor = await asyncio.to_thread(self._lookup)
-            ref = getattr(self._actor, method).remote(*args)
-            outcome = await asyncio.wait_for(ref, self.call_timeout_s)
-        except TimeoutError as exc:
-            ray.cancel(ref)  # not left to run unseen (it may already be applied)
-            raise MemoryUnavailable(
-                f"the {self.kind} vector store actor {self.actor_name} did not answer "
-                f"{method} within {self.call_timeout_s:g}s",
-                hint="it was cancelled, but may already have been applied",
-                backend=self.kind,
-                retryable=True,
-            ) from exc
-        except ActorUnavailableError as exc:
-            # Restarting, or its node unreachable for now: the handle stays good.
-            raise self._unavailable(exc) from exc
-        except RayActorError as exc:
-            self._actor = None  # dead for good: look it up (or create it) again next time
-            raise self._unavailable(exc) from exc
-        except RAY_FAILURES as exc:
-            self._actor = None
-            raise ray_failure(exc, self._unavailable) from exc
-        return unwrap(outcome)
+
+    def _timed_out(self, method: str) -> MemoryUnavailable:
+        return MemoryUnavailable(
+            f"the {self.kind} vector store actor {self.actor_name} did not answer "
+            f"{method} within {self.call_timeout_s:g}s",
+            hint="it was cancelled, but may already have been applied",
+            backend=self.kind,
+            retryable=True,
+        )
