@@ -19,24 +19,15 @@ keep-alive) is retried once on a fresh one.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
-
-from astromesh_ray.core.providers.http import (
-    ClientPool,
-    api_key,
-    auth_hint,
-    backend_message,
-    connection_lost,
-    retryable_status,
-    status_message,
-    transport_message,
-)
+from astromesh_ray.core.providers.http import ClientPool, api_key, post_json
 from astromesh_ray.core.providers.openai_wire import error_text
 from astromesh_ray.errors import GuardrailUnavailable
 from astromesh_ray.spec.guardrails import ModerationSpec
@@ -120,23 +111,24 @@ class ModerationClient:
         body: dict[str, Any] = {"input": text}
         if self.model:
             body["model"] = self.model
-        response = await self._post(body, self._headers())
-        if response.status_code >= 400:
-            status = response.status_code
-            detail = backend_message(response.content, error_text)
-            raise GuardrailUnavailable(
-                f"content_filter: moderation {status_message(status, self.url, detail)}",
-                hint=auth_hint(self.api_key_env) if status in (401, 403) else None,
-                guardrail=GUARDRAIL,
-                status=status,
-                retryable=retryable_status(status),
-            )
+        data = await post_json(
+            self._pool,
+            self.url,
+            body,
+            headers=self._headers(),
+            timeout_s=self.timeout_s,
+            what=f"{GUARDRAIL}: moderation",
+            fail=functools.partial(GuardrailUnavailable, guardrail=GUARDRAIL),
+            reach_hint=f"check network access to {self.endpoint}",
+            error_text=error_text,
+            api_key_env=self.api_key_env,
+        )
         try:
-            return parse_moderation(response.json())
-        except ValueError as exc:  # a body that is not JSON is a ValueError too
+            return parse_moderation(data)
+        except ValueError as exc:
             raise GuardrailUnavailable(
                 f"content_filter: {self.url} answered something that is not a "
-                f"moderation result ({exc}): {response.text[:200]!r}",
+                f"moderation result ({exc}): {json.dumps(data)[:200]!r}",
                 hint=f"check that {self.endpoint} is an OpenAI-compatible API",
                 guardrail=GUARDRAIL,
                 retryable=False,
@@ -159,21 +151,3 @@ class ModerationClient:
                 retryable=False,
             )
         return {}
-
-    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
-        for attempt in (1, 2):
-            try:
-                return await self._pool.client(self.timeout_s).post(
-                    self.url, json=body, headers=headers
-                )
-            except httpx.TransportError as exc:
-                if attempt == 1 and connection_lost(exc):
-                    continue
-                why = transport_message(exc, self.url, self.timeout_s)
-                raise GuardrailUnavailable(
-                    f"content_filter: moderation {why}",
-                    hint=f"check network access to {self.endpoint}",
-                    guardrail=GUARDRAIL,
-                    retryable=True,
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover

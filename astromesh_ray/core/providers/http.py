@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from astromesh_ray.errors import ConfigError
+from astromesh_ray.errors import AstromeshError, ConfigError
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -30,6 +30,7 @@ __all__ = [
     "connection_lost",
     "estimate_tokens",
     "header_option",
+    "post_json",
     "retryable_status",
     "sse_data",
     "status_message",
@@ -187,3 +188,62 @@ def sse_data(line: str) -> str | None:
     if not line.startswith("data:"):
         return None
     return line[5:].strip()
+
+
+# Builds the caller's own error: ``fail(message, hint=..., status=..., retryable=...)``.
+Failure = Callable[..., AstromeshError]
+
+
+async def post_json(
+    pool: ClientPool,
+    url: str,
+    body: Mapping[str, Any],
+    *,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    what: str,
+    fail: Failure,
+    reach_hint: str,
+    error_text: Callable[[dict[str, Any]], str | None],
+    api_key_env: str | None = None,
+    status_hints: Mapping[int, str] | None = None,
+) -> Any:
+    """POST ``body`` to ``url`` and return the decoded JSON answer, for a call that
+    is idempotent (an embedding, a moderation): a connection the server dropped
+    under us (a stale keep-alive) is retried once on a fresh one.
+
+    Unreachable, an HTTP error (its message picked by ``error_text``) or a body that
+    is not JSON: the error ``fail`` builds, its message starting with ``what``, with
+    ``status_hints``'s hint for its status (401 and 403 name ``api_key_env``).
+    """
+    for attempt in (1, 2):
+        try:
+            response = await pool.client(timeout_s).post(url, json=body, headers=dict(headers))
+            break
+        except httpx.TransportError as exc:
+            if attempt == 1 and connection_lost(exc):
+                continue
+            raise fail(
+                f"{what}: {transport_message(exc, url, timeout_s)}",
+                hint=reach_hint,
+                retryable=True,
+            ) from exc
+    if response.status_code >= 400:
+        status = response.status_code
+        detail = backend_message(response.content, error_text)
+        hint = (status_hints or {}).get(status)
+        if hint is None and status in (401, 403):
+            hint = auth_hint(api_key_env)
+        raise fail(
+            f"{what}: {status_message(status, url, detail)}",
+            hint=hint,
+            status=status,
+            retryable=retryable_status(status),
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise fail(
+            f"{what}: {url} answered something that is not JSON: {response.text[:200]!r}",
+            retryable=False,
+        ) from None
