@@ -5,21 +5,18 @@ the API key, and every failure is GuardrailUnavailable."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
-from astromesh_ray.core.context import RunContext, RunRequest, TurnState
 from astromesh_ray.core.guardrails.content import ContentFilter
 from astromesh_ray.core.guardrails.moderation import ModerationClient
-from astromesh_ray.core.tools.index import ToolIndex
-from astromesh_ray.core.trace import Trace, new_trace_id
 from astromesh_ray.errors import GuardrailUnavailable
 from astromesh_ray.spec.guardrails import ContentFilterSpec, ModerationSpec
 from astromesh_ray.testing import ScriptedOpenAIServer
+from astromesh_ray.testing.contexts import bare_context, bare_state
 from astromesh_ray.testing.openai_server import MODERATION_CATEGORIES
 
 from .conftest import free_port
@@ -40,34 +37,6 @@ def server() -> Iterator[ScriptedOpenAIServer]:
         yield srv
 
 
-class _NoTasks:
-    async def run(self, request: Any) -> Any:
-        raise AssertionError("no tasks in guardrail tests")
-
-
-def make_ctx() -> RunContext:
-    trace = Trace(new_trace_id())
-    span = trace.start("run", None)
-    return RunContext(
-        run_id="run-1",
-        agent="agent",
-        request=RunRequest(query="q"),
-        models={},
-        tools=ToolIndex({}),
-        peers={},
-        deadline=asyncio.get_running_loop().time() + 60,
-        trace=span.context,
-        lineage=("agent",),
-        max_iterations=5,
-        parameters={},
-        stream_tokens=False,
-        bounded=False,
-        deadline_from_caller=False,
-        where=trace.where,
-        tasks=_NoTasks(),
-    )
-
-
 def content_filter(url: str, **fields: Any) -> ContentFilter:
     moderation = {"endpoint": url, **fields.pop("moderation", {})}
     spec = ContentFilterSpec.model_validate(
@@ -78,7 +47,7 @@ def content_filter(url: str, **fields: Any) -> ContentFilter:
 
 async def check(guard: ContentFilter, text: str) -> Any:
     try:
-        return await guard.check(text, make_ctx(), TurnState(trace=Trace(new_trace_id())), "input")
+        return await guard.check(text, bare_context(), bare_state(), "input")
     finally:
         await guard.aclose()
 

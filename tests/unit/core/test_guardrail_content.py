@@ -6,12 +6,11 @@ judge is GuardrailUnavailable."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
-from astromesh_ray.core.context import RunContext, RunRequest, TurnState
+from astromesh_ray.core.context import TurnState
 from astromesh_ray.core.guardrails.base import WHOLE_TEXT, Guardrail, Verdict
 from astromesh_ray.core.guardrails.content import (
     FILTERED,
@@ -23,39 +22,11 @@ from astromesh_ray.core.guardrails.content import (
 from astromesh_ray.core.guardrails.moderation import ModerationResult, parse_moderation
 from astromesh_ray.core.messages import CompletionRequest, Usage
 from astromesh_ray.core.providers.base import Provider
-from astromesh_ray.core.tools.index import ToolIndex
 from astromesh_ray.core.trace import Trace, new_trace_id
 from astromesh_ray.errors import ConfigError, GuardrailUnavailable, ProviderError
 from astromesh_ray.spec.guardrails import ContentFilterSpec
 from astromesh_ray.testing import ScriptedProvider
-
-
-class _NoTasks:
-    async def run(self, request: Any) -> Any:
-        raise AssertionError("no tasks in guardrail tests")
-
-
-def make_ctx(models: dict[str, Provider] | None = None) -> RunContext:
-    trace = Trace(new_trace_id())
-    span = trace.start("run", None)
-    return RunContext(
-        run_id="run-1",
-        agent="agent",
-        request=RunRequest(query="q"),
-        models=models or {},
-        tools=ToolIndex({}),
-        peers={},
-        deadline=asyncio.get_running_loop().time() + 60,
-        trace=span.context,
-        lineage=("agent",),
-        max_iterations=5,
-        parameters={},
-        stream_tokens=False,
-        bounded=False,
-        deadline_from_caller=False,
-        where=trace.where,
-        tasks=_NoTasks(),
-    )
+from astromesh_ray.testing.contexts import bare_context, bare_state
 
 
 def spec(**fields: Any) -> ContentFilterSpec:
@@ -65,8 +36,8 @@ def spec(**fields: Any) -> ContentFilterSpec:
 async def check(
     guard: ContentFilter, text: str, judge: Provider | None = None, state: TurnState | None = None
 ) -> Verdict:
-    ctx = make_ctx({"judge": judge} if judge is not None else None)
-    return await guard.check(text, ctx, state or TurnState(trace=Trace(new_trace_id())), "output")
+    ctx = bare_context({"judge": judge} if judge is not None else None)
+    return await guard.check(text, ctx, state or bare_state(), "output")
 
 
 # -- patterns -------------------------------------------------------------------------
@@ -375,8 +346,8 @@ async def test_a_judge_failure_is_unavailable(retryable: bool) -> None:
 
 async def test_the_judge_role_can_be_named() -> None:
     guard = ContentFilter(spec(categories=["hate"]), judge_role="moderator")
-    ctx = make_ctx({"moderator": ScriptedProvider(['{"categories": ["hate"]}'])})
-    verdict = await guard.check("t", ctx, TurnState(trace=Trace(new_trace_id())), "input")
+    ctx = bare_context({"moderator": ScriptedProvider(['{"categories": ["hate"]}'])})
+    verdict = await guard.check("t", ctx, bare_state(), "input")
     assert verdict.action == "block"
 
 

@@ -13,49 +13,19 @@ from typing import Any
 
 import pytest
 
-from astromesh_ray.core.context import RunContext, RunRequest, TurnState
 from astromesh_ray.core.guardrails.base import WHOLE_TEXT, Guardrail
 from astromesh_ray.core.guardrails.topic import OFF_TOPIC, TopicFilter
 from astromesh_ray.core.memory.embedders.minilm import MiniLMEmbedder
-from astromesh_ray.core.tools.index import ToolIndex
-from astromesh_ray.core.trace import Trace, new_trace_id
 from astromesh_ray.errors import GuardrailUnavailable, MemoryUnavailable
 from astromesh_ray.spec.guardrails import TopicFilterSpec
+from astromesh_ray.testing.contexts import bare_context, bare_state
 
 CASES_FILE = Path(__file__).resolve().parents[2] / "data" / "topic_cases.jsonl"
 CASES: list[dict[str, Any]] = [json.loads(line) for line in CASES_FILE.read_text().splitlines()]
 
 
-class _NoTasks:
-    async def run(self, request: Any) -> Any:
-        raise AssertionError("no tasks in guardrail tests")
-
-
-def make_ctx() -> RunContext:
-    trace = Trace(new_trace_id())
-    span = trace.start("run", None)
-    return RunContext(
-        run_id="run-1",
-        agent="agent",
-        request=RunRequest(query="q"),
-        models={},
-        tools=ToolIndex({}),
-        peers={},
-        deadline=asyncio.get_running_loop().time() + 60,
-        trace=span.context,
-        lineage=("agent",),
-        max_iterations=5,
-        parameters={},
-        stream_tokens=False,
-        bounded=False,
-        deadline_from_caller=False,
-        where=trace.where,
-        tasks=_NoTasks(),
-    )
-
-
 async def check(guard: TopicFilter, text: str) -> Any:
-    return await guard.check(text, make_ctx(), TurnState(trace=Trace(new_trace_id())), "input")
+    return await guard.check(text, bare_context(), bare_state(), "input")
 
 
 def spec(**fields: Any) -> TopicFilterSpec:
