@@ -114,11 +114,13 @@ class GuardChain:
 
     async def findings(self, text: str, ctx: RunContext, state: TurnState) -> list[Finding]:
         """What every guardrail finds in ``text`` as it is (nothing changed, nothing
-        recorded); a ``block`` raises at once."""
+        recorded); a ``block`` raises at once (recorded as a span: the stream ends
+        with the error, which is its event)."""
         found: list[Finding] = []
         for guardrail in self.guardrails:
             verdict: Verdict = await guardrail.check(text, ctx, state, self.direction)
             if verdict.action == "block":
+                note(ctx, state, guardrail.name, self.direction, "block", verdict.detail)
                 raise violation(guardrail.name, self.direction, verdict.detail)
             if verdict.action is not None:
                 found.extend(f for f in verdict.findings if not f.whole)

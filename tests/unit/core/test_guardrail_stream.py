@@ -145,6 +145,9 @@ async def test_a_block_mid_stream_ends_it_with_the_error_and_nothing_blocked_was
     assert caught.value.details["guardrail"] == "pattern"
     assert caught.value.details["direction"] == "output"
     assert "forbidden" not in caught.value.message
+    # The block is recorded in the run's trace: a guardrail span saying so.
+    blocks = [s for s in caught.value.details["trace"] if s["name"] == "guardrail"]
+    assert [s["attributes"]["action"] for s in blocks] == ["block"]
 
 
 async def test_whole_text_guardrails_hold_the_answer_until_it_is_complete() -> None:
