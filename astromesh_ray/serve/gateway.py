@@ -1,6 +1,7 @@
 """The gateway: the one HTTP ingress, routing to agent applications by handle.
 
 POST /v1/agents/{name}/run   {query, session_id, context} -> {answer, steps, usage, trace}
+                             (with "stream": true or Accept: text/event-stream: as SSE)
 POST /v1/agents/{name}/stream  same body -> Server-Sent Events, one per run event
 GET  /v1/agents              the loaded agents
 GET  /v1/agents/{name}       one agent
@@ -38,154 +39,43 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query
+from fastapi import Header, Query
 from fastapi.responses import StreamingResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
-from ray.serve.schema import ApplicationStatus
 
 from astromesh_ray import __version__
 from astromesh_ray.core.breaker import most_severe
 from astromesh_ray.core.context import check_session_id
 from astromesh_ray.core.memory.base import EPISODE_TYPES
-from astromesh_ray.core.streams import closing_stream
-from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError, InvalidRequest
-from astromesh_ray.serve.breaker import ActorBreakerStore
-from astromesh_ray.serve.gateway_spans import (
-    check_run_id,
-    decision_of,
-    gateway_span,
-    prepend,
-    results_of,
-    sse_events,
+from astromesh_ray.errors import InvalidRequest
+from astromesh_ray.serve.app import api
+from astromesh_ray.serve.gateway_core import (
+    CALL_FAILURES,
+    MEMORY_PATIENCE_S,
+    GatewayCore,
+    probe,
 )
-from astromesh_ray.serve.handles import (
-    RAY_FAILURES,
-    AppHandle,
-    describe,
-    failure,
-    stream_outcomes,
-)
-from astromesh_ray.serve.http import (
-    BodySizeLimit,
-    DecisionBody,
-    ForkBody,
-    RunBody,
-    SearchBody,
-    ToolResultsBody,
-    install_error_handlers,
-)
-from astromesh_ray.serve.location import replica_location
+from astromesh_ray.serve.gateway_spans import check_run_id, decision_of, results_of
+from astromesh_ray.serve.http import DecisionBody, ForkBody, RunBody, SearchBody, ToolResultsBody
 from astromesh_ray.serve.outcome import unwrap
-from astromesh_ray.serve.rag import GatewayRag, IngestBody, RagSearchBody
+from astromesh_ray.serve.rag import IngestBody, RagSearchBody
+from astromesh_ray.serve.run_events import sse_events
 
-api = FastAPI(
-    title="astromesh-ray",
-    version=__version__,
-    description="YAML-declared AI agents served on Ray.",
-)
-api.add_middleware(BodySizeLimit)
-install_error_handlers(api)
+__all__ = ["Gateway", "api"]
 
 
-def _unavailable(name: str, app: str, reason: str) -> AgentUnavailable:
-    return AgentUnavailable(
-        f"agent {name!r} is unavailable: its application {app!r} {reason}",
-        hint="check `serve status`; redeploy the agent's application",
-        agent=name,
-        app=app,
-    )
-
-
-# An application in these states has no replica to answer: a call would queue
-# until the client gives up.  (UNHEALTHY may still have serving replicas; if it
-# has none, the call runs into the patience deadline below.)
-_DOWN = frozenset({ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.DELETING})
-# A call to an agent's application that failed to deliver, or took too long.
-_CALL_FAILURES: tuple[type[BaseException], ...] = (*RAY_FAILURES, TimeoutError)
-# How long past the agent's own timeout_seconds the gateway waits for an answer
-# before calling the agent unavailable (a request queued for a replica that
-# never comes up, e.g. after the application failed).
-GRACE_S = 30.0
-# How long the gateway waits for a memory API call (the agent bounds each backend
-# call by its own timeout; this covers a replica that never answers).
-MEMORY_PATIENCE_S = 60.0
-
-
-async def _probe(app: AppHandle) -> bool:
-    try:
-        healthy = await asyncio.wait_for((await app.get()).health.remote(), 5)
-    except _CALL_FAILURES:  # a probe: unreachable, missing or slow mean "not healthy"
-        app.forget()
+def wants_sse(accept: str | None) -> bool:
+    """An ``Accept`` header that asks for an event stream (and not JSON first)."""
+    if not accept:
         return False
-    return bool(healthy)
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return "text/event-stream" in kinds and kinds[0] != "application/json"
 
 
 @serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class Gateway:
-    """Knows each agent's description and the Serve application that runs it."""
-
-    def __init__(
-        self,
-        agents: dict[str, dict[str, Any]],
-        apps: dict[str, str],
-        providers: dict[str, dict[str, Any]],
-        rag: dict[str, Any] | None = None,
-        memory: Any = None,
-    ) -> None:
-        # RAG pipelines (RAGPipelineSpec by name) with the memory defaults their
-        # stores use: ingested and searched in this replica (serve/rag.py).
-        self._rag = GatewayRag(rag or {}, memory)
-        self._agents = agents
-        self._apps = apps
-        self._providers = providers
-        self._handles: dict[str, DeploymentHandle[Any]] = {}
-        self._where = replica_location()
-        self._provider_apps = {name: AppHandle(name) for name in providers}
-        # Snapshots only: read straight from the breaker actor (no cached copy).
-        self._breakers = ActorBreakerStore()
-
-    async def __del__(self) -> None:
-        # Serve calls this on shutdown: the RAG pipelines' pools and embedders.
-        rag = getattr(self, "_rag", None)
-        if rag is not None:
-            await rag.aclose()
-
-    def _app(self, name: str) -> str:
-        """The application of agent ``name``; 404 for unknown names."""
-        if name not in self._apps:
-            known = ", ".join(sorted(self._apps)) or "(none)"
-            raise AgentNotFound(f"no agent named {name!r}", hint=f"loaded agents: {known}")
-        return self._apps[name]
-
-    async def _handle(self, name: str) -> DeploymentHandle[Any]:
-        app = self._app(name)
-        handle = self._handles.get(name)
-        if handle is None:
-            try:
-                # serve.status() blocks on the controller: not on the event loop.
-                status = (await asyncio.to_thread(serve.status)).applications.get(app)
-                handle = await AppHandle(app).get()  # raises when the app does not exist
-            except RAY_FAILURES as exc:
-                raise failure(
-                    exc, lambda e: _unavailable(name, app, f"cannot be reached: {describe(e)}")
-                ) from None
-            if status is not None and status.status in _DOWN:
-                raise _unavailable(name, app, f"is {status.status.value}")
-            self._handles[name] = handle
-        return handle
-
-    def _failed(self, name: str, exc: BaseException, patience_s: float) -> Exception:
-        self._handles.pop(name, None)  # look the application up again next time
-        if isinstance(exc, TimeoutError):
-            return _unavailable(name, self._apps[name], f"did not answer within {patience_s:g} s")
-        return failure(
-            exc, lambda e: _unavailable(name, self._apps[name], f"failed: {describe(e)}")
-        )
-
-    def _patience_s(self, name: str) -> float:
-        return float(self._agents[name].get("timeout_seconds") or 0) + GRACE_S
+class Gateway(GatewayCore):
+    """The gateway's routes (``GatewayCore`` has what they share)."""
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
@@ -198,7 +88,7 @@ class Gateway:
         most severe of them (open > half-open > closed)."""
         breakers = await self._breakers.snapshot()
         names = sorted(self._providers)
-        healthy = await asyncio.gather(*(_probe(self._provider_apps[name]) for name in names))
+        healthy = await asyncio.gather(*(probe(self._provider_apps[name]) for name in names))
         closed = {"state": "closed", "consecutive_failures": 0, "trips": 0}
         return {
             "providers": [
@@ -232,50 +122,27 @@ class Gateway:
             health: dict[str, Any] = await asyncio.wait_for(
                 handle.health.remote(), MEMORY_PATIENCE_S
             )
-        except _CALL_FAILURES as exc:
+        except CALL_FAILURES as exc:
             raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
         return {"agent": name, **health}
 
     @api.post("/v1/agents/{name}/run")
     async def run(
-        self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
-    ) -> dict[str, Any]:
-        return await self._call(name, "run", body.model_dump(), traceparent)
+        self,
+        name: str,
+        body: RunBody,
+        traceparent: str | None = Header(default=None),
+        accept: str | None = Header(default=None),
+    ) -> Any:
+        if body.stream or wants_sse(accept):
+            return await self._stream(name, "stream", body.request(), traceparent)
+        return await self.call(name, body.request(), traceparent)
 
     @api.post("/v1/agents/{name}/stream")
     async def stream(
         self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
     ) -> StreamingResponse:
-        return await self._stream(name, "stream", body.model_dump(), traceparent)
-
-    async def _call(
-        self,
-        name: str,
-        method: str,
-        body: dict[str, Any],
-        traceparent: str | None,
-        trace_id: str | None = None,
-    ) -> dict[str, Any]:
-        """``method`` of agent ``name``'s application with ``body`` (plus the trace
-        parent), in the gateway's span."""
-        handle = await self._handle(name)
-        patience_s = self._patience_s(name)
-        span = gateway_span(traceparent, name, self._where, trace_id)
-        request = {**body, "trace_parent": span.context.traceparent}
-        try:
-            outcome = await asyncio.wait_for(getattr(handle, method).remote(request), patience_s)
-        except _CALL_FAILURES as exc:
-            span.end(exc)
-            raise self._failed(name, exc, patience_s) from None
-        try:
-            result: dict[str, Any] = unwrap(outcome)
-        except AstromeshError as exc:
-            span.end(exc.message)
-            prepend(exc.details, span)
-            raise
-        span.end()
-        prepend(result, span)
-        return result
+        return await self._stream(name, "stream", body.request(), traceparent)
 
     async def _stream(
         self,
@@ -286,38 +153,8 @@ class Gateway:
         trace_id: str | None = None,
     ) -> StreamingResponse:
         """The events ``method`` of agent ``name``'s application streams, as SSE."""
-        handle = await self._handle(name)
-        patience_s = self._patience_s(name)
-        span = gateway_span(traceparent, name, self._where, trace_id)
-        request = {**body, "trace_parent": span.context.traceparent}
-        app = self._apps[name]
-
-        def failed(exc: BaseException) -> AgentUnavailable:
-            return _unavailable(name, app, f"failed: {describe(exc)}")
-
-        outcomes = stream_outcomes(handle, method, request, failed)
-        try:
-            # Errors before the first event (bad prompt context, ...) still get their
-            # HTTP status; later ones arrive as an `error` event.
-            outcome = await asyncio.wait_for(anext(outcomes), patience_s)
-        except TimeoutError as exc:
-            span.end(exc)
-            raise self._failed(name, exc, patience_s) from None
-        except AstromeshError as exc:
-            span.end(exc.message)
-            if isinstance(exc, AgentUnavailable):
-                self._handles.pop(name, None)  # look the application up again next time
-            prepend(exc.details, span)
-            raise
-        try:
-            first = unwrap(outcome)
-        except AstromeshError as exc:
-            async with closing_stream(outcomes):  # the run already ended: release it
-                pass
-            span.end(exc.message)
-            prepend(exc.details, span)
-            raise
-        return StreamingResponse(sse_events(first, outcomes, span), media_type="text/event-stream")
+        events = await self.open_run(name, body, traceparent, method=method, trace_id=trace_id)
+        return StreamingResponse(sse_events(events), media_type="text/event-stream")
 
     # -- paused runs: client tools and approvals ---------------------------------------
 
@@ -327,7 +164,7 @@ class Gateway:
         handle = await self._handle(name)
         try:
             outcome = await asyncio.wait_for(handle.paused.remote(run_id, None), MEMORY_PATIENCE_S)
-        except _CALL_FAILURES as exc:
+        except CALL_FAILURES as exc:
             raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
         result: dict[str, Any] = unwrap(outcome)
         return result
@@ -347,7 +184,7 @@ class Gateway:
         trace_id = str(paused.get("trace_id") or "") or None
         if stream:
             return await self._stream(name, "resume_stream", body, traceparent, trace_id)
-        return await self._call(name, "resume", body, traceparent, trace_id)
+        return await self.call(name, body, traceparent, method="resume", trace_id=trace_id)
 
     @api.post("/v1/agents/{name}/runs/{run_id}/tool_results")
     async def toolresults_of(
@@ -400,7 +237,7 @@ class Gateway:
         handle = await self._handle(name)
         try:
             outcome = await asyncio.wait_for(handle.memory.remote(op, args), MEMORY_PATIENCE_S)
-        except _CALL_FAILURES as exc:
+        except CALL_FAILURES as exc:
             raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
         result: dict[str, Any] = unwrap(outcome)
         return result

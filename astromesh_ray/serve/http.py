@@ -54,6 +54,15 @@ class RunBody(BaseModel):
     context: dict[str, Any] = Field(
         default_factory=dict, description="Variables for the agent's Jinja2 prompts."
     )
+    stream: bool = Field(
+        default=False,
+        description="Stream the run's events as Server-Sent Events (as does an "
+        "`Accept: text/event-stream` header) instead of answering once with the result.",
+    )
+
+    def request(self) -> dict[str, Any]:
+        """The ``RunRequest`` fields of this body."""
+        return self.model_dump(exclude={"stream"})
 
 
 class ForkBody(BaseModel):

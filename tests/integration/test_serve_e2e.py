@@ -242,7 +242,22 @@ def test_timeout_is_504_with_the_partial_trace(api: str, llm: ScriptedOpenAIServ
     assert error["trace"][-1]["status"] == "error"
 
 
-def test_stream_sends_server_sent_events(api: str, llm: ScriptedOpenAIServer) -> None:
+@pytest.mark.parametrize(
+    ("route", "extra", "headers"),
+    [
+        ("stream", {}, {}),
+        ("run", {"stream": True}, {}),
+        ("run", {}, {"Accept": "text/event-stream"}),
+    ],
+    ids=["stream-route", "run-stream-true", "run-accept-header"],
+)
+def test_stream_sends_server_sent_events(
+    api: str,
+    llm: ScriptedOpenAIServer,
+    route: str,
+    extra: dict[str, Any],
+    headers: dict[str, str],
+) -> None:
     llm.add_steps(
         *[
             {"tool_calls": [{"name": "calculator", "arguments": {"expression": "6*7"}}]},
@@ -252,8 +267,9 @@ def test_stream_sends_server_sent_events(api: str, llm: ScriptedOpenAIServer) ->
     events: list[tuple[str, dict[str, object]]] = []
     with httpx.stream(
         "POST",
-        f"{api}/v1/agents/calc/stream",
-        json={"query": "6*7?", "context": {"customer": "x"}},
+        f"{api}/v1/agents/calc/{route}",
+        json={"query": "6*7?", "context": {"customer": "x"}, **extra},
+        headers=headers,
         timeout=60,
     ) as reply:
         assert reply.status_code == 200
@@ -294,6 +310,24 @@ def test_stream_errors_before_the_first_event_keep_their_status(api: str) -> Non
     reply = httpx.post(f"{api}/v1/agents/calc/stream", json={"query": "hi"})
     assert reply.status_code == 422
     assert reply.json()["error"]["code"] == "invalid_request"
+    reply = httpx.post(f"{api}/v1/agents/calc/run", json={"query": "hi", "stream": True})
+    assert reply.status_code == 422
+    assert reply.json()["error"]["code"] == "invalid_request"
+
+
+def test_json_is_the_answer_unless_a_stream_is_asked_for(
+    api: str, llm: ScriptedOpenAIServer
+) -> None:
+    llm.add_steps("plain")
+    reply = httpx.post(
+        f"{api}/v1/agents/calc/run",
+        json={"query": "q", "context": {"customer": "x"}},
+        headers={"Accept": "application/json, text/event-stream"},
+        timeout=60,
+    )
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["answer"] == "plain"
 
 
 def test_readme_routes_are_the_served_routes(api: str) -> None:
