@@ -52,12 +52,16 @@ from astromesh_ray.serve.app import api
 from astromesh_ray.serve.gateway_core import (
     CALL_FAILURES,
     MEMORY_PATIENCE_S,
-    GatewayCore,
     probe,
 )
 from astromesh_ray.serve.gateway_spans import check_run_id, decision_of, results_of
 from astromesh_ray.serve.http import DecisionBody, ForkBody, RunBody, SearchBody, ToolResultsBody
 from astromesh_ray.serve.outcome import unwrap
+from astromesh_ray.serve.protocols.a2a import A2ARoutes
+from astromesh_ray.serve.protocols.agui import AGUIRoutes
+from astromesh_ray.serve.protocols.channels import ChannelRoutes
+from astromesh_ray.serve.protocols.openai_api import OpenAIRoutes
+from astromesh_ray.serve.protocols.websocket import WebSocketRoutes
 from astromesh_ray.serve.rag import IngestBody, RagSearchBody
 from astromesh_ray.serve.run_events import sse_events
 
@@ -74,8 +78,9 @@ def wants_sse(accept: str | None) -> bool:
 
 @serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class Gateway(GatewayCore):
-    """The gateway's routes (``GatewayCore`` has what they share)."""
+class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoutes):
+    """The gateway's routes: its own (REST, SSE, paused runs, memory, RAG) and every
+    client protocol's (``protocols/``); ``GatewayCore`` has what they share."""
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
