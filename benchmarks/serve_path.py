@@ -75,10 +75,10 @@ from ray import serve
 from ray.serve import Application, Deployment
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, State
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
 from astromesh_ray.serve.agents import AgentDeployment, agent_app_name
 from astromesh_ray.serve.breaker import (
     ACTOR_NAME,
-    ACTOR_NAMESPACE,
     ActorBreakerStore,
     agent_probes,
     ensure_breaker_actor,

@@ -41,7 +41,7 @@ from astromesh_ray.serve.handles import describe
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok
 
-__all__ = ["ACTOR_NAMESPACE", "ActorVectorStore", "VectorStoreActor", "actor_name"]
+__all__ = ["ActorVectorStore", "VectorStoreActor", "actor_name"]
 
 # Long enough for an upsert that snapshots a large collection.
 CALL_TIMEOUT_S = 60.0

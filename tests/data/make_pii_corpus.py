@@ -36,6 +36,7 @@ import string
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import phonenumbers
 
@@ -449,7 +450,8 @@ NEGATIVES: dict[str, Callable[[], str]] = {
         [
             f"{rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 99)}",
             f"v{rng.randint(1, 5)}.{rng.randint(0, 20)}.{rng.randint(0, 9)}-rc{rng.randint(1, 4)}",
-            f"{rng.randint(1, 3)}.{rng.randint(0, 12)}.{rng.randint(0, 9)}.{rng.randint(300, 9999)}",
+            f"{rng.randint(1, 3)}.{rng.randint(0, 12)}.{rng.randint(0, 9)}"
+            f".{rng.randint(300, 9999)}",
             f"10.0.{rng.randint(19041, 22631)}.{rng.randint(1000, 4000)}",
         ]
     ),
@@ -502,7 +504,8 @@ NEGATIVES: dict[str, Callable[[], str]] = {
     "count": lambda: f"{rng.randint(1, 999)},{digits(3)},{digits(3)}",
     "coords": lambda: f"{rng.uniform(-80, 80):.4f}, {rng.uniform(-170, 170):.4f}",
     "build": lambda: (
-        f"build {rng.randint(2020, 2025)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}.{rng.randint(1, 9)}"
+        f"build {rng.randint(2020, 2025)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+        f".{rng.randint(1, 9)}"
     ),
     "sku": lambda: f"SKU {chars(string.ascii_uppercase, 3)}-{digits(4)}-{chars(UPPER_DIGITS, 2)}",
     "percent": lambda: f"{rng.randint(1, 99)}.{rng.randint(0, 9)}%",
@@ -520,7 +523,10 @@ POSITIVES: dict[str, tuple[str, Callable[[], str]]] = {
     "IPV6": ("IP_ADDRESS", ipv6),
     "SECRET": ("SECRET", secret),
     "TOKEN": ("SECRET", random_token),
-    "FICTIONAL": ("PHONE_NUMBER", lambda: rng.choice(["+1 (555) ", "+1 555-"]) + f"{digits(3)}-{digits(4)}"),
+    "FICTIONAL": (
+        "PHONE_NUMBER",
+        lambda: rng.choice(["+1 (555) ", "+1 555-"]) + f"{digits(3)}-{digits(4)}",
+    ),
     "EMAIL_UPPER": ("EMAIL_ADDRESS", lambda: email().upper()),
 }
 
@@ -653,7 +659,7 @@ TEMPLATES: dict[str, list[str]] = {
         "Open http://{IPV4}:8080/admin in your browser.",
         "ping6 {IPV6}",
         "https://api.example.com/v1/callback?access_token={TOKEN}&state=ok",
-        "api_key: \"{SECRET}\"",
+        'api_key: "{SECRET}"',
         "EMAIL: {EMAIL_UPPER}",
         "Send it to <{EMAIL}>; thanks!",
         "Card: {CARD}. IBAN: {IBAN}. Email: {EMAIL}.",
@@ -703,9 +709,9 @@ COUNTS = {
 _SLOT = re.compile(r"\{([A-Za-z_0-9]+)\}")
 
 
-def render(template: str) -> dict[str, object]:
+def render(template: str) -> dict[str, Any]:
     text: list[str] = []
-    entities: list[dict[str, object]] = []
+    entities: list[dict[str, Any]] = []
     at = 0
     pos = 0
     for match in _SLOT.finditer(template):
@@ -727,12 +733,12 @@ def render(template: str) -> dict[str, object]:
     text.append(template[pos:].replace("{{", "{").replace("}}", "}"))
     joined = "".join(text)
     for e in entities:
-        assert joined[e["start"] : e["end"]] == e["value"]  # type: ignore[misc]
+        assert joined[e["start"] : e["end"]] == e["value"]
     return {"text": joined, "entities": entities}
 
 
 def main() -> None:
-    lines: list[dict[str, object]] = []
+    lines: list[dict[str, Any]] = []
     for group, count in COUNTS.items():
         templates = TEMPLATES[group]
         for i in range(count):
@@ -741,7 +747,7 @@ def main() -> None:
     with OUT.open("w", encoding="utf-8") as out:
         for line in lines:
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
-    labelled = sum(len(line["entities"]) for line in lines)  # type: ignore[arg-type]
+    labelled = sum(len(line["entities"]) for line in lines)
     print(f"wrote {len(lines)} lines, {labelled} labelled entities to {OUT}")
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import ray
 
-from astromesh_ray.serve.breaker import ACTOR_NAME, ACTOR_NAMESPACE
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
+from astromesh_ray.serve.breaker import ACTOR_NAME
 
 HOT_METHODS = ("allow", "success", "failure", "release")
 

@@ -20,13 +20,13 @@ from astromesh_ray.core.messages import CompletionRequest, Message, Usage
 from astromesh_ray.core.pricing import Price
 from astromesh_ray.core.router import Candidate, ModelRouter
 from astromesh_ray.errors import BudgetExceeded, GuardrailUnavailable
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
 from astromesh_ray.serve.guardrail_state import (
     ActorLedger,
     ActorVault,
     GuardrailStateActor,
     actor_name,
 )
-from astromesh_ray.serve.vectors import ACTOR_NAMESPACE
 from astromesh_ray.spec.guardrails import CostLimitSpec
 from astromesh_ray.testing import ScriptedProvider
 

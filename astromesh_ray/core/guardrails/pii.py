@@ -25,7 +25,8 @@ agent in the process.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from difflib import get_close_matches
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -121,8 +122,8 @@ class PiiDetector:
 
     ``entities``: the kinds to find (default every kind of ``PII_ENTITIES``, and
     ``NER_ENTITIES`` with ``ner_model``); an unknown kind is a ``ValueError`` naming
-    the supported ones.  ``ner_model``: an installed spaCy pipeline (name or path)
-    for PERSON and LOCATION.
+    the supported ones (and the closest, for a misspelt one).  ``ner_model``: an
+    installed spaCy pipeline (name or path) for PERSON and LOCATION.
     """
 
     def __init__(
@@ -142,7 +143,12 @@ class PiiDetector:
         supported = supported_entities(ner=ner_model is not None)
         unknown = [kind for kind in self.entities if kind not in supported]
         if unknown:
-            hint = "" if ner_model else f" ({', '.join(NER_ENTITIES)} need ner_model)"
+            hint = ""
+            if not ner_model and any(kind in NER_ENTITIES for kind in unknown):
+                hint = f" ({', '.join(NER_ENTITIES)} need ner_model)"
+            guesses = [g for k in unknown for g in get_close_matches(k, supported, n=1)]
+            if guesses:
+                hint += f" (did you mean {', '.join(guesses)}?)"
             raise ValueError(
                 f"unknown PII entit{'y' if len(unknown) == 1 else 'ies'} "
                 f"{', '.join(unknown)}{hint}; supported: {', '.join(supported)}"
@@ -150,13 +156,13 @@ class PiiDetector:
         if not self.entities:
             raise ValueError("give at least one entity type")
         self._engine = _analyzer(self.entities, ner_model)
-        self._anonymizer = AnonymizerEngine()
+        self._anonymizer = AnonymizerEngine()  # type: ignore[no-untyped-call]
 
     @cached_property
     def lookahead(self) -> int:
         """How far past a position a streamer must see before letting it out: the
         longest span a finding of the configured kinds can have (``MAX_SPAN``;
-        256 for the default kinds, set by email addresses), plus one character to
+        254 for the default kinds, set by email addresses), plus one character to
         see where it ends."""
         return max(MAX_SPAN.get(kind, DEFAULT_MAX_SPAN) for kind in self.entities) + 1
 
@@ -247,7 +253,10 @@ def _analyzer(entities: Sequence[str], ner_model: str | None) -> AnalyzerEngine:
     recognizers: list[EntityRecognizer] = []
     classes = {**national_recognizers(), **_OURS}
     for cls in dict.fromkeys(classes[k] for k in entities if k in classes):
-        recognizers.append(cls() if cls in _OURS.values() else cls(supported_language=LANGUAGE))
+        # Presidio's recognizers default their entities (``EntityRecognizer``'s
+        # own signature, which mypy sees, requires them).
+        make: Callable[..., EntityRecognizer] = cls
+        recognizers.append(make() if cls in _OURS.values() else make(supported_language=LANGUAGE))
     nlp_engine: NlpEngine
     if ner_model is None:
         nlp_engine = NoOpNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": "none"}])

@@ -74,7 +74,8 @@ def _result(
         end=end,
         score=score,
         recognition_metadata={
-            RecognizerResult.RECOGNIZER_NAME_KEY: recognizer.name,
+            # Presidio assigns ``name`` in an ``if``/``else`` mypy cannot type.
+            RecognizerResult.RECOGNIZER_NAME_KEY: recognizer.name,  # type: ignore[has-type]
             RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer.id,
         },
     )
@@ -90,7 +91,7 @@ EMAIL_MAX_CHARS = 254
 """The longest address SMTP carries (RFC 5321's path limit less its brackets)."""
 
 
-class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+class OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's email recognizer, checking the domain against ``OFFLINE_TLDS``
     instead of ``tldextract.extract`` (which downloads the suffix list)."""
 
@@ -144,7 +145,7 @@ _INTERNATIONAL = re.compile(r"^(?:\+|00[1-9])")
 _SEPARATED = re.compile(r"\d[ ().-]+\d|^\(")
 
 
-class PhoneNumberRecognizer(LocalRecognizer):  # type: ignore[misc]
+class PhoneNumberRecognizer(LocalRecognizer):
     """Phone numbers, through libphonenumber, in every region's format.
 
     Presidio's ``PhoneRecognizer`` runs libphonenumber's matcher over the whole text
@@ -228,7 +229,7 @@ def _possible_international(run: str) -> bool:
 # -- cards, SSNs, IP addresses ---------------------------------------------------------
 
 
-class CardRecognizer(CreditCardRecognizer):  # type: ignore[misc]
+class CardRecognizer(CreditCardRecognizer):
     """Presidio's card recognizer (Luhn-checked), with Mastercard's 2-series
     (2221-2720), which its pattern leaves out."""
 
@@ -249,15 +250,19 @@ _SSN_SHAPED = re.compile(r"\d{3}([- .]?)\d{2}\1\d{4}")
 _SSN_WORDS = re.compile(r"(?i)\b(?:ssn|ss#|social security|social sec\.?|taxpayer id)")
 
 
-class SsnRecognizer(UsSsnRecognizer):  # type: ignore[misc]
+class SsnRecognizer(UsSsnRecognizer):
     """Presidio's SSN recognizer, with context read from the text: ``SSN`` or
     ``social security`` just before a value makes it 0.85, a bare ``123456789``
     included (Presidio's enhancer needs tokens the NoOp engine has not got)."""
 
     def analyze(
-        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: NlpArtifacts | None = None,
+        regex_flags: int | None = None,
     ) -> list[RecognizerResult]:
-        results: list[RecognizerResult] = super().analyze(text, entities, nlp_artifacts)
+        results = super().analyze(text, entities, nlp_artifacts, regex_flags)
         for result in results:
             value = text[result.start : result.end]
             if _SSN_SHAPED.fullmatch(value) and has_context(text, result.start, _SSN_WORDS):
@@ -265,7 +270,7 @@ class SsnRecognizer(UsSsnRecognizer):  # type: ignore[misc]
         return results
 
 
-class IpAddressRecognizer(IpRecognizer):  # type: ignore[misc]
+class IpAddressRecognizer(IpRecognizer):
     """Presidio's IPv4/IPv6 recognizer (matches must parse with ``ipaddress``),
     scored 0.85: above a phone number's score, as a dotted quad can be read as one."""
 
@@ -342,7 +347,7 @@ def looks_random(token: str) -> bool:
     return entropy >= TOKEN_MIN_ENTROPY
 
 
-class SecretRecognizer(LocalRecognizer):  # type: ignore[misc]
+class SecretRecognizer(LocalRecognizer):
     """Credentials: the key formats of ``KEY_PATTERNS`` (and JWT prefixes) at 1.0 /
     0.9, and high-entropy tokens of no known format (``looks_random``) at 0.6, 0.85
     with a word such as ``key``, ``token`` or ``secret`` just before them."""

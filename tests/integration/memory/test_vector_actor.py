@@ -18,7 +18,8 @@ import ray
 
 from astromesh_ray.core.memory.base import VectorStore
 from astromesh_ray.errors import InvalidRequest, MemoryUnavailable
-from astromesh_ray.serve.vectors import ACTOR_NAMESPACE, ActorVectorStore
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
+from astromesh_ray.serve.vectors import ActorVectorStore
 from tests.unit.core.memory.test_vector_stores import E1, E2, SAMPLE, item
 
 pytestmark = pytest.mark.integration

@@ -348,7 +348,8 @@ def test_a_killed_stdio_server_is_restarted_by_its_actor(
 ) -> None:
     import ray
 
-    from astromesh_ray.serve.tools import ACTOR_NAMESPACE, mcp_actor_name
+    from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
+    from astromesh_ray.serve.tools import mcp_actor_name
 
     llm.add_steps({"tool_calls": [{"name": "pid", "arguments": {}}]}, "Noted.")
     first = post_run(api, "mcp-stdio", "Which process serves you?")

@@ -15,8 +15,8 @@ import pytest
 import ray
 
 from astromesh_ray.errors import ToolError
+from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
 from astromesh_ray.serve.tools import (
-    ACTOR_NAMESPACE,
     STATE_ACTOR,
     ActorStdioConnection,
     RayTaskRunner,
