@@ -1,9 +1,10 @@
 """The guardrails in a turn: a prepare stage on the input, an event transformer on
 the output (``core/stages.py`` places them).
 
-    guardrails_input  (prepare, first)  the user's message, before memory recall,
-                                        prompts or any model call: redacted in
-                                        place (what the model sees and memory
+    guardrails_input  (prepare, first)  the user's message (and the earlier messages
+                                        a caller sent as history), before memory
+                                        recall, prompts or any model call: redacted
+                                        in place (what the model sees and memory
                                         stores), or refused
     guardrails_output (transformer)     streamed tokens (``stream.py``), thought
                                         and answer step events, and the answer,
@@ -46,6 +47,22 @@ class InputGuardrails:
         self.chain = chain
 
     async def prepare(self, ctx: RunContext, state: TurnState) -> None:
+        if not ctx.request.lineage:
+            # Earlier messages the caller sent (the OpenAI-compatible and AG-UI
+            # routes pass a client's conversation as history): the caller's words
+            # too, checked the same way before the model sees them.  A sub-run's
+            # history comes from its caller's run, already checked.
+            history = []
+            for message in ctx.request.history:
+                if message.content:
+                    applied = await self.chain.apply(message.content, ctx, state)
+                    state.announce.extend(applied.events)
+                    if applied.refusal is not None:
+                        state.refusal = applied.refusal
+                        return
+                    message = dataclasses.replace(message, content=applied.text)
+                history.append(message)
+            ctx.request.history = history
         applied = await self.chain.apply(ctx.request.query, ctx, state)
         state.announce.extend(applied.events)
         ctx.request.query = applied.text

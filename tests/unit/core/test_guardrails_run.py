@@ -14,7 +14,7 @@ from astromesh_ray.core.build import build_runtime
 from astromesh_ray.core.context import RunRequest
 from astromesh_ray.core.events import GuardrailEvent, RunFinished, RunStarted, Token
 from astromesh_ray.core.memory.factory import default_memory_factory
-from astromesh_ray.core.messages import CompletionRequest
+from astromesh_ray.core.messages import CompletionRequest, Message
 from astromesh_ray.errors import ConfigError, GuardrailViolation
 from astromesh_ray.spec import AgentSpec
 from astromesh_ray.testing import ScriptedProvider
@@ -69,6 +69,33 @@ async def test_input_pii_is_redacted_before_the_model_and_memory_and_stays_consi
     finally:
         await runtime.aclose()
         await memory.aclose()
+
+
+async def test_history_the_caller_sends_is_checked_like_its_message(tmp_path: Path) -> None:
+    # The OpenAI-compatible and AG-UI routes pass a client's earlier messages as the
+    # run's history: the model must not see PII in them either.
+    agent = guarded_agent(
+        tmp_path,
+        {"input": [{"type": "pii_detection", "action": "redact"}]},
+    )
+    model = ScriptedProvider(["Noted."])
+    runtime = build_runtime(agent, provider=model)
+    history = [
+        Message(role="user", content=f"My email is {EMAIL}."),
+        Message(role="assistant", content="Thanks."),
+        Message(role="user", content=f"And my phone is {PHONE}."),
+    ]
+    try:
+        result = await runtime.run(RunRequest(query=f"Use {EMAIL} please.", history=history))
+        sent = " ".join(m.content or "" for m in model.requests[0].messages)
+        assert EMAIL not in sent and "7946" not in sent
+        assert "My email is [EMAIL_1]." in sent and "Use [EMAIL_1] please." in sent
+        assert "And my phone is [PHONE_1]." in sent
+        assert history[0].content == f"My email is {EMAIL}."  # the caller's list untouched
+        details = [s.attributes["detail"] for s in result.trace if s.name == "guardrail"]
+        assert details == ["1 EMAIL_ADDRESS", "1 PHONE_NUMBER", "1 EMAIL_ADDRESS"]
+    finally:
+        await runtime.aclose()
 
 
 async def test_output_pii_is_redacted_in_the_answer_transcript_and_steps(tmp_path: Path) -> None:
