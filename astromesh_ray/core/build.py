@@ -91,8 +91,10 @@ def build_models(
     models: dict[str, Provider] = {}
     for role in roles:
         route = resolve_route(agent, providers, routing, role=role)
+        # What the router ranks by is part of its identity: the same endpoints with
+        # other pricing, quality or capabilities in another role need their own router.
         identity = (
-            tuple(ep.key for ep in route.endpoints),
+            tuple((ep.key, ep.pricing, ep.quality, ep.capabilities) for ep in route.endpoints),
             route.strategy,
             route.failure_threshold,
             route.cooldown_s,
@@ -110,6 +112,7 @@ def build_models(
                         provider=clients[ep.key],
                         price=price_for(ep.provider, ep.model, _price(ep)),
                         quality=ep.quality,
+                        capabilities=ep.capabilities,
                     )
                 )
             routers[identity] = ModelRouter(

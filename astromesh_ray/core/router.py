@@ -7,6 +7,9 @@ Strategies (``spec.model.routing.strategy`` / ``default.strategy``):
 - ``latency_optimized``: lowest moving-average latency first, untried ones probed first;
 - ``quality_first``: highest declared ``quality`` first;
 - ``round_robin``: rotate the starting candidate on every call;
+- ``capability_match``: the declared order, less the candidates that lack what the
+  request needs (see ``astromesh_ray.core.capabilities``); each dropped one is on the
+  route with what it lacks;
 - none: the declared order (primary, then fallback).
 
 Within one request, when a candidate fails (raises ``ProviderError``) the next one in
@@ -33,6 +36,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStore, LocalBreakerStore, find
+from astromesh_ray.core.capabilities import Screen, screen, unfit_error
 from astromesh_ray.core.messages import (
     Completion,
     CompletionChunk,
@@ -43,7 +47,9 @@ from astromesh_ray.core.pricing import Price
 from astromesh_ray.core.providers.base import Provider, closing_stream
 from astromesh_ray.errors import ProviderError
 
-Strategy = Literal["cost_optimized", "latency_optimized", "quality_first", "round_robin"]
+Strategy = Literal[
+    "cost_optimized", "latency_optimized", "quality_first", "round_robin", "capability_match"
+]
 
 # Errors that are the caller's fault say nothing about the provider's health.
 CALLER_FAULT = frozenset({400, 401, 403, 404, 413, 422})
@@ -61,6 +67,8 @@ class Candidate:
     provider: Provider
     price: Price | None = None
     quality: int | None = None
+    # For capability_match: None is "not declared" (never dropped), else the whole set.
+    capabilities: frozenset[str] | None = None
 
 
 class ModelRouter:
@@ -146,8 +154,11 @@ class ModelRouter:
     # -- ordering --------------------------------------------------------------
 
     def order(self, request: CompletionRequest) -> list[tuple[Candidate, str]]:
-        """Candidates in the order to try them, each with the reason for its place."""
+        """Candidates in the order to try them, each with the reason for its place
+        (under ``capability_match``, only those that can serve ``request``)."""
         indexed = list(enumerate(self.candidates))
+        if self.strategy == "capability_match":
+            return screen(self.candidates, request).kept
         if self.strategy == "cost_optimized":
             tokens_in = _estimate_input_tokens(request)
             tokens_out = int(request.parameters.get("max_tokens") or _DEFAULT_OUTPUT_TOKENS)
@@ -234,9 +245,16 @@ class ModelRouter:
 
     # -- internals -------------------------------------------------------------------
 
-    def _plan(self, request: CompletionRequest) -> list[tuple[Candidate, str]]:
-        ordered = self.order(request)
-        return ordered if self.fallback else ordered[:1]
+    def _plan(self, request: CompletionRequest) -> Screen[Candidate]:
+        """The candidates to try (only the first without fallback), and, under
+        ``capability_match``, those dropped for what they lack."""
+        if self.strategy == "capability_match":
+            found = screen(self.candidates, request)
+        else:
+            found = Screen((), kept=self.order(request))
+        if not self.fallback:
+            found.kept = found.kept[:1]
+        return found
 
     async def _release(self, candidate: Candidate) -> None:
         # Shielded: when the caller is being cancelled, the release still completes.
@@ -265,9 +283,14 @@ class ModelRouter:
             failures[0].details.setdefault("route", route)
             return failures[0]
         skipped = [s["candidate"] for s in route if s.get("outcome", "").startswith("skipped")]
+        dropped = [
+            f"{s['candidate']} ({s['reason']})" for s in route if s.get("outcome") == "dropped"
+        ]
         parts = [f.message for f in failures]
         if skipped:
             parts.append("circuit open for " + ", ".join(skipped))
+        if dropped:
+            parts.append("dropped by capability_match: " + ", ".join(dropped))
         hints = [f.hint for f in failures if f.hint]
         if skipped:
             hints.append("open circuits close after their cooldown; see GET /v1/providers")
@@ -292,13 +315,29 @@ class _Routing:
         self.request = request
         self.route: list[dict[str, Any]] = []
         self.failures: list[ProviderError] = []
+        self.unfit: ProviderError | None = None
 
     async def attempts(self) -> AsyncGenerator[_Attempt, None]:
         """The candidates to call, in order, each admitted by its breaker; a skipped
-        one is recorded on the route.  The caller stops iterating on success; when
-        the iteration ends, every candidate failed or was skipped: ``failed()``."""
+        one is recorded on the route, as is one dropped by ``capability_match``
+        (first, with what it lacks).  The caller stops iterating on success; when the
+        iteration ends, every candidate failed, was skipped or dropped: ``failed()``."""
         router = self.router
-        for candidate, reason in router._plan(self.request):
+        plan = router._plan(self.request)
+        for candidate, reason in plan.dropped:
+            self.route.append(
+                {
+                    "candidate": candidate.key,
+                    "provider": candidate.provider.name,
+                    "reason": reason,
+                    "outcome": "dropped",
+                }
+            )
+        if not plan.kept:
+            # Every candidate lacks what the request needs: nothing to call.
+            self.unfit = unfit_error(router.name, plan, self.route)
+            return
+        for candidate, reason in plan.kept:
             allowed, state = await router.breakers.allow(candidate.key, router.policy)
             step: dict[str, Any] = {
                 "candidate": candidate.key,
@@ -313,7 +352,9 @@ class _Routing:
             yield _Attempt(self, candidate, step)
 
     def failed(self) -> ProviderError:
-        """The error once no candidate answered."""
+        """The error once no candidate answered (or none could serve the request)."""
+        if self.unfit is not None:
+            return self.unfit
         return self.router._all_failed(self.failures, self.route)
 
 

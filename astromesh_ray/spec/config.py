@@ -10,6 +10,8 @@ from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
 from astromesh_ray.spec.deployment import DeploymentSpec
 from astromesh_ray.spec.memory import RuntimeMemorySpec
 from astromesh_ray.spec.model import (
+    CAPABILITIES_DESCRIPTION,
+    Capability,
     CircuitBreakerSpec,
     PricingSpec,
     ProviderName,
@@ -54,6 +56,9 @@ class ProviderEntrySpec(StrictModel):
     )
     quality: int | None = Field(
         default=None, ge=0, description="Declared quality rank (higher is better)."
+    )
+    capabilities: list[Capability] | None = Field(
+        default=None, description=CAPABILITIES_DESCRIPTION + " Applies to every model listed."
     )
     max_retries: int | None = Field(
         default=None, ge=0, le=10, description="Retries on 429/5xx (default 2)."

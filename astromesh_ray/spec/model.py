@@ -33,6 +33,19 @@ RoutingStrategy = Literal[
 ]
 """How the original router picks among candidates."""
 
+Capability = Literal["tools", "json_schema", "vision"]
+"""What a model can be declared to do, for the ``capability_match`` strategy: call
+tools natively, constrain its answer to a JSON Schema, read images (``vision``
+parses but is refused: requests carry text only, so none needs it yet)."""
+
+CAPABILITIES_DESCRIPTION = (
+    "What this model can do, for the capability_match strategy: tools (native tool "
+    "calls), json_schema (answers constrained to a JSON Schema). The list is complete: "
+    "a request needing what it lacks skips this model. Not given: not known to lack "
+    "anything, so capability_match never drops it. vision is refused until requests "
+    "can carry images."
+)
+
 
 class PricingSpec(StrictModel):
     """What a model costs, in USD per million tokens (overrides the built-in price table)."""
@@ -100,6 +113,10 @@ class ModelBlockSpec(StrictModel):
         default=None,
         ge=0,
         description="Declared quality rank for the quality_first strategy (higher is better).",
+    )
+    capabilities: list[Capability] | None = Field(
+        default=None,
+        description=CAPABILITIES_DESCRIPTION + " Replaces the referenced entry's list.",
     )
     max_retries: int | None = Field(
         default=None,

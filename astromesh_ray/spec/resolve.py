@@ -43,6 +43,8 @@ class ModelEndpoint:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     pricing: PricingSpec | None = field(default=None, hash=False)
     quality: int | None = None
+    # None: not declared (never dropped by capability_match); else the complete set.
+    capabilities: frozenset[str] | None = None
     max_retries: int = field(default=2, hash=False)  # applied by the caller, per agent
 
     @property
@@ -73,7 +75,8 @@ def resolve_block(
     block: ModelBlockSpec, providers: Mapping[str, ProviderEntrySpec], *, where: str = ""
 ) -> ModelEndpoint:
     """One model block as an endpoint; ``providerRef`` values are the base, the
-    block's own keys override them (``parameters`` merge, the block's entries win)."""
+    block's own keys override them (``parameters`` merge, the block's entries win;
+    ``capabilities`` is replaced whole: a list describes one model completely)."""
     base: dict[str, Any] = {"parameters": {}, "options": {}}
     ref = block.provider_ref
     if ref is not None:
@@ -95,6 +98,7 @@ def resolve_block(
             "options": dict(entry.options),
             "pricing": entry.pricing,
             "quality": entry.quality,
+            "capabilities": entry.capabilities,
             "max_retries": entry.max_retries,
         }
     for name in (
@@ -105,6 +109,7 @@ def resolve_block(
         "timeout_s",
         "pricing",
         "quality",
+        "capabilities",
         "max_retries",
     ):
         value = getattr(block, name)
@@ -129,6 +134,7 @@ def resolve_block(
         options=base["options"],
         pricing=base.get("pricing"),
         quality=base.get("quality"),
+        capabilities=None if base.get("capabilities") is None else frozenset(base["capabilities"]),
         max_retries=2 if base.get("max_retries") is None else int(base["max_retries"]),
     )
 

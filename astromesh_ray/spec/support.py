@@ -3,6 +3,10 @@
 The models parse these features, so the schema documents them; ``check_support``
 refuses them at load time with a message naming the field.  ``RULES`` is the one
 list of refusals: when a feature lands, delete its rule.
+
+Besides the table, one check across fields that YAML alone can decide: an agent whose
+tools are offered on every call of a role that ``capability_match`` routes to
+candidates all declaring they lack ``tools`` (that role could never be served).
 """
 
 from __future__ import annotations
@@ -62,7 +66,11 @@ _BLOCKS = (
     "spec.model.default.candidates.*",
     "spec.model.roles.*.candidates.*",
 )
-_STRATEGY_HINT = "use cost_optimized, latency_optimized, quality_first or round_robin"
+_VISION = (
+    "capability 'vision' is not supported yet: requests carry text only (no image "
+    "parts), so none needs it"
+)
+_VISION_HINT = "remove vision from capabilities; capability_match matches tools and json_schema"
 _FOREIGN = ("litellm", "azure_openai", "centinela")
 _FOREIGN_HINT = "use openai for any OpenAI-compatible endpoint, or ollama, vllm, llamacpp"
 _API_KEY = "inline api keys are not accepted"
@@ -73,14 +81,10 @@ RULES: tuple[Rule, ...] = (
     # --- Agent: models --------------------------------------------------------
     Rule(
         "Agent",
-        (
-            "spec.model.routing.strategy",
-            "spec.model.default.strategy",
-            "spec.model.roles.*.strategy",
-        ),
-        _one_of("capability_match"),
-        "model routing strategy '{value}' is not supported",
-        _STRATEGY_HINT,
+        tuple(f"{b}.capabilities.*" for b in _BLOCKS),
+        _one_of("vision"),
+        _VISION,
+        _VISION_HINT,
     ),
     Rule(
         "Agent",
@@ -162,10 +166,10 @@ RULES: tuple[Rule, ...] = (
     # --- ProviderConfig -------------------------------------------------------
     Rule(
         "ProviderConfig",
-        ("spec.routing.default_strategy",),
-        _one_of("capability_match"),
-        "model routing strategy '{value}' is not supported",
-        _STRATEGY_HINT,
+        ("spec.providers.*.capabilities.*",),
+        _one_of("vision"),
+        _VISION,
+        _VISION_HINT,
     ),
     Rule("ProviderConfig", ("spec.providers.*.api_key",), _given, _API_KEY, _API_KEY_HINT),
     Rule(
@@ -209,9 +213,62 @@ def _expand(data: Any, parts: list[str], path: YamlPath) -> Iterator[tuple[YamlP
         yield from _expand(data[head], rest, (*path, head))
 
 
+# The patterns whose one model role is offered the agent's tools on every call (a
+# supervisor's workers are tools too).  Elsewhere tools reach a model on some calls
+# only (plan steps naming a tool; pipeline tool stages call no model), so a gap there
+# shows per request, as the router's error.
+_TOOL_ROLES = {"react": "reasoner", "supervisor": "supervisor"}
+
+
+def _tool_capability_issues(data: Mapping[str, Any]) -> list[SupportIssue]:
+    """``capability_match`` on the role offered the agent's tools, where every
+    candidate declares capabilities without ``tools``: no call of that role could be
+    served.  A candidate that declares nothing, or takes its capabilities from
+    providers.yaml (``providerRef``), is not known to lack tools: not refused here."""
+    spec = data.get("spec")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("model"), Mapping):
+        return []
+    model = spec["model"]
+    orchestration = spec.get("orchestration") or {}
+    pattern = orchestration.get("pattern") or "react"
+    role = _TOOL_ROLES.get(pattern)
+    offered = bool(spec.get("tools")) or (
+        pattern == "supervisor" and bool(orchestration.get("workers"))
+    )
+    if role is None or not offered:
+        return []
+    where: YamlPath
+    if model.get("primary") is not None:
+        where = ("spec", "model", "routing")
+        group = {**(model.get("routing") or {}), "candidates": [model["primary"]]}
+        group["candidates"] += [model["fallback"]] if model.get("fallback") else []
+    else:
+        mapped = (orchestration.get("role_map") or {}).get(role, role)
+        roles = model.get("roles") or {}
+        where = (
+            ("spec", "model", "roles", mapped) if mapped in roles else ("spec", "model", "default")
+        )
+        group = roles.get(mapped) or model.get("default") or {}
+    declared = [b.get("capabilities") for b in group.get("candidates") or ()]
+    if group.get("strategy") != "capability_match" or any(
+        c is None or "tools" in c for c in declared
+    ):
+        return []
+    return [
+        SupportIssue(
+            path=(*where, "strategy"),
+            message=f"the {role} role routes with capability_match, but none of its "
+            f"candidates declares tools, and the {pattern} pattern offers this agent's "
+            "tools on every call of that role",
+            hint="add tools to the capabilities of a candidate that calls tools natively, "
+            "or add such a candidate",
+        )
+    ]
+
+
 def check_support_data(kind: str, data: Mapping[str, Any]) -> list[SupportIssue]:
     """The refusals for a document of ``kind`` given as plain data (YAML keys)."""
-    issues: list[SupportIssue] = []
+    issues: list[SupportIssue] = _tool_capability_issues(data) if kind == "Agent" else []
     for rule in RULES:
         if rule.kind != kind:
             continue

@@ -83,8 +83,7 @@ def test_readme_agent_example_validates(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_readme_not_yet_supported_list_is_refused() -> None:
     refused = {
-        "capability_match": "spec:\n  model:\n    primary: {provider: ollama, model: m}\n"
-        "    routing: {strategy: capability_match}\n",
+        "`vision`": "spec:\n  model:\n    primary: {model: m, capabilities: [vision]}\n",
         "embedders on GPUs": "spec:\n  model:\n    primary: {model: m}\n  memory:\n"
         "    semantic:\n      backend: faiss\n"
         "      embedding: {deployment: {ray_actor_options: {num_gpus: 1}}}\n",

@@ -243,7 +243,6 @@ def test_validate_paths_files_and_directories(write: WriteYaml, tmp_path: Path) 
     originals = validate_paths(sorted(ORIGINAL.glob("*.agent.yaml")))
     assert {Path(i.file).name for i in originals} == {
         "role-router-demo.agent.yaml",  # its litellm source
-        "whatsapp-assistant.agent.yaml",  # its capability_match routing
     }
     assert all(i.line is not None for i in originals)
     missing = validate_paths([tmp_path / "absent.yaml"])

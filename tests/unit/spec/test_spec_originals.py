@@ -12,10 +12,6 @@ from astromesh_ray.spec.support import check_support
 SUPPORT_WORDS = ("not supported yet", "not supported by astromesh-ray", "not accepted")
 
 
-def _line(name: str, number: int) -> str:
-    return (ORIGINAL / name).read_text(encoding="utf-8").splitlines()[number - 1]
-
-
 @pytest.mark.parametrize("name", ["web-researcher.agent.yaml", "email-composer.agent.yaml"])
 def test_plain_originals_load_fully(name: str) -> None:
     agent = load_document(ORIGINAL / name)
@@ -80,12 +76,23 @@ def test_original_guardrail_blocks_keep_their_meaning() -> None:
     assert [g.type for g in support.spec.guardrails.output] == ["pii_detection", "cost_limit"]
 
 
-def test_whatsapp_assistant_guardrails_pass_only_its_routing_is_refused() -> None:
-    """Upstream's whatsapp-assistant: its guardrail blocks load; what it is refused
-    for is capability_match routing, at its line."""
-    issues = issues_of(lambda: load_document(ORIGINAL / "whatsapp-assistant.agent.yaml"))
-    assert [i["path"] for i in issues] == ["spec.model.routing.strategy"]
-    assert "capability_match" in _line("whatsapp-assistant.agent.yaml", issues[0]["line"])
+def test_whatsapp_assistant_loads_with_its_capability_match_routing() -> None:
+    """Upstream's whatsapp-assistant loads with no issue: its capability_match routing
+    is supported, and its two models (which declare no capabilities) are kept in
+    declared order, llava first."""
+    from astromesh_ray.spec import resolve_route
+
+    agent = load_document(ORIGINAL / "whatsapp-assistant.agent.yaml")
+    assert isinstance(agent, AgentSpec)
+    assert check_support(agent) == []
+    assert agent.spec.model.routing is not None
+    assert agent.spec.model.routing.strategy == "capability_match"
+    route = resolve_route(agent, {})
+    assert route.strategy == "capability_match"
+    assert [(e.model, e.capabilities) for e in route.endpoints] == [
+        ("llava:7b", None),
+        ("llama3.1:8b", None),
+    ]
 
 
 def test_role_router_demo_refusals_name_source_key() -> None:

@@ -21,14 +21,14 @@ def agent(model: dict[str, Any] | None = None, **spec: Any) -> AgentSpec:
 
 CASES: list[tuple[dict[str, Any], str, str]] = [
     (
-        {"model": {"primary": BLOCK, "routing": {"strategy": "capability_match"}}},
-        "spec.model.routing.strategy",
-        "strategy 'capability_match' is not supported",
+        {"model": {"primary": {**BLOCK, "capabilities": ["tools", "vision"]}}},
+        "spec.model.primary.capabilities[1]",
+        "capability 'vision' is not supported yet",
     ),
     (
-        {"model": {"default": {"candidates": [BLOCK], "strategy": "capability_match"}}},
-        "spec.model.default.strategy",
-        "strategy 'capability_match' is not supported",
+        {"model": {"default": {"candidates": [{**BLOCK, "capabilities": ["vision"]}]}}},
+        "spec.model.default.candidates[0].capabilities[0]",
+        "requests carry text only",
     ),
     (
         {"model": {"primary": {"provider": "azure_openai", "model": "m"}}},
@@ -206,3 +206,163 @@ def test_rules_table_is_one_flat_list() -> None:
     kinds = {rule.kind for rule in RULES}
     assert kinds == {"Agent", "ProviderConfig", "RuntimeConfig"}
     assert all(rule.paths and rule.message and rule.hint for rule in RULES)
+
+
+CAPABLE = {**BLOCK, "capabilities": ["tools"]}
+TOOLLESS = {**BLOCK, "capabilities": ["json_schema"]}
+TOOLS = [{"name": "t", "type": "builtin"}]
+LEGACY = {"primary": TOOLLESS, "fallback": {**BLOCK, "capabilities": []}}
+
+
+@pytest.mark.parametrize(
+    "strategy", [{"routing": {"strategy": "capability_match"}}, {"routing": {}}, {}]
+)
+def test_capability_match_is_supported_in_the_legacy_shape(strategy: dict[str, Any]) -> None:
+    spec = agent({"primary": CAPABLE, "fallback": BLOCK, **strategy}, tools=TOOLS)
+    assert check_support(spec) == []
+
+
+def test_capability_match_and_capabilities_load_in_the_role_shape() -> None:
+    model = {
+        "default": {"candidates": [CAPABLE, BLOCK], "strategy": "capability_match"},
+        "roles": {"reasoner": {"candidates": [TOOLLESS, CAPABLE], "strategy": "capability_match"}},
+    }
+    spec = agent(model, tools=TOOLS)
+    assert check_support(spec) == []
+    reasoner = spec.spec.model.roles["reasoner"].candidates
+    assert [c.capabilities for c in reasoner] == [["json_schema"], ["tools"]]
+
+
+def test_unknown_capability_is_a_validation_error(write: WriteYaml) -> None:
+    text = AGENT.format(name="ab") + "      capabilities: [tools, telepathy]\n"
+    issues = issues_of(lambda: load_document(write("a.agent.yaml", text)))
+    assert [(i["path"], i["line"]) for i in issues] == [("spec.model.primary.capabilities[1]", 11)]
+    assert "json_schema" in issues[0]["message"]  # the valid values are listed
+
+
+def test_tools_no_candidate_can_call_are_refused_at_the_strategy_line(write: WriteYaml) -> None:
+    text = (
+        AGENT.format(name="ab")
+        + "      capabilities: [json_schema]\n"
+        + "    fallback: {provider: ollama, model: m, capabilities: []}\n"
+        + "    routing:\n      strategy: capability_match\n"
+        + "  tools:\n    - {name: t, type: builtin}\n"
+    )
+    issues = issues_of(lambda: load_document(write("a.agent.yaml", text)))
+    assert [(i["path"], i["line"]) for i in issues] == [("spec.model.routing.strategy", 14)]
+    assert "none of its candidates declares tools" in issues[0]["message"]
+    assert "react pattern offers" in issues[0]["message"]
+    assert issues[0]["hint"].startswith("add tools to the capabilities")
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ({**LEGACY, "routing": {"strategy": "capability_match"}}, "spec.model.routing.strategy"),
+        (
+            {"default": {"candidates": [TOOLLESS], "strategy": "capability_match"}},
+            "spec.model.default.strategy",
+        ),
+        (
+            {
+                "default": {"candidates": [CAPABLE]},
+                "roles": {"reasoner": {"candidates": [TOOLLESS], "strategy": "capability_match"}},
+            },
+            "spec.model.roles.reasoner.strategy",
+        ),
+    ],
+)
+def test_tool_role_without_tools_is_refused(model: dict[str, Any], path: str) -> None:
+    from astromesh_ray.spec.base import render_path
+
+    issues = check_support(agent(model, tools=TOOLS))
+    assert [render_path(i.path) for i in issues] == [path]
+
+
+def test_role_map_and_supervisor_workers_are_followed() -> None:
+    from astromesh_ray.spec.base import render_path
+
+    model = {
+        "default": {"candidates": [CAPABLE]},
+        "roles": {"boss": {"candidates": [TOOLLESS], "strategy": "capability_match"}},
+    }
+    orchestration = {"pattern": "supervisor", "workers": ["w1"], "role_map": {"supervisor": "boss"}}
+    issues = check_support(agent(model, orchestration=orchestration))
+    assert [render_path(i.path) for i in issues] == ["spec.model.roles.boss.strategy"]
+    assert "supervisor pattern" in issues[0].message
+
+
+@pytest.mark.parametrize(
+    ("model", "spec"),
+    [
+        # Another strategy: capabilities are not consulted.
+        ({**LEGACY, "routing": {"strategy": "round_robin"}}, {"tools": TOOLS}),
+        # No tools are offered.
+        ({**LEGACY, "routing": {"strategy": "capability_match"}}, {}),
+        # One candidate declares nothing: it is not known to lack tools.
+        (
+            {"primary": TOOLLESS, "fallback": BLOCK, "routing": {"strategy": "capability_match"}},
+            {"tools": TOOLS},
+        ),
+        # Capabilities from providers.yaml: not known to the agent file.
+        (
+            {
+                "primary": TOOLLESS,
+                "fallback": {"providerRef": "p"},
+                "routing": {"strategy": "capability_match"},
+            },
+            {"tools": TOOLS},
+        ),
+        # A pipeline calls its tool stages itself, with no model.
+        (
+            {"default": {"candidates": [TOOLLESS], "strategy": "capability_match"}},
+            {
+                "tools": TOOLS,
+                "orchestration": {"pattern": "pipeline", "stages": [{"name": "s", "tool": "t"}]},
+            },
+        ),
+        # The role offered the tools routes elsewhere (the default keeps its capable one).
+        (
+            {
+                "default": {"candidates": [CAPABLE], "strategy": "capability_match"},
+                "roles": {"judge": {"candidates": [TOOLLESS], "strategy": "capability_match"}},
+            },
+            {"tools": TOOLS},
+        ),
+    ],
+)
+def test_capability_gaps_the_yaml_cannot_decide_are_left_to_the_router(
+    model: dict[str, Any], spec: dict[str, Any]
+) -> None:
+    assert check_support(agent(model, **spec)) == []
+
+
+def test_provider_entry_capabilities_and_default_strategy(write: WriteYaml) -> None:
+    good = write(
+        "providers.yaml",
+        """
+        apiVersion: astromesh/v1
+        kind: ProviderConfig
+        metadata: {name: p1}
+        spec:
+          providers:
+            x: {type: ollama, models: [m], capabilities: [tools, json_schema]}
+          routing: {default_strategy: capability_match}
+        """,
+    )
+    document = load_document(good)
+    assert check_support(document) == []
+    bad = write(
+        "bad/providers.yaml",
+        """
+        apiVersion: astromesh/v1
+        kind: ProviderConfig
+        metadata: {name: p1}
+        spec:
+          providers:
+            x: {type: ollama, models: [m], capabilities: [vision]}
+        """,
+    )
+    issues = issues_of(lambda: load_document(bad))
+    assert [(i["path"], i["line"]) for i in issues] == [("spec.providers.x.capabilities[0]", 6)]
+    assert "'vision' is not supported yet" in issues[0]["message"]
