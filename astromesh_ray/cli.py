@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         default="Agent",
-        choices=["Agent", "ProviderConfig", "RuntimeConfig", "RAGPipeline", "Event"],
+        choices=["Agent", "ProviderConfig", "RuntimeConfig", "RAGPipeline", "Channel", "Event"],
         help="a YAML kind, or Event: one event of a run's stream (SSE, WebSocket)",
     )
     p.set_defaults(handler=_schema)

@@ -226,3 +226,46 @@ class PipelineNotFound(AstromeshError):
 
 _BY_CODE[RunNotFound.code] = RunNotFound
 _BY_CODE[PipelineNotFound.code] = PipelineNotFound
+
+
+# -- channels (serve/protocols/channels/) -------------------------------------------
+
+
+class ChannelNotFound(AstromeshError):
+    """The request names a channel the configuration does not declare."""
+
+    code = "channel_not_found"
+    http_status = 404
+
+
+class ChannelUnauthorized(AstromeshError):
+    """A delivery whose signature is missing or wrong: it is not from the platform
+    (or not for this app), so nothing in it is run."""
+
+    code = "channel_unauthorized"
+    http_status = 401
+
+
+class ChannelVerificationFailed(AstromeshError):
+    """A subscription handshake whose mode or verify token is wrong."""
+
+    code = "channel_verification_failed"
+    http_status = 403
+
+
+class ChannelUnavailable(AstromeshError):
+    """The channel cannot take requests now: a secret's environment variable is not
+    set in the gateway (the platform retries a delivery answered with an error, so
+    nothing is lost).  The dedupe actor's client raises it too, for an actor it
+    cannot reach; the webhook then fails open (``dedupe.py``)."""
+
+    code = "channel_unavailable"
+    http_status = 503
+
+
+class ChannelDeliveryError(AstromeshError):
+    """The platform's API refused or failed to take a reply; ``details`` carries
+    ``status`` (HTTP status, or None when it could not be reached)."""
+
+    code = "channel_delivery_failed"
+    http_status = 502

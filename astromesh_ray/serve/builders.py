@@ -230,7 +230,14 @@ def gateway_app(raw: dict[str, Any]) -> Application:
     return (
         _deployment(Gateway)
         .options(**options)
-        .bind(agents, apps, providers, rag=loaded.rag_pipelines, memory=memory_defaults(loaded))
+        .bind(
+            agents,
+            apps,
+            providers,
+            rag=loaded.rag_pipelines,
+            memory=memory_defaults(loaded),
+            channels=loaded.channels,
+        )
     )
 
 

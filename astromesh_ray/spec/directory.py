@@ -1,9 +1,10 @@
-"""A configuration directory: runtime.yaml, providers*.yaml, agents/*.agent.yaml and
-rag/*.yaml (``kind: RAGPipeline``).
+"""A configuration directory: runtime.yaml, providers*.yaml, agents/*.agent.yaml,
+rag/*.yaml (``kind: RAGPipeline``) and channels/*.yaml (``kind: Channel``).
 
-Checks that span files live here: duplicate agent, provider or RAG pipeline names,
-``providerRef`` naming a provider entry, rag tools naming a loaded pipeline, and the
-runtime's orchestration defaults applied to agents.
+Checks that span files live here: duplicate agent, provider, RAG pipeline or channel
+names, ``providerRef`` naming a provider entry, rag tools naming a loaded pipeline,
+channels naming a loaded agent, and the runtime's orchestration defaults applied to
+agents.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from pathlib import Path
 
 from astromesh_ray.spec.agent import AgentSpec
 from astromesh_ray.spec.base import ConfigIssue, YamlPath
+from astromesh_ray.spec.channels import (
+    CHANNELS_DIR,
+    ORIGINAL_CHANNELS_FILES,
+    ORIGINAL_CHANNELS_HINT,
+    ChannelSpec,
+)
 from astromesh_ray.spec.config import (
     OrchestrationDefaultsSpec,
     ProviderConfigSpec,
@@ -40,6 +47,8 @@ class LoadedConfig:
     agents: dict[str, AgentSpec] = field(default_factory=dict)
     # kind: RAGPipeline documents of <root>/rag/*.yaml, by name.
     rag_pipelines: dict[str, RAGPipelineSpec] = field(default_factory=dict)
+    # kind: Channel documents of <root>/channels/*.yaml, by name.
+    channels: dict[str, ChannelSpec] = field(default_factory=dict)
     routing: ProviderRoutingSpec | None = None
     # The agents directory when one was given (flag or environment); None when the
     # agents came from <root>/agents.
@@ -102,6 +111,7 @@ class _Collector:
         self._provider_files: dict[str, LoadedFile] = {}
         self._agent_files: dict[str, LoadedFile] = {}
         self._rag_files: dict[str, LoadedFile] = {}
+        self._channel_files: dict[str, LoadedFile] = {}
         self._routing_file: LoadedFile | None = None
 
     def read(self, path: Path) -> LoadedFile:
@@ -122,6 +132,56 @@ class _Collector:
         # RAG pipelines: <config>/rag/*.yaml (the original's *.rag.yaml among them).
         for pipeline in _yaml_files(config_dir / "rag", "*.yaml", "*.yml"):
             self.rag_pipeline(pipeline)
+        # Channels: <config>/channels/*.yaml; the original's single channels.yaml is
+        # refused, not skipped (its inline ${VAR} secrets are not read).
+        for channel in _yaml_files(config_dir / CHANNELS_DIR, "*.yaml", "*.yml"):
+            self.channel(channel)
+        for original in _yaml_files(config_dir, *ORIGINAL_CHANNELS_FILES):
+            self.issues.append(
+                ConfigIssue(
+                    str(original),
+                    None,
+                    None,
+                    "",
+                    "a channels file of the original Astromesh is not read by astromesh-ray",
+                    ORIGINAL_CHANNELS_HINT,
+                )
+            )
+
+    def channel(self, path: Path) -> None:
+        loaded = self.read(path)
+        document = expect_kind(loaded, "Channel", "files in channels/ hold Channels")
+        if not isinstance(document, ChannelSpec):
+            return
+        first = self._channel_files.get(document.name)
+        if first is not None:
+            loaded.issues.append(
+                loaded.issue(
+                    ("metadata", "name"),
+                    f"channel {document.name!r} is also defined in "
+                    f"{first.where(('metadata', 'name'))}",
+                    "channel names must be unique",
+                )
+            )
+            return
+        self._channel_files[document.name] = loaded
+        self.config.channels[document.name] = document
+
+    def check_channel_refs(self) -> None:
+        """Every channel names a loaded agent."""
+        agents = self.config.agents
+        for name, channel in self.config.channels.items():
+            loaded = self._channel_files[name]
+            ref = channel.spec.agent
+            if ref not in agents:
+                hint = did_you_mean(ref, list(agents)) or (
+                    "loaded agents: " + ", ".join(sorted(agents))
+                    if agents
+                    else "no agents are loaded (<config>/agents/*.agent.yaml)"
+                )
+                loaded.issues.append(
+                    loaded.issue(("spec", "agent"), f"unknown agent {ref!r}", hint)
+                )
 
     def rag_pipeline(self, path: Path) -> None:
         loaded = self.read(path)
@@ -293,6 +353,7 @@ def _collect(
             collector.agent(agent)
     if check_refs:
         collector.check_refs()
+        collector.check_channel_refs()
     collector.apply_defaults()
     return collector
 

@@ -17,23 +17,29 @@ from pydantic import BaseModel, ValidationError
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec.agent import AgentSpec
 from astromesh_ray.spec.base import ConfigIssue, YamlPath, render_path
+from astromesh_ray.spec.channels import ChannelSpec
 from astromesh_ray.spec.config import ProviderConfigSpec, RuntimeConfigSpec
 from astromesh_ray.spec.diagnostics import did_you_mean, issues_from_validation
 from astromesh_ray.spec.rag import RAGPipelineSpec
 from astromesh_ray.spec.support import SupportIssue, check_support, check_support_data
 from astromesh_ray.spec.yaml_positions import ParsedYaml, parse_yaml
 
-Document = AgentSpec | ProviderConfigSpec | RuntimeConfigSpec | RAGPipelineSpec
+Document = AgentSpec | ProviderConfigSpec | RuntimeConfigSpec | RAGPipelineSpec | ChannelSpec
 """Any document the loader returns."""
 
 KINDS: dict[
     str,
-    type[AgentSpec] | type[ProviderConfigSpec] | type[RuntimeConfigSpec] | type[RAGPipelineSpec],
+    type[AgentSpec]
+    | type[ProviderConfigSpec]
+    | type[RuntimeConfigSpec]
+    | type[RAGPipelineSpec]
+    | type[ChannelSpec],
 ] = {
     "Agent": AgentSpec,
     "ProviderConfig": ProviderConfigSpec,
     "RuntimeConfig": RuntimeConfigSpec,
     "RAGPipeline": RAGPipelineSpec,
+    "Channel": ChannelSpec,
 }
 """Kinds the runtime loads, by ``kind``."""
 
