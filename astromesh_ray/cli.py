@@ -15,7 +15,7 @@ import yaml
 from astromesh_ray.errors import AstromeshError, ConfigError
 
 if TYPE_CHECKING:
-    from astromesh_ray.spec.directory import AgentCheck
+    from astromesh_ray.spec.validation import AgentCheck
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from astromesh_ray.spec.directory import resolve_dirs, validate_dirs, validate_files
+    from astromesh_ray.spec.directory import resolve_dirs
+    from astromesh_ray.spec.validation import validate_dirs, validate_files
 
     if args.paths and (args.config or args.agents):
         print("error: give paths, or --config/--agents, not both", file=sys.stderr)

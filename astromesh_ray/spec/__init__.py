@@ -27,7 +27,6 @@ from astromesh_ray.spec.directory import (
     load_config,
     load_from_environment,
     resolve_config_dir,
-    validate_paths,
 )
 from astromesh_ray.spec.guardrails import GuardrailsSpec
 from astromesh_ray.spec.loader import Document, load_agent, load_document
@@ -53,6 +52,7 @@ from astromesh_ray.spec.tools import (
     ToolSpec,
     WebhookToolSpec,
 )
+from astromesh_ray.spec.validation import validate_paths
 
 __all__ = [
     "RULES",

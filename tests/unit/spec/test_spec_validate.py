@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spec_helpers import AGENT, WriteYaml
 
-from astromesh_ray.spec.directory import validate_dirs, validate_files
+from astromesh_ray.spec.validation import validate_dirs, validate_files
 
 PROVIDERS = """
 apiVersion: astromesh/v1
