@@ -19,8 +19,7 @@ import hashlib
 import json
 import math
 import struct
-import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -33,37 +32,15 @@ from astromesh_ray.testing.chat_checks import (
     openai_response_format_refusal,
 )
 from astromesh_ray.testing.loopback import ScriptedServer
-from astromesh_ray.testing.scripted import count_words, split_words
-
-__all__ = ["MODERATION_CATEGORIES", "ScriptedOpenAIServer", "fake_embedding"]
-
-# How many pieces a streamed tool call's argument JSON is cut into (real servers
-# send a few characters per chunk; clients must concatenate them).
-_ARG_PIECES = 3
-
-MODERATION_CATEGORIES = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
+from astromesh_ray.testing.openai_chat import ChatReply, StreamRecord
+from astromesh_ray.testing.openai_moderation import (
+    MODERATION_CATEGORIES,
+    moderation_inputs,
+    moderation_result,
 )
-"""The categories OpenAI's ``omni-moderation-latest`` reports for every input."""
+from astromesh_ray.testing.scripted import count_words
 
-# Scores of the moderation answers: a rule naming just a category scores it
-# _RULE_SCORE; a category scored _FLAG_SCORE or more is flagged; one no rule names
-# scores _BASE_SCORE (real models never answer exactly 0).
-_RULE_SCORE = 0.9
-_FLAG_SCORE = 0.5
-_BASE_SCORE = 1e-4
+__all__ = ["MODERATION_CATEGORIES", "ScriptedOpenAIServer", "StreamRecord", "fake_embedding"]
 
 
 class ScriptedOpenAIServer(ScriptedServer):
@@ -80,7 +57,10 @@ class ScriptedOpenAIServer(ScriptedServer):
     and optionally ``reasoning`` (the model's reasoning text, sent before the answer as
     vLLM and DeepSeek do: ``message.<reasoning_field>``, streamed as
     ``delta.<reasoning_field>`` deltas), ``finish_reason`` (override) and ``delay_s``
-    (sleep before answering).  ``reasoning_field`` is ``reasoning_content`` (vLLM,
+    (sleep before answering), ``token_delay_s`` (sleep between a stream's chunks, so
+    it lasts long enough for a test to cancel it).  Each streamed answer is kept in
+    ``streams`` (``StreamRecord``: chunks sent, and whether its client went away
+    before the end).  ``reasoning_field`` is ``reasoning_content`` (vLLM,
     DeepSeek) by default; newer vLLM also names it ``reasoning``.  ``stream_usage =
     False`` answers streams as llama-cpp-python does: without the usage chunk that
     ``stream_options.include_usage`` asks for.
@@ -118,7 +98,7 @@ class ScriptedOpenAIServer(ScriptedServer):
     _thread_name = "scripted-openai-{port}"
     _step_keys = frozenset(
         {"content", "tool_calls", "status", "error", "finish_reason", "delay_s", "retry_after"}
-    ) | {"reasoning"}
+    ) | {"reasoning", "token_delay_s"}
     _answer_keys = ("content", "tool_calls", "status")
 
     def __init__(
@@ -143,6 +123,7 @@ class ScriptedOpenAIServer(ScriptedServer):
         self.moderation_headers: list[dict[str, str]] = []
         self._moderation_failures: list[tuple[int, str]] = []
         self.refused: list[str] = []
+        self.streams: list[StreamRecord] = []
         super().__init__(steps)
 
     @property
@@ -235,11 +216,18 @@ class ScriptedOpenAIServer(ScriptedServer):
             if "retry_after" in step:
                 response.headers["Retry-After"] = str(step["retry_after"])
             return response
-        reply = _Reply(step, body, self._served, self.reasoning_field)
+        reply = ChatReply(step, body, self._served, self.reasoning_field)
         if body.get("stream"):
             options = body.get("stream_options") or {}
+            record = StreamRecord(serial=self._served)
+            with self._lock:
+                self.streams.append(record)
             return StreamingResponse(
-                reply.sse(self.stream_usage and bool(options.get("include_usage"))),
+                reply.sse(
+                    self.stream_usage and bool(options.get("include_usage")),
+                    record,
+                    float(step.get("token_delay_s") or 0.0),
+                ),
                 media_type="text/event-stream",
             )
         return JSONResponse(reply.whole())
@@ -318,7 +306,7 @@ class ScriptedOpenAIServer(ScriptedServer):
         denied = self._auth_error(request)
         if denied is not None:
             return denied
-        texts = _moderation_inputs(body.get("input") if isinstance(body, dict) else None)
+        texts = moderation_inputs(body.get("input") if isinstance(body, dict) else None)
         if texts is None:
             return _error(
                 400,
@@ -341,42 +329,9 @@ class ScriptedOpenAIServer(ScriptedServer):
             {
                 "id": f"modr-scripted-{serial}",
                 "model": str(body.get("model") or "omni-moderation-latest"),
-                "results": [_moderation_result(text, rules) for text in texts],
+                "results": [moderation_result(text, rules) for text in texts],
             }
         )
-
-
-def _moderation_inputs(raw: Any) -> list[str] | None:
-    """The texts of a moderation ``input``: a string, strings (one result each), or
-    multimodal parts (one result, of their text parts); None when it is none of those."""
-    if isinstance(raw, str):
-        return [raw]
-    if not isinstance(raw, list) or not raw:
-        return None
-    if all(isinstance(item, str) for item in raw):
-        return list(raw)
-    if all(isinstance(item, dict) and item.get("type") in ("text", "image_url") for item in raw):
-        return [" ".join(str(item.get("text", "")) for item in raw if item["type"] == "text")]
-    return None
-
-
-def _moderation_result(text: str, rules: dict[str, str | dict[str, float]]) -> dict[str, Any]:
-    """One result of OpenAI's moderation format for ``text`` under ``rules``."""
-    scores = dict.fromkeys(MODERATION_CATEGORIES, _BASE_SCORE)
-    lowered = text.lower()
-    for needle, named in rules.items():
-        if needle.lower() in lowered:
-            for category, score in (
-                {named: _RULE_SCORE} if isinstance(named, str) else named
-            ).items():
-                scores[category] = max(scores.get(category, 0.0), float(score))
-    flags = {category: score >= _FLAG_SCORE for category, score in scores.items()}
-    return {
-        "flagged": any(flags.values()),
-        "categories": flags,
-        "category_scores": scores,
-        "category_applied_input_types": {category: ["text"] for category in scores},
-    }
 
 
 def fake_embedding(text: str, dim: int) -> list[float]:
@@ -412,133 +367,6 @@ def _embedding_inputs(raw: Any) -> list[str] | None:
         else:
             return None
     return texts
-
-
-class _Reply:
-    """One scripted answer rendered as a whole completion or as SSE chunks."""
-
-    def __init__(
-        self, step: dict[str, Any], body: dict[str, Any], serial: int, reasoning_field: str
-    ) -> None:
-        self.model = str(body["model"])
-        self.id = f"chatcmpl-scripted-{serial}"
-        self.created = int(time.time())
-        self.content: str | None = step.get("content")
-        self.reasoning: str | None = step.get("reasoning")
-        self.reasoning_field = reasoning_field
-        self.calls = [
-            {
-                "id": str(c.get("id") or f"call_{serial}_{i}"),
-                "name": str(c["name"]),
-                "arguments": c["arguments"]
-                if isinstance(c.get("arguments"), str)
-                else json.dumps(c.get("arguments") or {}),
-            }
-            for i, c in enumerate(step.get("tool_calls") or [])
-        ]
-        self.finish_reason = str(
-            step.get("finish_reason") or ("tool_calls" if self.calls else "stop")
-        )
-        prompt = sum(
-            _content_words(m.get("content")) for m in body["messages"] if isinstance(m, dict)
-        )
-        # Reasoning tokens count as completion tokens, as OpenAI and vLLM count them.
-        completion = (
-            count_words(self.reasoning)
-            + count_words(self.content)
-            + sum(count_words(f"{c['name']} {c['arguments']}") for c in self.calls)
-        )
-        self.usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-
-    def whole(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.content}
-        if self.reasoning is not None:
-            message[self.reasoning_field] = self.reasoning
-        if self.calls:
-            message["tool_calls"] = [_wire_call(c, c["arguments"]) for c in self.calls]
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": self.finish_reason,
-                }
-            ],
-            "usage": self.usage,
-        }
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
-        payload = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        return f"data: {json.dumps(payload)}\n\n"
-
-    async def sse(self, include_usage: bool) -> AsyncIterator[str]:
-        yield self._chunk({"role": "assistant", "content": ""})
-        for piece in split_words(self.reasoning or ""):
-            yield self._chunk({self.reasoning_field: piece})
-        for piece in split_words(self.content or ""):
-            yield self._chunk({"content": piece})
-        for index, call in enumerate(self.calls):
-            # OpenAI sends id, type and name first with empty arguments, then fragments.
-            head = _wire_call(call, "")
-            yield self._chunk({"tool_calls": [{"index": index, **head}]})
-            for piece in _pieces(call["arguments"], _ARG_PIECES):
-                fragment = {"index": index, "function": {"arguments": piece}}
-                yield self._chunk({"tool_calls": [fragment]})
-        yield self._chunk({}, self.finish_reason)
-        if include_usage:
-            usage = {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": None,
-                "choices": [],
-                "usage": self.usage,
-            }
-            yield f"data: {json.dumps(usage)}\n\n"
-        yield "data: [DONE]\n\n"
-
-
-def _wire_call(call: dict[str, Any], arguments: str) -> dict[str, Any]:
-    return {
-        "id": call["id"],
-        "type": "function",
-        "function": {"name": call["name"], "arguments": arguments},
-    }
-
-
-def _pieces(text: str, n: int) -> list[str]:
-    size = max(1, -(-len(text) // n))
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def _content_words(content: Any) -> int:
-    if isinstance(content, str):
-        return count_words(content)
-    if isinstance(content, list):  # content parts: count the text ones
-        return sum(
-            count_words(p.get("text"))
-            for p in content
-            if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
-    return 0
 
 
 def _error(
