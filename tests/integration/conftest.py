@@ -74,3 +74,21 @@ def deployed(root: Path) -> Iterator[list[str]]:
     finally:
         for name in reversed(apps):
             serve.delete(name)
+
+
+REACT = "  orchestration: {pattern: react, max_iterations: 4, timeout_seconds: 60}\n"
+
+
+def agent_yaml(name: str, endpoint: str, body: str, orchestration: str = REACT) -> str:
+    """An agent file: ``name``, one ``openai_compat`` model ``m`` at ``endpoint``,
+    ``orchestration`` (default: react, 4 calls, 60 s), then ``body`` (more ``spec``
+    keys, indented two spaces)."""
+    return (
+        "apiVersion: astromesh/v1\nkind: Agent\n"
+        f"metadata: {{name: {name}}}\n"
+        "spec:\n"
+        "  model:\n"
+        f'    primary: {{provider: openai_compat, model: m, endpoint: "{endpoint}"}}\n'
+        + orchestration
+        + body
+    )

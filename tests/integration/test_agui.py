@@ -20,23 +20,12 @@ from ray import serve
 from astromesh_ray.testing import ScriptedOpenAIServer
 from tests.unit.serve.test_agui_events import check_sequence
 
-from .conftest import deployed
+from .conftest import agent_yaml, deployed
 
 pytestmark = pytest.mark.integration
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(Event)
 T = EventType
-
-
-def _agent(name: str, endpoint: str, body: str) -> str:
-    return (
-        "apiVersion: astromesh/v1\nkind: Agent\n"
-        f"metadata: {{name: {name}}}\n"
-        "spec:\n"
-        "  model:\n"
-        f'    primary: {{provider: openai_compat, model: m, endpoint: "{endpoint}"}}\n'
-        "  orchestration: {pattern: react, max_iterations: 4, timeout_seconds: 60}\n" + body
-    )
 
 
 HELPER = """\
@@ -70,7 +59,7 @@ def api(
     root: Path = tmp_path_factory.mktemp("agui")
     (root / "agents").mkdir()
     for name, body in (("helper", HELPER), ("keeper", KEEPER), ("parts", PARTS)):
-        (root / "agents" / f"{name}.agent.yaml").write_text(_agent(name, llm.url, body))
+        (root / "agents" / f"{name}.agent.yaml").write_text(agent_yaml(name, llm.url, body))
     with deployed(root) as apps:
         yield serve_url
         for name in apps:

@@ -27,7 +27,7 @@ from ray import serve
 from astromesh_ray.testing import ScriptedOpenAIServer
 from astromesh_ray.testing.scripted import count_words
 
-from .conftest import deployed
+from .conftest import agent_yaml, deployed
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +40,6 @@ SECRETS = (EMAIL, "7946 0958", "5698 7654", "1111 1111")
 ANSWER = "All good here."
 SESSION_CAP = 120
 HOUR_CAP = 260
-
-
-def _agent(name: str, endpoint: str, body: str) -> str:
-    return (
-        "apiVersion: astromesh/v1\nkind: Agent\n"
-        f"metadata: {{name: {name}}}\n"
-        "spec:\n"
-        "  model:\n"
-        f'    primary: {{provider: openai_compat, model: m, endpoint: "{endpoint}"}}\n' + body
-    )
 
 
 GUARDED = """\
@@ -85,9 +75,11 @@ def api(
 ) -> Iterator[str]:
     root: Path = tmp_path_factory.mktemp("guardrails")
     (root / "agents").mkdir()
-    (root / "agents" / "guarded.agent.yaml").write_text(_agent("guarded", models[0].url, GUARDED))
+    (root / "agents" / "guarded.agent.yaml").write_text(
+        agent_yaml("guarded", models[0].url, GUARDED, orchestration="")
+    )
     (root / "agents" / "budgeted.agent.yaml").write_text(
-        _agent("budgeted", models[1].url, BUDGETED)
+        agent_yaml("budgeted", models[1].url, BUDGETED, orchestration="")
     )
     with deployed(root) as apps:
         yield serve_url

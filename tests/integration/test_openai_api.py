@@ -32,20 +32,9 @@ from ray import serve
 from astromesh_ray.testing import ScriptedOpenAIServer
 from astromesh_ray.testing.scripted import count_words
 
-from .conftest import deployed
+from .conftest import agent_yaml, deployed
 
 pytestmark = pytest.mark.integration
-
-
-def _agent(name: str, endpoint: str, body: str) -> str:
-    return (
-        "apiVersion: astromesh/v1\nkind: Agent\n"
-        f"metadata: {{name: {name}}}\n"
-        "spec:\n"
-        "  model:\n"
-        f'    primary: {{provider: openai_compat, model: m, endpoint: "{endpoint}"}}\n'
-        "  orchestration: {pattern: react, max_iterations: 4, timeout_seconds: 60}\n" + body
-    )
 
 
 HELPER = """\
@@ -66,8 +55,8 @@ def api(
 ) -> Iterator[str]:
     root: Path = tmp_path_factory.mktemp("openai_api")
     (root / "agents").mkdir()
-    (root / "agents" / "helper.agent.yaml").write_text(_agent("helper", llm.url, HELPER))
-    (root / "agents" / "keeper.agent.yaml").write_text(_agent("keeper", llm.url, KEEPER))
+    (root / "agents" / "helper.agent.yaml").write_text(agent_yaml("helper", llm.url, HELPER))
+    (root / "agents" / "keeper.agent.yaml").write_text(agent_yaml("keeper", llm.url, KEEPER))
     with deployed(root) as apps:
         yield serve_url
         for name in apps:

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from astromesh_ray.testing import ScriptedOpenAIServer
 from astromesh_ray.testing.openai_chat import StreamRecord
 
-from .conftest import deployed
+from .conftest import agent_yaml, deployed
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +37,6 @@ WAIT_S = 30.0  # a bounded wait for a frame
 CLOSED_WAIT_S = 10.0  # a bounded wait for the model server to see its stream closed
 LONG = " ".join(f"w{i}" for i in range(60))  # 60 chunks, 0.25 s apart: 15 s if not stopped
 TOKEN_DELAY_S = 0.25
-
-
-def _agent(name: str, endpoint: str, body: str) -> str:
-    return (
-        "apiVersion: astromesh/v1\nkind: Agent\n"
-        f"metadata: {{name: {name}}}\n"
-        "spec:\n"
-        "  model:\n"
-        f'    primary: {{provider: openai_compat, model: m, endpoint: "{endpoint}"}}\n'
-        "  orchestration: {pattern: react, max_iterations: 4, timeout_seconds: 60}\n" + body
-    )
 
 
 HELPER = """\
@@ -70,7 +59,7 @@ def api(
 ) -> Iterator[str]:
     root: Path = tmp_path_factory.mktemp("websocket")
     (root / "agents").mkdir()
-    (root / "agents" / "helper.agent.yaml").write_text(_agent("helper", llm.url, HELPER))
+    (root / "agents" / "helper.agent.yaml").write_text(agent_yaml("helper", llm.url, HELPER))
     with deployed(root) as apps:
         yield serve_url.replace("http://", "ws://")
         for name in apps:
