@@ -1,5 +1,6 @@
 """What the benchmark scripts here share: the machine they ran on, for their reports,
-and a local Ray cluster with Serve on a free loopback port."""
+and a local Ray cluster with Serve on a free loopback port (with a configuration
+directory deployed on it: ``served``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import platform
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def gpu() -> str:
@@ -68,3 +72,28 @@ def start_ray() -> str | None:
         print(f"FAILED: Ray could not start: {type(exc).__name__}: {exc}")
         return None
     return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def served(root: Path) -> Iterator[str | None]:
+    """The configuration directory ``root`` deployed, as ``serve/builders.py`` plans
+    it, on a fresh local cluster (``start_ray``): its base URL, or None when Ray could
+    not start.  Serve and Ray are shut down afterwards."""
+    import ray
+    from ray import serve
+
+    from astromesh_ray.serve.builders import BUILDERS, plan
+    from astromesh_ray.spec import load_config
+
+    loaded = load_config(root)
+    url = start_ray()
+    if url is None:
+        yield None
+        return
+    try:
+        for app in plan(loaded, str(root)):
+            serve.run(BUILDERS[app.builder](app.args), name=app.name, route_prefix=app.route_prefix)
+        yield url
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()

@@ -51,10 +51,6 @@ from typing import Any
 
 import httpx
 import ray
-from ray import serve
-
-from astromesh_ray.serve.builders import BUILDERS, plan
-from astromesh_ray.spec import load_config
 
 QUERY = "Review the options."
 BRANCH_ANSWER = "One branch's findings."
@@ -200,17 +196,9 @@ def main(argv: Sequence[str]) -> int:
                 (root / "agents" / f"fanout-{f.branches}.agent.yaml").write_text(
                     agent_yaml(f"fanout-{f.branches}", f.branches, model_url)
                 )
-            loaded = load_config(root)
-            url = harness.start_ray()
-            if url is None:
-                return 2
-            try:
-                for app in plan(loaded, str(root)):
-                    serve.run(
-                        BUILDERS[app.builder](app.args),
-                        name=app.name,
-                        route_prefix=app.route_prefix,
-                    )
+            with harness.served(root) as url:
+                if url is None:
+                    return 2
                 with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
                     for f in (base, fan):
                         for _ in range(WARMUP):
@@ -232,9 +220,6 @@ def main(argv: Sequence[str]) -> int:
                                 f,
                                 args.delay,
                             )
-            finally:
-                serve.shutdown()  # type: ignore[no-untyped-call]
-                ray.shutdown()
     finally:
         model.close()
     report(base, fan, args.delay)

@@ -53,11 +53,7 @@ from pathlib import Path
 
 import httpx
 import ray
-from ray import serve
 from websockets.sync.client import connect
-
-from astromesh_ray.serve.builders import BUILDERS, plan
-from astromesh_ray.spec import load_config
 
 AGENT = "streamer"
 QUERY = "Tell me a story."
@@ -287,17 +283,9 @@ def main(argv: Sequence[str]) -> int:
             (root / "agents" / f"{AGENT}.agent.yaml").write_text(
                 AGENT_YAML.replace("{url}", model_url)
             )
-            loaded = load_config(root)
-            base = harness.start_ray()
-            if base is None:
-                return 2
-            try:
-                for app in plan(loaded, str(root)):
-                    serve.run(
-                        BUILDERS[app.builder](app.args),
-                        name=app.name,
-                        route_prefix=app.route_prefix,
-                    )
+            with harness.served(root) as base:
+                if base is None:
+                    return 2
                 names = list(READERS)
                 with httpx.Client(timeout=TIMEOUT_S) as client:
                     for name in names:
@@ -306,9 +294,6 @@ def main(argv: Sequence[str]) -> int:
                     for i in range(args.reads):
                         for name in names[i % len(names) :] + names[: i % len(names)]:
                             reads[name].append(one_read(name, client, base, model_url, model, args))
-            finally:
-                serve.shutdown()  # type: ignore[no-untyped-call]
-                ray.shutdown()
     finally:
         model.close()
     report(reads)
