@@ -1,4 +1,5 @@
-"""The ``astromesh`` command: validate | schema | run | serve | deploy-config."""
+"""The ``astromesh`` command: validate | schema | run | chat | agents | new | ingest | serve |
+deploy-config."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from astromesh_ray.cli_new import PATTERNS
 from astromesh_ray.errors import AstromeshError, ConfigError
 
 if TYPE_CHECKING:
@@ -41,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astromesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--session-id", help="conversation id (chat: default, a new one)")
+        p.add_argument("--context", default="{}", help="JSON object of prompt variables")
+        p.add_argument("--url", help="a running server (astromesh serve) instead of this process")
+        p.add_argument("-v", "--verbose", action="store_true", help="show tool calls on stderr")
 
     def with_config(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -73,14 +82,67 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_schema)
 
-    p = sub.add_parser("run", help="run one turn of an agent in this process (no Ray)")
+    p = sub.add_parser(
+        "run",
+        help="run one turn of an agent, its answer streamed (in this process, or --url)",
+        description="Run one turn of AGENT and write its answer as it is generated.  In "
+        "this process (no Ray: the agent and the agents it calls are built here, after "
+        "the checks serve makes), or with --url on a running server.  Tool calls go to "
+        "stderr, one line each, on a terminal or with --verbose.  A run that pauses "
+        "(client tools, approvals) says so and exits 1.",
+    )
     p.add_argument("agent")
     p.add_argument("query")
-    p.add_argument("--session-id")
-    p.add_argument("--context", default="{}", help="JSON object of prompt variables")
-    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    run_options(p)
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON, at the end")
     with_config(p)
     p.set_defaults(handler=_run)
+
+    p = sub.add_parser(
+        "chat",
+        help="talk with an agent, one turn per line, in one session",
+        description="An interactive conversation: each line is a turn of one session "
+        "(its id printed at the start).  An agent with conversational memory remembers "
+        "the session; for one without, the conversation so far is sent with each turn.  "
+        "/new starts a new session, /help lists the commands, /exit or Ctrl-D quits.",
+    )
+    p.add_argument("agent")
+    run_options(p)
+    with_config(p)
+    p.set_defaults(handler=_chat)
+
+    p = sub.add_parser(
+        "agents",
+        help="list the agents of a running server, with their health",
+        description="GET /v1/agents and each agent's /health on a running server.",
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get("ASTROMESH_URL") or "http://127.0.0.1:8000",
+        help="the server (default: $ASTROMESH_URL, else http://127.0.0.1:8000)",
+    )
+    p.add_argument("--json", action="store_true", help="print the agents as JSON")
+    p.set_defaults(handler=_agents)
+
+    p = sub.add_parser(
+        "new",
+        help="write the YAML of a new agent for one of the six patterns",
+        description="Scaffold NAME.agent.yaml in --dir, ready to validate and run.  "
+        "supervisor and swarm need --workers (a swarm's members); those not already "
+        "in --dir are scaffolded too.  Existing files are never overwritten.",
+    )
+    p.add_argument("name", help="the agent's metadata.name (lowercase letters, digits, dashes)")
+    p.add_argument("--pattern", required=True, choices=PATTERNS)
+    p.add_argument("--dir", default="config/agents", help="where to write (default: config/agents)")
+    p.add_argument("--provider", default="ollama", help="model provider (default: ollama)")
+    p.add_argument("--model", default="llama3.1:8b", help="model name (default: llama3.1:8b)")
+    p.add_argument("--endpoint", help="the provider's URL (default: the provider's own)")
+    p.add_argument(
+        "--workers",
+        help="comma-separated agent names: a supervisor's workers, a swarm's members "
+        "(at least two), plan_and_execute's optional workers",
+    )
+    p.set_defaults(handler=_new)
 
     p = sub.add_parser(
         "ingest",
@@ -181,64 +243,58 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from astromesh_ray.core.build import LocalAgents, check_buildable, reachable
-    from astromesh_ray.core.context import RunRequest
-    from astromesh_ray.core.memory.factory import memory_factory
-    from astromesh_ray.errors import AgentNotFound, InvalidRequest
-    from astromesh_ray.spec import load_from_environment
+    from astromesh_ray.cli_run import run_command
 
-    try:
-        context: Any = json.loads(args.context)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"--context is not valid JSON: {exc}") from None
-    if not isinstance(context, dict):
-        raise InvalidRequest("--context must be a JSON object")
-    loaded = load_from_environment(args.config, args.agents)
-    if args.agent not in loaded.agents:
-        raise AgentNotFound(
-            f"no agent named {args.agent!r}",
-            hint="loaded agents: " + (", ".join(sorted(loaded.agents)) or "(none)"),
-        )
-    # The agent and every agent it can reach as a tool are checked as serve checks them.
-    check_buildable(
-        reachable(args.agent, loaded.agents),
-        loaded.providers,
-        known=loaded.agents,
-        rag=loaded.rag_pipelines,
-    )
-    # Every agent of the configuration, built on first use: the one asked for, and
-    # the ones it calls as tools.  Routing defaults come from providers.yaml.
-    agents = LocalAgents(
-        loaded.agents,
-        loaded.providers,
-        routing=loaded.routing,
-        memory=memory_factory(loaded),
-        rag=loaded.rag_pipelines,
-    )
-    request = RunRequest(query=args.query, session_id=args.session_id, context=context)
+    return run_command(args)
 
-    async def once() -> dict[str, Any]:
-        try:
-            runtime = await agents.runtime(args.agent)
-            return (await runtime.run(request)).to_dict()
-        finally:
-            await agents.aclose()
 
-    result = asyncio.run(once())
+def _chat(args: argparse.Namespace) -> int:
+    from astromesh_ray.cli_chat import chat_command
+
+    return chat_command(args)
+
+
+def _agents(args: argparse.Namespace) -> int:
+    from astromesh_ray.cli_output import Style, table
+    from astromesh_ray.cli_remote import list_agents
+
+    agents = list_agents(args.url)
     if args.json:
-        print(json.dumps(result, indent=2))
-    elif result.get("status") == "requires_action":
-        waits = ", ".join(f"{p['name']} ({p['kind']})" for p in result["pending"])
-        print(f"error: the run paused: it waits on {waits}", file=sys.stderr)
-        print(
-            "hint: client tools and approvals are answered over HTTP (astromesh serve, "
-            "POST /v1/agents/{name}/runs/{run_id}/...)",
-            file=sys.stderr,
+        print(json.dumps(agents, indent=2))
+        return 0
+    if not agents:
+        print(f"no agents are served at {args.url}", file=sys.stderr)
+        return 0
+    style = Style(sys.stdout)
+    colours = {"ok": "green", "degraded": "yellow"}
+    rows = []
+    for agent in agents:
+        health = agent.get("health") or {}
+        status = str(health.get("status", "unknown"))
+        rows.append(
+            [
+                agent["name"],
+                str(agent.get("pattern", "")),
+                str(len(agent.get("tools") or [])),
+                status,
+            ]
         )
-        return 1
-    else:
-        print(result["answer"])
+    text = table(["NAME", "PATTERN", "TOOLS", "HEALTH"], rows, style)
+    if style.enabled:  # colour the health column only, after alignment
+        lines = text.split("\n")
+        for i, row in enumerate(rows, start=1):
+            status = row[3]
+            head, _, _ = lines[i].rpartition(status)
+            lines[i] = head + style(status, colours.get(status, "red"))
+        text = "\n".join(lines)
+    print(text)
     return 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    from astromesh_ray.cli_new import new_command
+
+    return new_command(args)
 
 
 def _ingest(args: argparse.Namespace) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,79 @@ def astromesh(
         env={**os.environ, **(env or {})},
         timeout=120,
     )
+
+
+class Terminal:
+    """``astromesh ARGS`` on a pseudo-terminal, as a user at a terminal runs it:
+    stdin, stdout and stderr are the terminal (so ``isatty()`` is true), the test
+    types lines and reads what is written as it is written.  Waits are bounded."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, colour: bool = False) -> None:
+        plain = {"TERM": "dumb", "NO_COLOR": "1"}  # no escape sequences to read past
+        base = {k: v for k, v in os.environ.items() if not (colour and k == "NO_COLOR")}
+        master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "astromesh_ray.cli", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=ROOT,
+            env={**base, **({"TERM": "xterm"} if colour else plain), **(env or {})},
+            start_new_session=True,  # the terminal is its controlling one
+        )
+        os.close(slave)
+        self.master = master
+        self.seen = ""  # everything written so far
+        self._read_to = 0  # where the next expect looks from
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            return False
+        if not data:
+            return False
+        self.seen += data.decode(errors="replace").replace("\r\n", "\n")
+        return True
+
+    def expect(self, text: str, timeout: float = 90) -> str:
+        """Wait until ``text`` is written (after what earlier expects consumed); what
+        was written up to it."""
+        deadline = time.monotonic() + timeout
+        while text not in self.seen[self._read_to :]:
+            left = deadline - time.monotonic()
+            open_ = left > 0 and self._read(min(left, 0.5))
+            if not open_ and text not in self.seen[self._read_to :]:
+                raise AssertionError(f"{text!r} not written; the terminal shows:\n{self.seen}")
+        end = self.seen.index(text, self._read_to) + len(text)
+        before, self._read_to = self.seen[self._read_to : end], end
+        return before
+
+    def send(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode())
+
+    def send_eof(self) -> None:
+        os.write(self.master, b"\x04")  # Ctrl-D at the start of a line
+
+    def wait(self, timeout: float = 90) -> int:
+        """The exit status, once the process ends (reading what it still writes)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.2)
+        while select.select([self.master], [], [], 0)[0] and self._read(0):
+            pass
+        try:
+            return self.proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        finally:
+            os.close(self.master)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 AGENT = """\

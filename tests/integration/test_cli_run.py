@@ -12,7 +12,7 @@ from astromesh_ray.core.events import event_json_schema
 from astromesh_ray.testing import ScriptedOpenAIServer
 
 from .conftest import free_port
-from .test_cli import astromesh
+from .test_cli import Terminal, astromesh
 
 BOSS = """\
 apiVersion: astromesh/v1
@@ -201,3 +201,86 @@ def test_run_passes_a_swarm_between_its_members_in_one_process(tmp_path: Path) -
     assert sorted(runs) == ["billing", "crew", "triage"]
     assert len({r["where"]["pid"] for r in runs.values()}) == 1
     assert {s["trace_id"] for s in result["trace"]} == {result["trace_id"]}
+
+
+HELPER_TOOLS = """\
+apiVersion: astromesh/v1
+kind: Agent
+metadata: {name: helper}
+spec:
+  model:
+    primary: {provider: openai_compat, model: m, endpoint: "URL"}
+  tools:
+    - {name: calculator, type: builtin}
+"""
+
+
+def test_run_streams_the_answer_as_the_model_writes_it(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer() as llm:
+        (tmp_path / "agents").mkdir()
+        (tmp_path / "agents" / "helper.agent.yaml").write_text(HELPER_TOOLS.replace("URL", llm.url))
+        llm.add_steps(
+            {"tool_calls": [{"name": "calculator", "arguments": {"expression": "2**10"}}]},
+            {"content": "alpha beta gamma delta", "token_delay_s": 1.0},
+        )
+        term = Terminal("run", "helper", "2**10?", "--config", str(tmp_path))
+        try:
+            # On a terminal the tool call and its result are one line each.
+            shown = term.expect("← calculator: 1024")
+            assert '→ calculator({"expression": "2**10"})' in shown
+            term.expect("alpha")
+            # The first word is on the terminal while the model still writes the rest.
+            assert term.proc.poll() is None and not llm.streams[-1].completed
+            term.expect(" beta gamma delta\n")
+            assert term.wait() == 0, term.seen
+        finally:
+            term.kill()
+        assert llm.streams[-1].completed
+
+
+def test_run_shows_tool_calls_off_a_terminal_only_with_verbose(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer() as llm:
+        (tmp_path / "agents").mkdir()
+        (tmp_path / "agents" / "helper.agent.yaml").write_text(HELPER_TOOLS.replace("URL", llm.url))
+        call = {"tool_calls": [{"name": "calculator", "arguments": {"expression": "1+1"}}]}
+        llm.add_steps(call, "2")
+        proc = astromesh("run", "helper", "1+1?", "--config", str(tmp_path))
+        assert proc.returncode == 0, proc.stderr
+        assert (proc.stdout, proc.stderr) == ("2\n", "")
+        llm.add_steps(call, "2")
+        proc = astromesh("run", "helper", "1+1?", "--config", str(tmp_path), "--verbose")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "2\n"
+        assert proc.stderr.splitlines() == [
+            '→ calculator({"expression": "1+1"})',
+            "← calculator: 2",
+        ]
+
+
+def test_run_and_agents_say_when_the_server_is_not_there() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for args in (["run", "helper", "hi", "--url", url], ["agents", "--url", url]):
+        proc = astromesh(*args)
+        assert proc.returncode == 1, args
+        assert f"error [server_unreachable]: cannot reach the server at {url}" in proc.stderr
+        assert "astromesh serve" in proc.stderr and proc.stdout == ""
+    for command in (["run", "helper", "hi"], ["chat", "helper"]):
+        proc = astromesh(*command, "--url", url, "--config", "config")
+        assert proc.returncode == 2 and "not both" in proc.stderr, command
+
+
+def test_a_new_agent_validates_and_runs(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(["Hello from a new agent."]) as llm:
+        agents = tmp_path / "agents"
+        proc = astromesh(
+            "new", "greeter", "--pattern", "react", "--dir", str(agents),
+            "--provider", "openai_compat", "--model", "scripted", "--endpoint", llm.url,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"wrote {agents / 'greeter.agent.yaml'}"
+        proc = astromesh("validate", str(agents))
+        assert (proc.returncode, proc.stdout.strip()) == (0, "ok: 1 agent(s) checked")
+        proc = astromesh("run", "greeter", "hi", "--agents", str(agents))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "Hello from a new agent.\n"
+        assert llm.requests[0]["model"] == "scripted"
