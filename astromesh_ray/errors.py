@@ -269,3 +269,21 @@ class ChannelDeliveryError(AstromeshError):
 
     code = "channel_delivery_failed"
     http_status = 502
+
+
+class TraceNotFound(AstromeshError):
+    """The trace is not among this gateway replica's recent traces."""
+
+    code = "trace_not_found"
+    http_status = 404
+
+
+for _cls in (
+    ChannelNotFound,
+    ChannelUnauthorized,
+    ChannelVerificationFailed,
+    ChannelUnavailable,
+    ChannelDeliveryError,
+    TraceNotFound,
+):
+    _BY_CODE[_cls.code] = _cls

@@ -237,6 +237,7 @@ def gateway_app(raw: dict[str, Any]) -> Application:
             rag=loaded.rag_pipelines,
             memory=memory_defaults(loaded),
             channels=loaded.channels,
+            telemetry=loaded.runtime.spec.telemetry,
         )
     )
 

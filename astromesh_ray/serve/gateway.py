@@ -61,6 +61,7 @@ from astromesh_ray.serve.protocols.a2a import A2ARoutes
 from astromesh_ray.serve.protocols.agui import AGUIRoutes
 from astromesh_ray.serve.protocols.channels import ChannelRoutes
 from astromesh_ray.serve.protocols.openai_api import OpenAIRoutes
+from astromesh_ray.serve.protocols.traces import TraceRoutes
 from astromesh_ray.serve.protocols.websocket import WebSocketRoutes
 from astromesh_ray.serve.rag import IngestBody, RagSearchBody
 from astromesh_ray.serve.run_events import sse_events
@@ -78,7 +79,7 @@ def wants_sse(accept: str | None) -> bool:
 
 @serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoutes):
+class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoutes, TraceRoutes):
     """The gateway's routes: its own (REST, SSE, paused runs, memory, RAG) and every
     client protocol's (``protocols/``); ``GatewayCore`` has what they share."""
 

@@ -9,12 +9,16 @@
 - each request is one trace: a W3C ``traceparent`` from the client is continued,
   else a new trace starts; the gateway's span is the parent of the agent's run,
   and the first span of the returned ``trace``;
-- how long the gateway waits: the agent's own ``timeout_seconds`` plus a grace.
+- how long the gateway waits: the agent's own ``timeout_seconds`` plus a grace;
+- when a run ends (``call``'s result or error, ``RunEvents``' end), its span tree is
+  exported, kept for ``GET /v1/traces/{id}`` and its metrics recorded
+  (``serve/telemetry.py``), for every protocol at once.
 """
 
 # No `from __future__ import annotations` here: the route classes that inherit this
 # one declare FastAPI routes, which must see real annotation objects.
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -22,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
 from astromesh_ray.core.streams import closing_stream
+from astromesh_ray.core.trace import Span
 from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError
 from astromesh_ray.serve.breaker import ActorBreakerStore
 from astromesh_ray.serve.gateway_spans import gateway_span
@@ -36,6 +41,8 @@ from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import unwrap
 from astromesh_ray.serve.rag import GatewayRag
 from astromesh_ray.serve.run_events import RunEvents, prepend
+from astromesh_ray.serve.telemetry import GatewayTelemetry
+from astromesh_ray.spec.config import TelemetrySpec
 
 
 def _unavailable(name: str, app: str, reason: str) -> AgentUnavailable:
@@ -82,6 +89,7 @@ class GatewayCore:
         rag: dict[str, Any] | None = None,
         memory: Any = None,
         channels: dict[str, Any] | None = None,
+        telemetry: TelemetrySpec | None = None,
     ) -> None:
         # RAG pipelines (RAGPipelineSpec by name) with the memory defaults their
         # stores use: ingested and searched in this replica (serve/rag.py).
@@ -96,12 +104,17 @@ class GatewayCore:
         self._breakers = ActorBreakerStore()
         # Channel adapters' settings (protocols/channels): by channel name.
         self._channels = dict(channels or {})
+        # Span export, recent traces and metrics (runtime.yaml's spec.telemetry).
+        self._telemetry = GatewayTelemetry(telemetry, list(agents))
 
     async def __del__(self) -> None:
         # Serve calls this on shutdown: the RAG pipelines' pools and embedders.
         rag = getattr(self, "_rag", None)
         if rag is not None:
             await rag.aclose()
+        telemetry = getattr(self, "_telemetry", None)
+        if telemetry is not None:  # flushes the spans still queued (blocking)
+            await asyncio.to_thread(telemetry.close)
 
     def _app(self, name: str) -> str:
         """The application of agent ``name``; 404 for unknown names."""
@@ -149,9 +162,17 @@ class GatewayCore:
     ) -> dict[str, Any]:
         """``method`` of agent ``name``'s application with ``body`` (plus the trace
         parent), in the gateway's span: a run's result (``RunResult.to_dict``)."""
+        span = gateway_span(traceparent, name, self._where, trace_id)
+        with self._telemetry.run(name, span, body) as record:
+            result = await self._call(name, body, span, method)
+            record.finished(result)
+        return result
+
+    async def _call(
+        self, name: str, body: dict[str, Any], span: Span, method: str
+    ) -> dict[str, Any]:
         handle = await self._handle(name)
         patience_s = self._patience_s(name)
-        span = gateway_span(traceparent, name, self._where, trace_id)
         request = {**body, "trace_parent": span.context.traceparent}
         try:
             outcome = await asyncio.wait_for(getattr(handle, method).remote(request), patience_s)
@@ -181,9 +202,16 @@ class GatewayCore:
         ``method``: ``stream`` or ``resume_stream``).  An error before the first
         event (an unknown agent, a bad prompt context) is raised here, so a protocol
         can still answer it with its HTTP status; later ones end the iteration."""
+        span = gateway_span(traceparent, name, self._where, trace_id)
+        with self._telemetry.run(name, span, body) as record:
+            first, outcomes = await self._open(name, body, span, method)
+        return RunEvents(first, outcomes, span, record)
+
+    async def _open(
+        self, name: str, body: dict[str, Any], span: Span, method: str
+    ) -> tuple[dict[str, Any], AsyncIterator[Any]]:
         handle = await self._handle(name)
         patience_s = self._patience_s(name)
-        span = gateway_span(traceparent, name, self._where, trace_id)
         request = {**body, "trace_parent": span.context.traceparent}
         app = self._apps[name]
 
@@ -212,4 +240,4 @@ class GatewayCore:
             span.end(exc.message)
             prepend(exc.details, span)
             raise
-        return RunEvents(first, outcomes, span)
+        return first, outcomes

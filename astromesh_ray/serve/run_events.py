@@ -8,9 +8,10 @@ AG-UI) to translate.
             ...                         # run_finished, or AstromeshError is raised
 
 The gateway's span is ended with the run and put first in the result's (or the
-error's) ``trace``.  Leaving the ``async with`` early (a client gone, a cancel)
-closes the stream, which cancels the run in the agent replica and with it the
-model call it was streaming.
+error's) ``trace``; the ``RunObserver`` (the gateway's telemetry) hears of the
+first token and of the run's end, once: finished, failed, or cancelled.  Leaving
+the ``async with`` early (a client gone, a cancel) closes the stream, which
+cancels the run in the agent replica and with it the model call it was streaming.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from astromesh_ray.core.events import ErrorEvent, event_to_dict
 from astromesh_ray.core.streams import aclose
@@ -34,13 +35,30 @@ def prepend(body: dict[str, Any], span: Span) -> None:
         trace.insert(0, span.to_dict())
 
 
+class RunObserver(Protocol):
+    """Told how a streamed run goes (``serve/telemetry.py``'s ``RunRecord``); only
+    the first of ``finished``/``failed``/``cancelled`` counts."""
+
+    def first_token(self) -> None: ...
+    def finished(self, result: dict[str, Any]) -> None: ...
+    def failed(self, error: BaseException) -> None: ...
+    def cancelled(self) -> None: ...
+
+
 class RunEvents:
     """The events of one run, streamed; iterate once."""
 
-    def __init__(self, first: dict[str, Any], outcomes: AsyncIterator[Any], span: Span) -> None:
+    def __init__(
+        self,
+        first: dict[str, Any],
+        outcomes: AsyncIterator[Any],
+        span: Span,
+        observer: RunObserver | None = None,
+    ) -> None:
         self.first = first  # run_started (already received)
         self.span = span
         self._outcomes = outcomes
+        self._observer = observer
         self.result: dict[str, Any] | None = None  # run_finished's result, once seen
 
     @property
@@ -52,20 +70,29 @@ class RunEvents:
         try:
             async for outcome in self._outcomes:
                 event: dict[str, Any] = unwrap(outcome)
-                if event.get("type") == "run_finished":
+                kind = event.get("type")
+                if kind == "token" and self._observer is not None:
+                    self._observer.first_token()
+                elif kind == "run_finished":
                     self.span.end()
                     prepend(event["result"], self.span)
                     self.result = event["result"]
+                    if self._observer is not None:
+                        self._observer.finished(event["result"])
                 yield event
         except AstromeshError as exc:
             self.span.end(exc.message)
             prepend(exc.details, self.span)
+            if self._observer is not None:
+                self._observer.failed(exc)
             raise
 
     async def aclose(self) -> None:
         """Stop the run (if it still runs) and release its stream."""
         if self.span.duration_ms is None:
             self.span.end("cancelled")
+        if self._observer is not None:
+            self._observer.cancelled()  # nothing when the run already ended
         await aclose(self._outcomes)
 
     async def __aenter__(self) -> RunEvents:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
 from astromesh_ray.spec.deployment import DeploymentSpec
@@ -138,6 +138,76 @@ class RaySpec(StrictModel):
     namespace: str = Field(default="astromesh", description="Ray namespace.")
 
 
+class TracesSpec(StrictModel):
+    """Where the gateway sends each finished run's span tree (OpenTelemetry)."""
+
+    exporter: Literal["otlp", "console", "none"] = Field(
+        default="none",
+        description="otlp: OTLP over HTTP (protobuf) to ``endpoint``; console: one JSON "
+        "document per span on the gateway's stdout; none: no export.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (otlp only; "
+        "default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else http://localhost:4318/v1/traces).",
+    )
+    headers_env: str | None = Field(
+        default=None,
+        description="Environment variable of the gateway holding the OTLP request headers "
+        "as 'key=value,key2=value2' (an API key of the collector; otlp only).",
+    )
+    timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Timeout of one OTLP export request."
+    )
+
+    @model_validator(mode="after")
+    def _otlp_only(self) -> TracesSpec:
+        if self.exporter != "otlp":
+            for name in ("endpoint", "headers_env"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is only used by exporter: otlp")
+        return self
+
+
+class RecentTracesSpec(StrictModel):
+    """The recent runs' traces each gateway replica keeps for ``GET /v1/traces/{id}``."""
+
+    max_traces: int = Field(
+        default=1000, ge=0, le=100_000, description="Traces kept per replica (0: none)."
+    )
+    max_age_s: float = Field(
+        default=3600.0, gt=0, description="How long a trace is kept after its last run."
+    )
+
+
+class MetricsSpec(StrictModel):
+    """The gateway's Prometheus metrics (through Ray's metrics endpoint)."""
+
+    session_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="astromesh_active_sessions counts the distinct session ids that had a "
+        "run in this many seconds.",
+    )
+
+
+class TelemetrySpec(StrictModel):
+    """``spec.telemetry`` of runtime.yaml: traces, recent traces and metrics."""
+
+    service_name: str = Field(
+        default="astromesh",
+        min_length=1,
+        max_length=200,
+        description="OpenTelemetry ``service.name`` of the exported spans.",
+    )
+    traces: TracesSpec = Field(default_factory=TracesSpec, description="Span export.")
+    recent: RecentTracesSpec = Field(
+        default_factory=RecentTracesSpec, description="GET /v1/traces/{trace_id}."
+    )
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Metrics.")
+
+
 class RuntimeBodySpec(StrictModel):
     """``spec`` of a RuntimeConfig."""
 
@@ -151,6 +221,10 @@ class RuntimeBodySpec(StrictModel):
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster.")
     memory: RuntimeMemorySpec = Field(
         default_factory=RuntimeMemorySpec, description="Where memory backends live by default."
+    )
+    telemetry: TelemetrySpec = Field(
+        default_factory=TelemetrySpec,
+        description="OpenTelemetry traces, recent traces and Prometheus metrics.",
     )
     services: dict[str, Any] | None = Field(
         default=None, description="Original Astromesh service switches (refused)."
