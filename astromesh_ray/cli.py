@@ -8,7 +8,9 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _interruptible()
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
@@ -39,6 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _interruptible() -> None:
+    """Make Ctrl-C (SIGINT) raise ``KeyboardInterrupt`` here, whatever this process
+    inherited: a parent that ignores SIGINT (a test runner, a service manager, a
+    non-interactive shell's background job) passes that on across exec, and `serve`
+    would then never shut down, nor `chat` stop an answer.  SIGTERM (what `kill` and
+    container runtimes send) stops it the same way, so `serve` still deletes its
+    applications and shuts down the cluster it started."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _parser() -> argparse.ArgumentParser:
