@@ -3,9 +3,9 @@ that records what it received.
 
 - Under ``redact``, PII in the user's message never reaches the model server; PII in
   the model's answer never reaches the client: not in the JSON reply, not in the SSE
-  stream, also when the server streams it split over several chunks (a phone
-  number, an IBAN and a card number are several words: the server sends one chunk
-  per word).
+  stream nor the WebSocket's frames, also when the server streams it split over
+  several chunks (a phone number, an IBAN and a card number are several words: the
+  server sends one chunk per word).
 - Budgets: concurrent requests spread over two replicas, with a session budget and
   an agent (per hour) budget kept by the one ledger actor: the tokens the model
   server actually spent never exceed a cap by more than one call's estimate; past
@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from ray import serve
+from websockets.sync.client import connect
 
 from astromesh_ray.testing import ScriptedOpenAIServer
 from astromesh_ray.testing.scripted import count_words
@@ -140,6 +141,30 @@ def test_pii_split_over_stream_chunks_never_reaches_the_client_over_sse(
     assert streamed == "Sure: call [PHONE_1], or pay with card [CARD_1] to [IBAN_1] today, thanks."
     assert not [line for line in lines if any(s in line for s in SECRETS)]  # no event at all
     assert any(e["type"] == "guardrail" and e["stage"] == "output" for e in events)
+    llm.assert_consumed()
+
+
+def test_pii_split_over_stream_chunks_never_reaches_the_client_over_websocket(
+    api: str, models: tuple[ScriptedOpenAIServer, ScriptedOpenAIServer]
+) -> None:
+    llm = models[0]
+    llm.add_steps(f"Sure: call {PHONE}, or pay with card {CARD} to {IBAN} today, thanks.")
+    frames: list[str] = []
+    url = api.replace("http://", "ws://") + "/v1/ws/agent/guarded"
+    with connect(url, open_timeout=60) as ws:
+        ws.send(json.dumps({"query": "how?"}))
+        while True:
+            frame = str(ws.recv(timeout=60))
+            frames.append(frame)
+            if json.loads(frame)["type"] in ("done", "error"):
+                break
+    events = [json.loads(f) for f in frames]
+    assert events[-1]["type"] == "done", events[-1]
+    assert llm.requests[-1]["stream"] is True  # the server streamed word by word
+    streamed = "".join(e["text"] for e in events if e["type"] == "token")
+    assert streamed == "Sure: call [PHONE_1], or pay with card [CARD_1] to [IBAN_1] today, thanks."
+    assert events[-1]["answer"] == streamed
+    assert not [f for f in frames if any(s in f for s in SECRETS)]  # no frame at all
     llm.assert_consumed()
 
 
