@@ -149,23 +149,7 @@ class _Collector:
             )
 
     def channel(self, path: Path) -> None:
-        loaded = self.read(path)
-        document = expect_kind(loaded, "Channel", "files in channels/ hold Channels")
-        if not isinstance(document, ChannelSpec):
-            return
-        first = self._channel_files.get(document.name)
-        if first is not None:
-            loaded.issues.append(
-                loaded.issue(
-                    ("metadata", "name"),
-                    f"channel {document.name!r} is also defined in "
-                    f"{first.where(('metadata', 'name'))}",
-                    "channel names must be unique",
-                )
-            )
-            return
-        self._channel_files[document.name] = loaded
-        self.config.channels[document.name] = document
+        self._named(path, "Channel", "channels/", "channel", self._channel_files)
 
     def check_channel_refs(self) -> None:
         """Every channel names a loaded agent."""
@@ -184,23 +168,33 @@ class _Collector:
                 )
 
     def rag_pipeline(self, path: Path) -> None:
+        self._named(path, "RAGPipeline", "rag/", "RAG pipeline", self._rag_files)
+
+    def _named(
+        self, path: Path, kind: str, folder: str, what: str, files: dict[str, LoadedFile]
+    ) -> None:
+        """Read one ``kind`` document of ``folder`` into the configuration; a second
+        document of the same name is an issue at its name, naming the first."""
         loaded = self.read(path)
-        document = expect_kind(loaded, "RAGPipeline", "files in rag/ hold RAGPipelines")
-        if not isinstance(document, RAGPipelineSpec):
+        document = expect_kind(loaded, kind, f"files in {folder} hold {kind}s")
+        if not isinstance(document, ChannelSpec | RAGPipelineSpec):
             return
-        first = self._rag_files.get(document.name)
+        first = files.get(document.name)
         if first is not None:
             loaded.issues.append(
                 loaded.issue(
                     ("metadata", "name"),
-                    f"RAG pipeline {document.name!r} is also defined in "
+                    f"{what} {document.name!r} is also defined in "
                     f"{first.where(('metadata', 'name'))}",
-                    "RAG pipeline names must be unique",
+                    f"{what} names must be unique",
                 )
             )
             return
-        self._rag_files[document.name] = loaded
-        self.config.rag_pipelines[document.name] = document
+        files[document.name] = loaded
+        if isinstance(document, ChannelSpec):
+            self.config.channels[document.name] = document
+        else:
+            self.config.rag_pipelines[document.name] = document
 
     def check_rag_refs(self) -> None:
         """Every ``type: rag`` tool and ``rag_query``/``rag_ingest`` built-in names a
