@@ -30,6 +30,7 @@ from astromesh_ray.core.memory.base import (
     VectorStore,
     Where,
 )
+from astromesh_ray.core.memory.prefix import check_session_prefix
 from astromesh_ray.core.memory.strategies import HistoryStrategy, Replay, Summarizer
 from astromesh_ray.core.messages import Message, Usage
 from astromesh_ray.errors import InvalidRequest, MemoryConflict, MemoryNotFound, MemoryUnavailable
@@ -229,10 +230,18 @@ class AgentMemory:
             )
         return self.conversation
 
-    async def sessions(self, *, limit: int = 100, offset: int = 0) -> list[SessionInfo]:
+    async def sessions(
+        self, *, limit: int = 100, offset: int = 0, prefix: str | None = None
+    ) -> list[SessionInfo]:
+        """The agent's sessions, most recently updated first; with ``prefix`` (checked
+        as the memory API's ``session_prefix``) only those whose id starts with it,
+        ``offset`` and ``limit`` paging through those."""
         store = self._conversation()
+        if prefix is not None:
+            check_session_prefix(prefix)
         return await self._bounded(
-            "session list", store.sessions(self.namespace, self.agent, limit=limit, offset=offset)
+            "session list",
+            store.sessions(self.namespace, self.agent, limit=limit, offset=offset, prefix=prefix),
         )
 
     async def history(self, session: str) -> History:
@@ -296,6 +305,8 @@ class AgentMemory:
         return len(source.turns)
 
     async def episodes(self, **query: Any) -> list[Episode]:
+        """The agent's episodes matching ``query`` (the fields of ``EpisodeQuery``
+        but its namespace and agent; ``session_prefix`` checked as the memory API's)."""
         if self.episodic is None:
             raise MemoryNotFound(
                 f"agent {self.agent!r} has no episodic memory",
@@ -303,5 +314,7 @@ class AgentMemory:
             )
         if query.get("session") is not None:
             check_session_id(query["session"])
+        if query.get("session_prefix") is not None:
+            check_session_prefix(query["session_prefix"])
         q = EpisodeQuery(namespace=self.namespace, agent=self.agent, **query)
         return await self._bounded("episodic query", self.episodic.query(q))

@@ -5,12 +5,18 @@ and call ``memory_op`` where the agent's memory lives (its Serve replica, throug
 ``AgentDeployment.memory``; in one process for ``astromesh run`` and the tests): one
 table of operations, so every path answers the same bodies.
 
-    sessions   {limit, offset}                      -> {sessions: [...]}
+    sessions   {limit, offset, session_prefix}      -> {sessions: [...]}
     history    {session_id}                         -> {session_id, summary, turns: [...]}
     erase      {session_id}                         -> {session_id, removed: {backend: n}}
     fork       {session_id, new_session_id}         -> {session_id, new_session_id, turns}
     search     {query, k, threshold, session_id}    -> {hits: [...]}
-    episodes   {session_id, run_id, types, since, until, limit, offset} -> {episodes: [...]}
+    episodes   {session_id, session_prefix, run_id, types, since, until, limit, offset}
+                                                    -> {episodes: [...]}
+
+``session_prefix`` (optional, on ``sessions`` and ``episodes``) keeps only the
+sessions whose id starts with it, a literal prefix (1 to 64 characters of a session
+id, e.g. ``<key_id>@``; ``InvalidRequest`` naming the field otherwise); ``limit`` and
+``offset`` then page through what matches.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ Op = Callable[[AgentMemory, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
 async def _sessions(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
     found = await memory.sessions(
-        limit=int(args.get("limit", 100)), offset=int(args.get("offset", 0))
+        limit=int(args.get("limit", 100)),
+        offset=int(args.get("offset", 0)),
+        prefix=args.get("session_prefix"),
     )
     return {"agent": memory.agent, "sessions": [s.to_dict() for s in found]}
 
@@ -68,6 +76,7 @@ async def _search(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any
 async def _episodes(memory: AgentMemory, args: Mapping[str, Any]) -> dict[str, Any]:
     found = await memory.episodes(
         session=args.get("session_id"),
+        session_prefix=args.get("session_prefix"),
         run_id=args.get("run_id"),
         types=tuple(args.get("types") or ()),
         since=args.get("since"),

@@ -170,9 +170,18 @@ class ConversationStore(Protocol):
         ...
 
     async def sessions(
-        self, namespace: str, agent: str, *, limit: int = 100, offset: int = 0
+        self,
+        namespace: str,
+        agent: str,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        prefix: str | None = None,
     ) -> list[SessionInfo]:
-        """The agent's live sessions, most recently updated first."""
+        """The agent's live sessions, most recently updated first; with ``prefix``
+        only those whose id starts with it (a literal prefix: no character is a
+        wildcard, case counts).  ``offset`` and ``limit`` page through the sessions
+        that match."""
         ...
 
     async def delete(self, key: SessionKey) -> bool:
@@ -332,8 +341,10 @@ EPISODE_TYPES = (
 
 @dataclass(frozen=True, slots=True)
 class EpisodeQuery:
-    """Which episodes to read: one agent's, optionally one session's, of some types,
-    in a time range (unix seconds, ``since <= ts < until``), oldest first."""
+    """Which episodes to read: one agent's, optionally one session's (or those of the
+    sessions whose id starts with ``session_prefix``, a literal prefix), of some
+    types, in a time range (unix seconds, ``since <= ts < until``), oldest first.
+    Every filter given applies; ``offset`` and ``limit`` page through the matches."""
 
     namespace: str
     agent: str
@@ -344,6 +355,7 @@ class EpisodeQuery:
     until: float | None = None
     limit: int = 100
     offset: int = 0
+    session_prefix: str | None = None
 
 
 @runtime_checkable

@@ -63,6 +63,13 @@ def check_page(limit: int, offset: int) -> None:
         raise InvalidRequest(f"offset must be a non-negative integer, got {offset!r}")
 
 
+def check_prefix(prefix: str | None) -> None:
+    """Refuse a ``sessions`` prefix that no session id could start with (an empty one
+    too: listing everything is asked for with None, never by accident)."""
+    if prefix is not None:
+        _check_name("prefix", prefix)
+
+
 def check_summary(summary: Summary) -> None:
     """Refuse a summary that is not text folding a non-negative number of turns."""
     upto = summary.upto_seq

@@ -106,11 +106,19 @@ class InMemoryConversationStore:
             return True
 
     async def sessions(
-        self, namespace: str, agent: str, *, limit: int = 100, offset: int = 0
+        self,
+        namespace: str,
+        agent: str,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        prefix: str | None = None,
     ) -> list[SessionInfo]:
-        """The agent's live sessions, most recently updated first."""
+        """The agent's live sessions (only those whose id starts with ``prefix`` when
+        given), most recently updated first."""
         _records.check_key(SessionKey(namespace, agent, "-"))
         _records.check_page(limit, offset)
+        _records.check_prefix(prefix)
         with self._lock:
             now = self._clock()
             found = [
@@ -118,6 +126,7 @@ class InMemoryConversationStore:
                 for key, s in list(self._sessions.items())
                 if key.namespace == namespace
                 and key.agent == agent
+                and (prefix is None or key.session.startswith(prefix))
                 and self._live(key, now) is not None
             ]
         found.sort(key=lambda info: (info.updated_at, info.session), reverse=True)

@@ -38,6 +38,7 @@ from astromesh_ray.core.memory.base import (
 )
 from astromesh_ray.core.memory.conversational import _records
 from astromesh_ray.core.memory.postgres_pool import PgPool
+from astromesh_ray.core.memory.prefix import LIKE_ESCAPE, like_pattern
 from astromesh_ray.errors import InvalidRequest, MemoryUnavailable
 
 T = TypeVar("T")
@@ -218,14 +219,27 @@ class PostgresConversationStore:
         return await self._run("set_summary", op)
 
     async def sessions(
-        self, namespace: str, agent: str, *, limit: int = 100, offset: int = 0
+        self,
+        namespace: str,
+        agent: str,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        prefix: str | None = None,
     ) -> list[SessionInfo]:
-        """The agent's live sessions, most recently updated first."""
+        """The agent's live sessions (only those whose id starts with ``prefix`` when
+        given), most recently updated first."""
         _records.check_key(SessionKey(namespace, agent, "-"))
         _records.check_page(limit, offset)
+        _records.check_prefix(prefix)
+        sql, args = (
+            (self._sql.sessions, ())
+            if prefix is None
+            else (self._sql.sessions_prefixed, (like_pattern(prefix),))
+        )
 
         async def op(conn: Any) -> list[SessionInfo]:
-            rows = await conn.fetch(self._sql.sessions, namespace, agent, limit, offset)
+            rows = await conn.fetch(sql, namespace, agent, limit, offset, *args)
             return [
                 SessionInfo(
                     str(r["session"]), int(r["seq"]), float(r["created_at"]), float(r["updated_at"])
@@ -320,9 +334,12 @@ class _Statements:
             f" WHERE {_KEY} AND seq > 0 AND seq >= $5 AND {live}"
             f" AND (summary_upto IS NULL OR summary_upto < $5)"
         )
-        self.sessions = (
-            f"SELECT session, seq, created_at, updated_at FROM {sessions}"
-            f" WHERE namespace = $1 AND agent = $2 AND seq > 0 AND {live}"
-            f" ORDER BY updated_at DESC, session DESC LIMIT $3 OFFSET $4"
+        listed = f"SELECT session, seq, created_at, updated_at FROM {sessions}"
+        agent_live = f"namespace = $1 AND agent = $2 AND seq > 0 AND {live}"
+        page = "ORDER BY updated_at DESC, session DESC LIMIT $3 OFFSET $4"
+        self.sessions = f"{listed} WHERE {agent_live} {page}"
+        # $5: like_pattern(prefix), its wildcards escaped.
+        self.sessions_prefixed = (
+            f"{listed} WHERE {agent_live} AND session LIKE $5 ESCAPE '{LIKE_ESCAPE}' {page}"
         )
         self.delete = f"DELETE FROM {sessions} WHERE {_KEY} RETURNING (seq > 0 AND {live}) AS live"

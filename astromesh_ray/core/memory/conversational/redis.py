@@ -89,27 +89,33 @@ redis.call('HSET', KEYS[1], 'summary_upto', ARGV[1], 'summary_text', ARGV[2],
 return 1
 """
 
-# Walks the set newest first; a member whose meta has expired is a dead session:
-# it is removed and not counted, so offset and limit count live sessions only.
+# Walks the set newest first, skipping members that do not start with the prefix
+# (a plain string compare: the member is the percent-encoded session id, and the
+# encoding of a prefix is a prefix of the encoding exactly when the prefix is one of
+# the id); a matching member whose meta has expired is a dead session: it is removed
+# and not counted, so offset and limit count live matching sessions only.
 _SESSIONS = """
--- KEYS: sessions.  ARGV: session key base, offset, limit.
+-- KEYS: sessions.  ARGV: session key base, offset, limit, member prefix ('': all).
 local base, offset, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix = ARGV[4]
 local out, dead, live, pos = {}, {}, 0, 0
 while #out < 4 * limit do
   local page = redis.call('ZREVRANGE', KEYS[1], pos, pos + 99)
   if #page == 0 then break end
   pos = pos + #page
   for _, member in ipairs(page) do
-    local meta = redis.call('HMGET', base .. member .. ':meta', 'created_at', 'updated_at')
-    if not meta[1] then
-      dead[#dead + 1] = member
-    else
-      live = live + 1
-      if live > offset and #out < 4 * limit then
-        out[#out + 1] = member
-        out[#out + 1] = meta[1]
-        out[#out + 1] = meta[2]
-        out[#out + 1] = redis.call('LLEN', base .. member .. ':turns')
+    if string.sub(member, 1, #prefix) == prefix then
+      local meta = redis.call('HMGET', base .. member .. ':meta', 'created_at', 'updated_at')
+      if not meta[1] then
+        dead[#dead + 1] = member
+      else
+        live = live + 1
+        if live > offset and #out < 4 * limit then
+          out[#out + 1] = member
+          out[#out + 1] = meta[1]
+          out[#out + 1] = meta[2]
+          out[#out + 1] = redis.call('LLEN', base .. member .. ':turns')
+        end
       end
     end
   end
@@ -274,15 +280,26 @@ class RedisConversationStore:
         return bool(stored)
 
     async def sessions(
-        self, namespace: str, agent: str, *, limit: int = 100, offset: int = 0
+        self,
+        namespace: str,
+        agent: str,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        prefix: str | None = None,
     ) -> list[SessionInfo]:
-        """The agent's live sessions, most recently updated first."""
+        """The agent's live sessions (only those whose id starts with ``prefix`` when
+        given), most recently updated first.  With a prefix, the script reads every
+        member of the agent's set newer than the page's last match (all of them when
+        fewer match than the page asks for)."""
         _records.check_key(SessionKey(namespace, agent, "-"))
         _records.check_page(limit, offset)
+        _records.check_prefix(prefix)
         base = self._agent_base(namespace, agent)
+        member_prefix = "" if prefix is None else _quote(prefix)
         with self._errors():
             flat: list[Any] = await self._sessions(
-                keys=[base + "sessions"], args=[base + "s:", offset, limit]
+                keys=[base + "sessions"], args=[base + "s:", offset, limit, member_prefix]
             )
         return [
             SessionInfo(

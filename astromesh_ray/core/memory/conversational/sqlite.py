@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from astromesh_ray.core.memory.base import (
     History,
@@ -37,6 +37,7 @@ from astromesh_ray.core.memory.base import (
     Summary,
 )
 from astromesh_ray.core.memory.conversational import _records
+from astromesh_ray.core.memory.prefix import starts_with_sql
 from astromesh_ray.core.memory.sqlite_wal import use_wal
 from astromesh_ray.errors import InvalidRequest, MemoryUnavailable
 
@@ -342,21 +343,49 @@ class SqliteConversationStore:
         return cursor.rowcount == 1
 
     async def sessions(
-        self, namespace: str, agent: str, *, limit: int = 100, offset: int = 0
+        self,
+        namespace: str,
+        agent: str,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        prefix: str | None = None,
     ) -> list[SessionInfo]:
-        """The agent's live sessions, most recently updated first."""
+        """The agent's live sessions (only those whose id starts with ``prefix`` when
+        given), most recently updated first."""
         _records.check_key(SessionKey(namespace, agent, "-"))
         _records.check_page(limit, offset)
-        return await self._call(functools.partial(self._sessions, namespace, agent, limit, offset))
+        _records.check_prefix(prefix)
+        return await self._call(
+            functools.partial(self._sessions, namespace, agent, limit, offset, prefix)
+        )
 
     def _sessions(
-        self, namespace: str, agent: str, limit: int, offset: int, conn: sqlite3.Connection
+        self,
+        namespace: str,
+        agent: str,
+        limit: int,
+        offset: int,
+        prefix: str | None,
+        conn: sqlite3.Connection,
     ) -> list[SessionInfo]:
+        params: list[Any] = [namespace, agent, self._clock()]
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return "?"
+
+        matching = (
+            ""
+            if prefix is None
+            else " AND " + starts_with_sql("session", prefix, param, dialect="sqlite")
+        )
+        params += [limit, offset]
         rows = conn.execute(
             "SELECT session, seq, created_at, updated_at FROM conversation_sessions"
-            f" WHERE namespace = ? AND agent = ? AND {_LIVE}"
+            f" WHERE namespace = ? AND agent = ? AND {_LIVE}{matching}"
             " ORDER BY updated_at DESC, session DESC LIMIT ? OFFSET ?",
-            (namespace, agent, self._clock(), limit, offset),
+            params,
         ).fetchall()
         return [SessionInfo(str(r[0]), int(r[1]), float(r[2]), float(r[3])) for r in rows]
 

@@ -3,8 +3,8 @@ codec of ``data``, and the SQL of a query.
 
 An episode is stored as one row: its fields in columns (``COLUMNS``) and its
 ``data`` as compact JSON text, which both SQLite (``TEXT``) and PostgreSQL
-(``jsonb``) take.  The backends' SQL differs only in placeholders (``?`` / ``$1``),
-so ``select_sql`` builds it once for both.
+(``jsonb``) take.  The backends' SQL differs only in placeholders (``?`` / ``$1``)
+and in how a session prefix is matched, so ``select_sql`` builds it once for both.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from astromesh_ray.core.memory.base import EPISODE_TYPES, Episode, EpisodeQuery
+from astromesh_ray.core.memory.prefix import starts_with_sql
 from astromesh_ray.errors import InvalidRequest
 
 __all__ = [
@@ -125,6 +126,8 @@ def check_query(query: EpisodeQuery) -> None:
     _check_name("agent", query.agent)
     if query.session is not None:
         _check_name("session", query.session)
+    if query.session_prefix is not None:
+        _check_name("session_prefix", query.session_prefix)
     if query.run_id is not None:
         _check_name("run_id", query.run_id)
     # A bare string would read as a sequence of one-letter types.
@@ -159,13 +162,15 @@ def select_sql(
     query: EpisodeQuery,
     placeholder: Callable[[int], str],
     *,
+    dialect: Literal["postgres", "sqlite"],
     data_column: str = "data",
 ) -> tuple[str, list[Any]]:
     """The ``SELECT`` of ``query`` (checked) and its parameters.
 
     ``placeholder(n)`` writes the n-th parameter (1-based): ``?`` for SQLite, ``$n``
-    for PostgreSQL.  Rows come oldest first; ``id`` breaks ties of equal ``ts`` in
-    the order episodes were appended.
+    for PostgreSQL; ``dialect`` picks how a session prefix is matched (see
+    ``starts_with_sql``).  Rows come oldest first; ``id`` breaks ties of equal ``ts``
+    in the order episodes were appended.
     """
     params: list[Any] = []
 
@@ -176,6 +181,9 @@ def select_sql(
     where = [f"namespace = {param(query.namespace)}", f"agent = {param(query.agent)}"]
     if query.session is not None:
         where.append(f"session = {param(query.session)}")
+    if query.session_prefix is not None:
+        # Episodes without a session never match (NULL).
+        where.append(starts_with_sql("session", query.session_prefix, param, dialect=dialect))
     if query.run_id is not None:
         where.append(f"run_id = {param(query.run_id)}")
     if query.types:

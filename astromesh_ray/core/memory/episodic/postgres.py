@@ -125,7 +125,11 @@ class PostgresEpisodicLog:
         """The episodes matching ``query``, oldest first."""
         check_query(query)
         sql, params = select_sql(
-            self.table, query, lambda n: f"${n}", data_column="data::text AS data"
+            self.table,
+            query,
+            lambda n: f"${n}",
+            dialect="postgres",
+            data_column="data::text AS data",
         )
 
         async def fetch(conn: asyncpg.Connection, retry: bool) -> list[Any]:

@@ -117,7 +117,7 @@ class SqliteEpisodicLog:
     async def query(self, query: EpisodeQuery) -> list[Episode]:
         """The episodes matching ``query``, oldest first."""
         check_query(query)
-        sql, params = select_sql(_TABLE, query, lambda _: "?")
+        sql, params = select_sql(_TABLE, query, lambda _: "?", dialect="sqlite")
         rows = await self._call("query", lambda conn: conn.execute(sql, params).fetchall())
         return [episode_from_row(row) for row in rows]
 

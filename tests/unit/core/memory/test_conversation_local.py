@@ -28,6 +28,7 @@ from astromesh_ray.core.memory.conversational.memory import InMemoryConversation
 from astromesh_ray.core.memory.conversational.sqlite import SqliteConversationStore
 from astromesh_ray.core.messages import Message, ToolCall
 from astromesh_ray.errors import InvalidRequest, MemoryUnavailable
+from tests.unit.core.memory.conversation_prefix_contract import SessionPrefixContract
 
 KEY = SessionKey("default", "support", "s1")
 
@@ -119,9 +120,9 @@ def seqs(history: History) -> list[int]:
     return [turn.seq for turn in history.turns]
 
 
-class ConversationStoreContract:
+class ConversationStoreContract(SessionPrefixContract):
     """What every ``ConversationStore`` promises (``base.py``), given a ``backend``
-    fixture."""
+    fixture (listing by session prefix: ``conversation_prefix_contract.py``)."""
 
     async def test_is_a_conversation_store(self, backend: Backend) -> None:
         store = await backend.open()

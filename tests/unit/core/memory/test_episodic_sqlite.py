@@ -152,6 +152,42 @@ class EpisodicLogContract:
         assert await log.query(q(session="nobody")) == []
         assert await log.query(q(since=4.0, until=4.0)) == []
 
+    async def test_session_prefix_is_literal_and_combines_with_the_other_filters(
+        self, log: EpisodicLog
+    ) -> None:
+        sessions = ["k1@a", "k1@b", "k10@a", "K1@a", "k1", None, "a%b", "axb", "a_b", "a\\b"]
+        await log.append([ep(ts=float(i), n=s, session=s) for i, s in enumerate(sessions)])
+        await log.append([ep("answer", ts=20.0, n="k1@a-answer", session="k1@a")])
+        await log.append([ep(ts=21.0, n="billing", session="k1@a", agent="billing")])
+        assert names(await log.query(q(session_prefix="k1@"))) == ["k1@a", "k1@b", "k1@a-answer"]
+        assert names(await log.query(q(session_prefix="k1"))) == [
+            "k1@a",
+            "k1@b",
+            "k10@a",
+            "k1",
+            "k1@a-answer",
+        ]
+        assert names(await log.query(q(session_prefix="K1"))) == ["K1@a"]
+        assert names(await log.query(q(session_prefix="a%"))) == ["a%b"]
+        assert names(await log.query(q(session_prefix="a_"))) == ["a_b"]
+        assert names(await log.query(q(session_prefix="a\\"))) == ["a\\b"]
+        assert names(await log.query(q(session_prefix="a"))) == ["a%b", "axb", "a_b", "a\\b"]
+        assert await log.query(q(session_prefix="%")) == []
+        assert await log.query(q(session_prefix="k3@")) == []
+        # With the other filters: every one applies.
+        assert names(await log.query(q(session_prefix="k1@", types=("answer",)))) == ["k1@a-answer"]
+        assert names(await log.query(q(session_prefix="k1@", session="k1@b"))) == ["k1@b"]
+        assert await log.query(q(session_prefix="k1@", session="k10@a")) == []
+        assert names(await log.query(q(session_prefix="k1@", since=1.0, until=20.0))) == ["k1@b"]
+        assert names(await log.query(q(session_prefix="k1@", agent="billing"))) == ["billing"]
+        # Paging counts the matches only.
+        assert names(await log.query(q(session_prefix="k1", limit=2, offset=1))) == [
+            "k1@b",
+            "k10@a",
+        ]
+        assert names(await log.query(q(session_prefix="k1", offset=4))) == ["k1@a-answer"]
+        assert await log.query(q(session_prefix="k1", offset=5)) == []
+
     async def test_limit_and_offset_page_through_in_order(self, log: EpisodicLog) -> None:
         await log.append([ep(ts=float(i), n=i) for i in reversed(range(10))])
         assert names(await log.query(q(limit=3))) == [0, 1, 2]
@@ -226,6 +262,8 @@ class EpisodicLogContract:
             (q(since=float("nan")), "since"),
             (q(agent=""), "agent"),
             (q(session=""), "session"),
+            (q(session_prefix=""), "session_prefix"),
+            (q(session_prefix="a\x00"), "session_prefix"),
         ],
     )
     async def test_bad_queries_are_refused(

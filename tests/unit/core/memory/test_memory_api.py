@@ -60,7 +60,7 @@ async def test_memory_api_sessions_fork_and_erase(tmp_path: Path) -> None:
         await agents.aclose()
 
 
-@pytest.mark.parametrize("bad", ["", "../etc/passwd", "a b", "x" * 129, "-lead", "é", "abc\n"])
+@pytest.mark.parametrize("bad", ["", "../etc/passwd", "a b", "x" * 162, "-lead", "é", "abc\n"])
 async def test_session_ids_are_validated(tmp_path: Path, bad: str) -> None:
     agent = agent_with(tmp_path, {"conversational": {"backend": "in_memory"}})
     agents = LocalAgents(
@@ -73,5 +73,75 @@ async def test_session_ids_are_validated(tmp_path: Path, bad: str) -> None:
         assert info.value.details["field"] == "session_id"
         with pytest.raises(InvalidRequest):
             await memory_op(runtime.memory, "mem", "history", {"session_id": bad})
+    finally:
+        await agents.aclose()
+
+
+async def test_memory_api_session_prefix_lists_sessions_and_episodes(tmp_path: Path) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "sqlite"}, "episodic": {"backend": "sqlite"}},
+    )
+    sessions = ["k1@a", "k1@b", "k10@a", "plain", "k1@c"]
+    model = ScriptedProvider([f"answer {s}" for s in sessions])
+    agents = LocalAgents({"mem": agent}, scripted={"mem": model}, memory=factory(tmp_path))
+    try:
+        for session in sessions:
+            await turn(agents, f"q {session}", session=session)
+        memory = (await agents.runtime("mem")).memory
+
+        async def listed(args: dict[str, object]) -> list[str]:
+            found = await memory_op(memory, "mem", "sessions", args)
+            return [s["session_id"] for s in found["sessions"]]
+
+        assert await listed({"session_prefix": "k1@"}) == ["k1@c", "k1@b", "k1@a"]
+        assert await listed({"session_prefix": "k1@", "limit": 1, "offset": 1}) == ["k1@b"]
+        assert await listed({"session_prefix": "k1"}) == ["k1@c", "k10@a", "k1@b", "k1@a"]
+        assert await listed({"session_prefix": "k2@"}) == []
+        assert await listed({"session_prefix": None}) == list(reversed(sessions))
+        assert await listed({}) == list(reversed(sessions))
+
+        async def episodes(args: dict[str, object]) -> list[tuple[str, str]]:
+            found = await memory_op(memory, "mem", "episodes", args)
+            return [(e["session_id"], e["type"]) for e in found["episodes"]]
+
+        answers = await episodes({"session_prefix": "k1@", "types": ["answer"]})
+        assert answers == [("k1@a", "answer"), ("k1@b", "answer"), ("k1@c", "answer")]
+        every = await episodes({"session_prefix": "k1@"})
+        assert len(every) == 3 * 3  # request, model_call, answer per turn
+        assert {s for s, _ in every} == {"k1@a", "k1@b", "k1@c"}
+        assert await episodes({"session_prefix": "k1@", "session_id": "k10@a"}) == []
+        page = await episodes({"session_prefix": "k1@", "limit": 2, "offset": 3})
+        assert page == every[3:5]
+        assert await episodes({"session_prefix": "nobody@"}) == []
+    finally:
+        await agents.aclose()
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "x" * 65, "@k1", "-k", "a b", "a%", "a\\", "é", "k1@\n", 7, ["k1@"]]
+)
+@pytest.mark.parametrize("op", ["sessions", "episodes"])
+async def test_memory_api_refuses_a_bad_session_prefix(
+    tmp_path: Path, op: str, bad: object
+) -> None:
+    agent = agent_with(
+        tmp_path,
+        {"conversational": {"backend": "in_memory"}, "episodic": {"backend": "sqlite"}},
+    )
+    agents = LocalAgents(
+        {"mem": agent}, scripted={"mem": ScriptedProvider([])}, memory=factory(tmp_path)
+    )
+    try:
+        memory = (await agents.runtime("mem")).memory
+        with pytest.raises(InvalidRequest) as info:
+            await memory_op(memory, "mem", op, {"session_prefix": bad})
+        assert info.value.details["field"] == "session_prefix"
+        # The longest prefix, ending with @, is fine.
+        good = "k" * 63 + "@"
+        assert await memory_op(memory, "mem", op, {"session_prefix": good}) == {
+            "agent": "mem",
+            op: [],
+        }
     finally:
         await agents.aclose()
