@@ -1,5 +1,5 @@
 """The ``astromesh`` command: validate | schema | run | chat | agents | new | ingest | serve |
-deploy-config."""
+apply | keys | deploy-config."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from astromesh_ray import cli_apply, cli_keys
 from astromesh_ray.cli_new import PATTERNS
 from astromesh_ray.errors import AstromeshError, ConfigError
 
@@ -184,8 +185,22 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=None, help="default: runtime.yaml spec.api.port, else 8000"
     )
     p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with no API keys, serve every client anyway (default: loopback only)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload the configuration when its YAML files change (as `apply` does)",
+    )
     with_config(p)
     p.set_defaults(handler=_serve)
+
+    cli_apply.add_parser(sub)
+
+    cli_keys.add_parser(sub)
 
     p = sub.add_parser("deploy-config", help="print a Serve config file for `serve deploy`")
     p.add_argument("--host", default="127.0.0.1")
@@ -342,19 +357,28 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from astromesh_ray.core.auth import KeyRing
+    from astromesh_ray.serve.auth import INSECURE_ENV
     from astromesh_ray.serve.local import serve_forever
     from astromesh_ray.spec import load_from_environment
 
     loaded = load_from_environment(args.config, args.agents)
     api = loaded.runtime.spec.api
+    host = args.host or (api.host if api else "127.0.0.1")
+    auth = loaded.runtime.spec.auth
+    insecure = args.insecure or auth.insecure
+    cli_keys.check_exposure(host, len(KeyRing.from_spec(auth)), insecure)
+    if insecure:  # the local cluster's workers (the gateway) inherit it
+        os.environ[INSECURE_ENV] = "1"
     serve_forever(
         loaded,
         # The directories actually loaded (flags, environment or defaults).
         config_dir=loaded.root,
         agents_dir=loaded.agents_dir,
-        host=args.host or (api.host if api else "127.0.0.1"),
+        host=host,
         port=args.port or (api.port if api else 8000),
         address=args.address,
+        watch=args.watch,
     )
     return 0
 

@@ -12,12 +12,14 @@
 
 An error the server answers (its ``{"error": {code, message, hint}}`` envelope) is
 raised as the ``AstromeshError`` it names; a server that cannot be reached is
-``ServerUnreachable``.
+``ServerUnreachable``.  The API key, when the server needs one, is read from
+``$ASTROMESH_API_KEY`` (never from the command line, where ``ps`` would show it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +30,13 @@ from astromesh_ray.errors import AstromeshError
 __all__ = ["ServerUnreachable", "list_agents", "stream_chat", "stream_run"]
 
 CONNECT_TIMEOUT_S = 10.0
+API_KEY_ENV = "ASTROMESH_API_KEY"
+
+
+def auth_headers() -> dict[str, str]:
+    """``Authorization: Bearer $ASTROMESH_API_KEY`` when it is set."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class ServerUnreachable(AstromeshError):
@@ -66,7 +75,9 @@ def list_agents(url: str) -> list[dict[str, Any]]:
     call fails (an application still starting, a replica down)."""
     root = base_url(url)
     try:
-        with httpx.Client(timeout=httpx.Timeout(30.0, connect=CONNECT_TIMEOUT_S)) as client:
+        with httpx.Client(
+            timeout=httpx.Timeout(30.0, connect=CONNECT_TIMEOUT_S), headers=auth_headers()
+        ) as client:
             reply = client.get(f"{root}/v1/agents")
             if reply.status_code != 200:
                 raise _server_error(reply.status_code, reply.content)
@@ -108,7 +119,7 @@ async def stream_run(url: str, agent: str, body: dict[str, Any]) -> AsyncIterato
     timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)  # a run may be silent long
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout) as client,
+            httpx.AsyncClient(timeout=timeout, headers=auth_headers()) as client,
             client.stream("POST", f"{root}/v1/agents/{agent}/stream", json=body) as response,
         ):
             if response.status_code != 200:
@@ -144,7 +155,7 @@ async def stream_chat(
     answer: list[str] = []
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout) as client,
+            httpx.AsyncClient(timeout=timeout, headers=auth_headers()) as client,
             client.stream("POST", f"{root}/v1/chat/completions", json=body) as response,
         ):
             if response.status_code != 200:

@@ -271,6 +271,36 @@ class ChannelDeliveryError(AstromeshError):
     http_status = 502
 
 
+class Unauthenticated(AstromeshError):
+    """The request carries no API key, or one the server does not know."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class Forbidden(AstromeshError):
+    """The API key is valid but its scopes do not cover the agent or the action."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class RateLimited(AstromeshError):
+    """The API key made more requests than its rate limit allows in the window
+    (``retry_after_s`` says when to try again)."""
+
+    code = "rate_limited"
+    http_status = 429
+
+
+class RateLimiterUnavailable(AstromeshError):
+    """The cluster-wide rate limiter cannot be reached: the request is refused, not
+    let through uncounted."""
+
+    code = "rate_limiter_unavailable"
+    http_status = 503
+
+
 class TraceNotFound(AstromeshError):
     """The trace is not among this gateway replica's recent traces."""
 
@@ -285,5 +315,9 @@ for _cls in (
     ChannelUnavailable,
     ChannelDeliveryError,
     TraceNotFound,
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    RateLimiterUnavailable,
 ):
     _BY_CODE[_cls.code] = _cls

@@ -33,10 +33,16 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 """What a session id may be: 1–128 characters, letters, digits and ``. _ : @ -``,
 starting with a letter or digit (safe in keys, file names and URLs)."""
 
+STORED_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,160}$")
+"""A session id as stored: a client's, maybe behind its API key's ``<key id>@``
+(``core/auth.py``; key ids are at most 32 characters)."""
 
-def check_session_id(session: str, field: str = "session_id") -> str:
-    """``session`` if it is a valid session id, else ``InvalidRequest`` naming ``field``."""
-    if not isinstance(session, str) or not SESSION_ID.fullmatch(session):
+
+def check_session_id(session: str, field: str = "session_id", *, client: bool = False) -> str:
+    """``session`` if it is a valid session id (``client``: as a client sends it;
+    else as stored), else ``InvalidRequest`` naming ``field``."""
+    pattern = SESSION_ID if client else STORED_SESSION_ID
+    if not isinstance(session, str) or not pattern.fullmatch(session):
         raise InvalidRequest(
             f"invalid {field} {str(session)[:40]!r}",
             hint="1 to 128 characters: letters, digits and . _ : @ -, starting with a "

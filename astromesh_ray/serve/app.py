@@ -7,7 +7,9 @@ through the class's MRO)."""
 from fastapi import FastAPI
 
 from astromesh_ray import __version__
+from astromesh_ray.serve.auth import Gate
 from astromesh_ray.serve.http import BodySizeLimit, install_error_handlers
+from astromesh_ray.serve.openapi import install_openapi
 
 api = FastAPI(
     title="astromesh-ray",
@@ -15,4 +17,7 @@ api = FastAPI(
     description="YAML-declared AI agents served on Ray.",
 )
 api.add_middleware(BodySizeLimit)
+# Outermost: CORS, keys, scopes and rate limits before a byte of the body is read.
+api.add_middleware(Gate, routes=api)
 install_error_handlers(api)
+install_openapi(api)  # /openapi.json: every error status, the Error schema, bearerAuth

@@ -12,6 +12,7 @@ so the deployed shape is the same either way:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,9 +30,11 @@ from astromesh_ray.serve.gateway import Gateway
 from astromesh_ray.serve.providers import ProviderDeployment, provider_app_name
 from astromesh_ray.serve.vllm import in_cluster, llm_config_fields, vllm_app
 from astromesh_ray.spec import (
+    AgentSpec,
     DeploymentSpec,
     LoadedConfig,
     ModelEndpoint,
+    ProviderEntrySpec,
     load_from_environment,
     resolve_models,
 )
@@ -172,6 +175,19 @@ def provider_app(raw: dict[str, Any]) -> Application:
     return _deployment(ProviderDeployment).options(**options).bind(endpoint)
 
 
+def named_providers(
+    agent: AgentSpec, providers: Mapping[str, ProviderEntrySpec]
+) -> dict[str, ProviderEntrySpec]:
+    """The entries of providers.yaml that ``agent``'s model blocks name (``providerRef``):
+    all its replica reads of them (``resolve_models`` / ``resolve_route``).  Bound
+    alone, so that changing another entry leaves this agent's application as it is
+    (``serve/reload.py`` redeploys only what changed)."""
+    model = agent.spec.model
+    blocks = [*model.blocks(), *(b for group in model.roles.values() for b in group.candidates)]
+    refs = {block.provider_ref for block in blocks if block.provider_ref is not None}
+    return {name: entry for name, entry in providers.items() if name in refs}
+
+
 def agent_app(raw: dict[str, Any]) -> Application:
     """One agent's application."""
     args = AppArgs.model_validate(raw)
@@ -192,7 +208,7 @@ def agent_app(raw: dict[str, Any]) -> Application:
         .options(**options)
         .bind(
             agent,
-            loaded.providers,
+            named_providers(agent, loaded.providers),
             loaded.routing,
             memory_defaults(loaded),
             rag=loaded.rag_pipelines,
@@ -238,6 +254,7 @@ def gateway_app(raw: dict[str, Any]) -> Application:
             memory=memory_defaults(loaded),
             channels=loaded.channels,
             telemetry=loaded.runtime.spec.telemetry,
+            auth=loaded.runtime.spec.auth,
         )
     )
 

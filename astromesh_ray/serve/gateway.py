@@ -44,6 +44,7 @@ from fastapi.responses import StreamingResponse
 from ray import serve
 
 from astromesh_ray import __version__
+from astromesh_ray.core.auth import ApiKey
 from astromesh_ray.core.breaker import most_severe
 from astromesh_ray.core.context import check_session_id
 from astromesh_ray.core.memory.base import EPISODE_TYPES
@@ -75,6 +76,18 @@ def wants_sse(accept: str | None) -> bool:
         return False
     kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
     return "text/event-stream" in kinds and kinds[0] != "application/json"
+
+
+def shown_sessions(key: ApiKey, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with session ids as ``key`` knows them (without its stored prefix)."""
+    for field in ("session_id", "new_session_id"):
+        if field in body:
+            body[field] = key.shown_session(body[field])
+    for listed in ("sessions", "episodes"):
+        for item in body.get(listed) or ():
+            if isinstance(item, dict) and "session_id" in item:
+                item["session_id"] = key.shown_session(item["session_id"])
+    return body
 
 
 @serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
@@ -111,7 +124,8 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
 
     @api.get("/v1/agents")
     async def list_agents(self) -> dict[str, Any]:
-        return {"agents": [self._agents[n] for n in sorted(self._agents)]}
+        """The agents the request's key covers."""
+        return {"agents": [self._agents[n] for n in self._visible_agents()]}
 
     @api.get("/v1/agents/{name}")
     async def get_agent(self, name: str) -> dict[str, Any]:
@@ -167,9 +181,12 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
     @api.get("/v1/agents/{name}/runs/{run_id}")
     async def paused_run(self, name: str, run_id: str) -> dict[str, Any]:
         check_run_id(run_id)
+        caller = self._key_for(name).caller.to_dict()  # another key's run is not found
         handle = await self._handle(name)
         try:
-            outcome = await asyncio.wait_for(handle.paused.remote(run_id, None), MEMORY_PATIENCE_S)
+            outcome = await asyncio.wait_for(
+                handle.paused.remote(run_id, caller), MEMORY_PATIENCE_S
+            )
         except CALL_FAILURES as exc:
             raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
         result: dict[str, Any] = unwrap(outcome)
@@ -239,14 +256,23 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
     # -- memory ------------------------------------------------------------------------
 
     async def _memory(self, name: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Memory operation ``op`` in agent ``name``'s application."""
+        """Memory operation ``op`` in agent ``name``'s application, on the sessions of
+        the request's key only (``core/auth.py``): the ids it sends are its own, and
+        listings hold its sessions alone."""
+        key = self._key_for(name, "erase_memory" if op == "erase" else "read_memory")
+        args = dict(args)
+        for field in ("session_id", "new_session_id"):
+            if args.get(field):
+                args[field] = key.own_session(str(args[field]))
+        if op in ("sessions", "episodes") and key.session_owner and not args.get("session_id"):
+            args["session_prefix"] = key.session_owner
         handle = await self._handle(name)
         try:
             outcome = await asyncio.wait_for(handle.memory.remote(op, args), MEMORY_PATIENCE_S)
         except CALL_FAILURES as exc:
             raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
         result: dict[str, Any] = unwrap(outcome)
-        return result
+        return shown_sessions(key, result)
 
     @api.get("/v1/memory/{name}/sessions")
     async def memory_sessions(
@@ -259,12 +285,12 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
 
     @api.get("/v1/memory/{name}/sessions/{session_id}/history")
     async def memory_history(self, name: str, session_id: str) -> dict[str, Any]:
-        check_session_id(session_id)
+        check_session_id(session_id, client=True)
         return await self._memory(name, "history", {"session_id": session_id})
 
     @api.delete("/v1/memory/{name}/sessions/{session_id}")
     async def memory_erase(self, name: str, session_id: str) -> dict[str, Any]:
-        check_session_id(session_id)
+        check_session_id(session_id, client=True)
         return await self._memory(name, "erase", {"session_id": session_id})
 
     @api.delete("/v1/memory/{name}/sessions/{session_id}/history")
@@ -275,7 +301,7 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
     async def memory_fork(
         self, name: str, session_id: str, body: ForkBody | None = None
     ) -> dict[str, Any]:
-        check_session_id(session_id)
+        check_session_id(session_id, client=True)
         new = (body.new_session_id if body else None) or uuid.uuid4().hex
         return await self._memory(name, "fork", {"session_id": session_id, "new_session_id": new})
 
@@ -296,7 +322,7 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
         offset: int = Query(default=0, ge=0),
     ) -> dict[str, Any]:
         if session_id is not None:
-            check_session_id(session_id)
+            check_session_id(session_id, client=True)
         unknown = sorted(set(type or ()) - set(EPISODE_TYPES))
         if unknown:
             raise InvalidRequest(

@@ -25,9 +25,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ApplicationStatus
 
+from astromesh_ray.core.auth import ApiKey
 from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.trace import Span
 from astromesh_ray.errors import AgentNotFound, AgentUnavailable, AstromeshError
+from astromesh_ray.serve.auth import configure, current_key
 from astromesh_ray.serve.breaker import ActorBreakerStore
 from astromesh_ray.serve.gateway_spans import gateway_span
 from astromesh_ray.serve.handles import (
@@ -42,6 +44,7 @@ from astromesh_ray.serve.outcome import unwrap
 from astromesh_ray.serve.rag import GatewayRag
 from astromesh_ray.serve.run_events import RunEvents, prepend
 from astromesh_ray.serve.telemetry import GatewayTelemetry
+from astromesh_ray.spec.auth import AuthSpec
 from astromesh_ray.spec.config import TelemetrySpec
 
 
@@ -90,7 +93,12 @@ class GatewayCore:
         memory: Any = None,
         channels: dict[str, Any] | None = None,
         telemetry: TelemetrySpec | None = None,
+        auth: AuthSpec | None = None,
     ) -> None:
+        # API keys, scopes, rate limits and CORS of every route (serve/auth.py).
+        self._keys = configure(
+            auth or AuthSpec(), {n: a.get("namespace") for n, a in agents.items()}
+        )
         # RAG pipelines (RAGPipelineSpec by name) with the memory defaults their
         # stores use: ingested and searched in this replica (serve/rag.py).
         self._rag = GatewayRag(rag or {}, memory)
@@ -148,6 +156,31 @@ class GatewayCore:
             exc, lambda e: _unavailable(name, self._apps[name], f"failed: {describe(e)}")
         )
 
+    def _key_for(self, name: str, action: str | None = "run") -> ApiKey:
+        """The request's key, once it is known to cover ``action`` on agent ``name``
+        (404 for unknown agents to keys that see every agent, else 403)."""
+        key = current_key()
+        namespace = self._agents.get(name, {}).get("namespace")
+        if name in self._apps or key.admin or "*" in key.agents:
+            self._app(name)
+        key.require(action, name, namespace)
+        return key
+
+    def _visible_agents(self) -> list[str]:
+        """The names of the agents the request's key covers, sorted."""
+        key = current_key()
+        return [n for n in sorted(self._agents) if key.sees(n, self._agents[n].get("namespace"))]
+
+    def _owned(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` as the request's key may send it to agent ``name``: the run is the
+        key's (``caller``: only it may resume it) and so is the session (stored
+        under the key's own prefix, ``core/auth.py``)."""
+        key = self._key_for(name)
+        owned = {**body, "caller": key.caller.to_dict()}
+        if body.get("session_id"):
+            owned["session_id"] = key.own_session(str(body["session_id"]))
+        return owned
+
     def _patience_s(self, name: str) -> float:
         return float(self._agents[name].get("timeout_seconds") or 0) + GRACE_S
 
@@ -162,10 +195,12 @@ class GatewayCore:
     ) -> dict[str, Any]:
         """``method`` of agent ``name``'s application with ``body`` (plus the trace
         parent), in the gateway's span: a run's result (``RunResult.to_dict``)."""
+        body = self._owned(name, body)
         span = gateway_span(traceparent, name, self._where, trace_id)
         with self._telemetry.run(name, span, body) as record:
             result = await self._call(name, body, span, method)
             record.finished(result)
+        result["session_id"] = current_key().shown_session(result.get("session_id"))
         return result
 
     async def _call(
@@ -202,6 +237,7 @@ class GatewayCore:
         ``method``: ``stream`` or ``resume_stream``).  An error before the first
         event (an unknown agent, a bad prompt context) is raised here, so a protocol
         can still answer it with its HTTP status; later ones end the iteration."""
+        body = self._owned(name, body)
         span = gateway_span(traceparent, name, self._where, trace_id)
         with self._telemetry.run(name, span, body) as record:
             first, outcomes = await self._open(name, body, span, method)

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from astromesh_ray.core.context import SESSION_ID
@@ -37,10 +38,26 @@ _HTTP_ERROR_HINTS: dict[int, str] = {
 }
 
 
+BODY_CONFIG = ConfigDict(extra="forbid", strict=True)
+"""The request bodies' model config: unknown fields are refused, and so are values of
+another JSON type than the field's (``"k": true`` or ``"k": "5"`` for an integer, ``1``
+for a boolean), which pydantic's lax mode would convert: what the OpenAPI schema
+says is invalid is refused."""
+
+
+def whole_number(value: Any) -> Any:
+    """``value``, or the integer of a float with no fraction (``98.0``): JSON Schema
+    counts it as an integer, which strict mode alone would refuse (a ``mode="before"``
+    validator of the body's integer fields)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class RunBody(BaseModel):
     """``POST /v1/agents/{name}/run``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     query: str = Field(
         min_length=1, max_length=MAX_QUERY_CHARS, description="The user's message to the agent."
@@ -68,7 +85,7 @@ class RunBody(BaseModel):
 class ForkBody(BaseModel):
     """``POST /v1/memory/{agent}/sessions/{session}/fork``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     new_session_id: str | None = Field(
         default=None,
@@ -80,7 +97,7 @@ class ForkBody(BaseModel):
 class SearchBody(BaseModel):
     """``POST /v1/memory/{agent}/semantic/search``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Text to search for.")
     k: int | None = Field(default=None, ge=1, le=1000, description="Results at most.")
@@ -90,6 +107,23 @@ class SearchBody(BaseModel):
     session_id: str | None = Field(
         default=None, pattern=SESSION_ID.pattern, description="Search this session's items."
     )
+
+    _whole_k = field_validator("k", mode="before")(whole_number)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app serves at the request's path (Starlette's
+    405 names only those of the first route it tried: one route per method here)."""
+    routes = request.app.router.routes
+    scope = dict(request.scope)
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 def error_body(code: str, message: str, hint: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -108,8 +142,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         # Unknown routes and wrong methods: same status, our envelope, not {"detail"}.
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return JSONResponse(
             error_body(
                 HTTP_ERROR_CODES.get(exc.status_code, "http_error"),
@@ -117,7 +154,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 _HTTP_ERROR_HINTS.get(exc.status_code),
             ),
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -213,7 +250,7 @@ its ``max_result_chars``)."""
 class ToolResultBody(BaseModel):
     """One client tool's result."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     tool_call_id: str = Field(min_length=1, max_length=200, description="The pending call.")
     content: str | dict[str, Any] | list[Any] = Field(
@@ -238,7 +275,7 @@ class ToolResultBody(BaseModel):
 class ToolResultsBody(BaseModel):
     """``POST /v1/agents/{name}/runs/{run_id}/tool_results``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     tool_results: list[ToolResultBody] = Field(
         min_length=1, max_length=128, description="A result for each pending client call."
@@ -248,7 +285,7 @@ class ToolResultsBody(BaseModel):
 class DecisionItem(BaseModel):
     """One approval call's own decision."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     tool_call_id: str = Field(min_length=1, max_length=200, description="The pending call.")
     action: Literal["approve", "reject"] = Field(description="What is decided for it.")
@@ -258,7 +295,7 @@ class DecisionItem(BaseModel):
 class DecisionBody(BaseModel):
     """``POST /v1/agents/{name}/runs/{run_id}/approve`` (or ``/reject``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     tool_call_ids: list[str] | None = Field(
         default=None,

@@ -33,6 +33,7 @@ from ray import serve
 
 from astromesh_ray.core.build import check_buildable
 from astromesh_ray.serve.builders import BUILDERS, GATEWAY_APP, plan
+from astromesh_ray.serve.fingerprint import fingerprint, forget_deployed, record_deployed
 from astromesh_ray.spec import LoadedConfig
 
 logger = logging.getLogger(__name__)
@@ -94,20 +95,18 @@ def deploy_apps(
     """Run every application of ``plan`` on the running Serve instance, in order;
     then delete the applications of an earlier deployment that the plan no longer
     has (``delete_stale_apps``).  Returns the names of the applications run."""
-    names = []
+    fingerprints: dict[str, str | None] = {}
     resolved_config = str(config_dir.resolve()) if config_dir else None
     resolved_agents = str(agents_dir.resolve()) if agents_dir else None
     for app in plan(loaded, resolved_config, resolved_agents):
-        serve.run(
-            BUILDERS[app.builder](app.args),
-            name=app.name,
-            route_prefix=app.route_prefix,
-            blocking=False,
-        )
-        names.append(app.name)
+        application = BUILDERS[app.builder](app.args)
+        serve.run(application, name=app.name, route_prefix=app.route_prefix, blocking=False)
+        fingerprints[app.name] = fingerprint(application)
+    # What runs now, for a later `astromesh apply` (serve/reload.py) to compare with.
+    record_deployed(fingerprints)
     # After the new gateway is up: it no longer routes to what is deleted here.
-    delete_stale_apps(keep=names)
-    return names
+    delete_stale_apps(keep=list(fingerprints))
+    return list(fingerprints)
 
 
 def is_runtime_app(name: str, deployments: Iterable[str]) -> bool:
@@ -145,6 +144,7 @@ def delete_stale_apps(keep: Collection[str]) -> list[str]:
     stale = stale_apps(keep, running)
     for name in stale:
         serve.delete(name)
+    forget_deployed(stale)
     if stale:  # a warning: seen without logging set up, as it changes the cluster
         logger.warning("astromesh: deleted applications no longer configured: %s", ", ".join(stale))
     return stale
@@ -158,15 +158,24 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 8000,
     address: str | None = None,
+    watch: bool = False,
 ) -> None:
     """Run until interrupted.  Then, on the local cluster it started, shut Serve and
-    the cluster down; on a cluster it joined, delete only its own applications."""
+    the cluster down; on a cluster it joined, delete only its own applications.
+
+    ``watch``: reload the configuration when its YAML files change
+    (``serve/reload.py``'s ``Watcher``)."""
     # Only a cluster this process starts is its own: on a joined one, Serve and
     # Ray keep running other people's applications.
     owns_cluster = not ray.is_initialized() and cluster_address(loaded, address) in (
         None,
         "local",
     )
+    watcher = None
+    if watch:
+        from astromesh_ray.serve.reload import Watcher  # it imports this module
+
+        watcher = Watcher(config_dir, agents_dir)  # before start: changes while it starts count
     apps = start(
         loaded, config_dir=config_dir, agents_dir=agents_dir, host=host, port=port, address=address
     )
@@ -176,13 +185,20 @@ def serve_forever(
     )
     for name in sorted(loaded.agents):
         print(f"  POST http://{host}:{port}/v1/agents/{name}/run")
+    if watcher is not None:
+        watched = ", ".join(str(d) for d in (config_dir, agents_dir) if d is not None)
+        print(f"Watching {watched} for changes.")
     print("Ctrl-C to stop.", flush=True)
     try:
+        if watcher is not None:
+            watcher.run()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        if watcher is not None and watcher.apps is not None:
+            apps = watcher.apps  # what the last reload left running
         if owns_cluster:
             serve.shutdown()  # type: ignore[no-untyped-call]
             ray.shutdown()

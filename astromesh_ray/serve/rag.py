@@ -20,12 +20,12 @@ import binascii
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, field_validator
 
 from astromesh_ray.core.memory.factory import MemoryDefaults, default_memory_factory
 from astromesh_ray.core.rag.pipeline import RagPipelines, SourceDocument
 from astromesh_ray.errors import InvalidRequest
-from astromesh_ray.serve.http import MAX_BODY_BYTES, MAX_QUERY_CHARS
+from astromesh_ray.serve.http import BODY_CONFIG, MAX_BODY_BYTES, MAX_QUERY_CHARS, whole_number
 from astromesh_ray.serve.memory import ServeMemoryFactory
 from astromesh_ray.spec.rag import RAGPipelineSpec
 
@@ -37,7 +37,7 @@ MAX_DOCUMENTS = 100
 class DocumentBody(BaseModel):
     """One document of ``POST /v1/rag/{pipeline}/ingest``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     name: str = Field(
         min_length=1,
@@ -61,7 +61,7 @@ class DocumentBody(BaseModel):
 class IngestBody(BaseModel):
     """``POST /v1/rag/{pipeline}/ingest``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     documents: list[DocumentBody] = Field(
         min_length=1, max_length=MAX_DOCUMENTS, description="Documents to ingest."
@@ -71,7 +71,7 @@ class IngestBody(BaseModel):
 class RagSearchBody(BaseModel):
     """``POST /v1/rag/{pipeline}/search``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="Text to search for.")
     top_k: int | None = Field(
@@ -80,6 +80,8 @@ class RagSearchBody(BaseModel):
     score_threshold: float | None = Field(
         default=None, ge=0, le=1, description="Minimum similarity (default: the pipeline's)."
     )
+
+    _whole_top_k = field_validator("top_k", mode="before")(whole_number)
 
 
 def _document(index: int, body: DocumentBody) -> SourceDocument:

@@ -254,31 +254,37 @@ def span_tree(spans: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 class RecentTraces:
     """The spans of the last ``max_traces`` traces, each kept ``max_age_s`` after its
-    last run (a resumed run joins its trace), in this replica's memory."""
+    last run (a resumed run joins its trace), in this replica's memory; each trace
+    is its first run's caller's (an API key's id) and only it reads it back."""
 
     def __init__(self, spec: RecentTracesSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self._max, self._age_s, self._clock = spec.max_traces, spec.max_age_s, clock
-        self._traces: OrderedDict[str, tuple[float, dict[str, Mapping[str, Any]]]] = OrderedDict()
+        self._traces: OrderedDict[str, tuple[float, str, dict[str, Mapping[str, Any]]]] = (
+            OrderedDict()
+        )
 
-    def add(self, spans: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, spans: Sequence[Mapping[str, Any]], owner: str = "anonymous") -> None:
         if self._max == 0:
             return
         now = self._clock()
         for span in spans:
             trace_id = str(span.get("trace_id"))
-            _, kept = self._traces.pop(trace_id, (now, {}))
+            _, first_owner, kept = self._traces.pop(trace_id, (now, owner, {}))
             if len(kept) < MAX_SPANS:
                 kept[str(span.get("span_id"))] = span
-            self._traces[trace_id] = (now, kept)
+            self._traces[trace_id] = (now, first_owner, kept)
         while len(self._traces) > self._max:
             self._traces.popitem(last=False)
 
-    def get(self, trace_id: str) -> list[Mapping[str, Any]] | None:
+    def get(self, trace_id: str, owner: str | None = None) -> list[Mapping[str, Any]] | None:
+        """The trace's spans, if it is ``owner``'s (None: anyone's, for admins)."""
         horizon = self._clock() - self._age_s
         while self._traces and next(iter(self._traces.values()))[0] < horizon:
             self._traces.popitem(last=False)
         found = self._traces.get(trace_id)
-        return list(found[1].values()) if found else None
+        if found is None or (owner is not None and found[1] != owner):
+            return None
+        return list(found[2].values())
 
 
 def current_route() -> str:
@@ -308,7 +314,8 @@ class GatewayTelemetry:
     ) -> RunRecord:
         """The record of one run starting now, under the gateway's ``span``."""
         session = body.get("session_id")
-        return RunRecord(self, agent, span, route or current_route(), session)
+        owner = str((body.get("caller") or {}).get("id") or "anonymous")
+        return RunRecord(self, agent, span, route or current_route(), session, owner)
 
     def close(self) -> None:
         if self.export is not None:
@@ -320,9 +327,16 @@ class RunRecord:
     context manager, an exception leaving the block is ``failed`` (and re-raised)."""
 
     def __init__(
-        self, telemetry: GatewayTelemetry, agent: str, span: Span, route: str, session: Any
+        self,
+        telemetry: GatewayTelemetry,
+        agent: str,
+        span: Span,
+        route: str,
+        session: Any,
+        owner: str = "anonymous",
     ) -> None:
         self._telemetry, self.agent, self.span, self.route = telemetry, agent, span, route
+        self.owner = owner
         self._session = session if isinstance(session, str) else None
         self._started = time.perf_counter()
         self._first_token_s: float | None = None
@@ -362,7 +376,7 @@ class RunRecord:
         if not any(s.get("span_id") == self.span.span_id for s in spans):
             spans.insert(0, self.span.to_dict())
         telemetry = self._telemetry
-        telemetry.recent.add(spans)
+        telemetry.recent.add(spans, self.owner)
         if telemetry.export is not None and self.span.sampled:
             telemetry.export.export(spans)
         outcome = RunOutcome(

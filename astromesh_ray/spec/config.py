@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from astromesh_ray.spec.auth import AuthSpec
 from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
 from astromesh_ray.spec.deployment import DeploymentSpec
 from astromesh_ray.spec.memory import RuntimeMemorySpec
@@ -226,6 +227,7 @@ class RuntimeBodySpec(StrictModel):
         default_factory=TelemetrySpec,
         description="OpenTelemetry traces, recent traces and Prometheus metrics.",
     )
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="API keys, rate limits and CORS.")
     services: dict[str, Any] | None = Field(
         default=None, description="Original Astromesh service switches (refused)."
     )

@@ -22,6 +22,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
+# A provider API key every replica of the session's cluster has in its environment
+# (set before Ray starts): a test checks it reaches the model server and no log.
+PROVIDER_KEY_ENV = "ASTROMESH_TEST_PROVIDER_KEY"
+PROVIDER_KEY = "sk-test-provider-secret-8c1f0e2a9b7d4c63"
+os.environ.setdefault(PROVIDER_KEY_ENV, PROVIDER_KEY)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -125,7 +125,7 @@ class A2ARoutes(GatewayCore):
     @api.get("/.well-known/agent-card.json")
     async def a2a_root_card(self, request: Request) -> JSONResponse:
         """The card of the only agent (an A2A client given the gateway's own URL)."""
-        names = sorted(self._agents)
+        names = self._visible_agents()
         if len(names) != 1:
             cards = [card_path(n) for n in names]
             raise AgentNotFound(

@@ -106,7 +106,7 @@ class AGUIRoutes(GatewayCore):
                 "their calls end the run with an interrupt that `resume` answers",
                 field="tools",
             )
-        check_session_id(given.thread_id, "threadId")
+        check_session_id(given.thread_id, "threadId", client=True)
         state = given.state if given.state is not None else {}
         if not isinstance(state, dict):
             raise InvalidRequest("state must be an object", field="state")

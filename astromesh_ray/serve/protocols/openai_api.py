@@ -92,7 +92,8 @@ class OpenAIRoutes(GatewayCore):
 
     @api.get("/v1/models")
     async def openai_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model(name) for name in sorted(self._apps)]}
+        # The agents the request's key covers.
+        return {"object": "list", "data": [self._model(n) for n in self._visible_agents()]}
 
     @api.get("/v1/models/{model}")
     async def openai_model(self, model: str) -> Any:

@@ -159,8 +159,8 @@ class ChatRequest(BaseModel):
                 field="user",
             )
         if header is not None:
-            return check_session_id(header, "X-Session-Id")
-        return None if self.user is None else check_session_id(self.user, "user")
+            return check_session_id(header, "X-Session-Id", client=True)
+        return None if self.user is None else check_session_id(self.user, "user", client=True)
 
 
 def parse_chat_request(body: Any) -> ChatRequest:

@@ -15,6 +15,7 @@ from typing import Any
 
 from astromesh_ray.errors import InvalidRequest, TraceNotFound
 from astromesh_ray.serve.app import api
+from astromesh_ray.serve.auth import current_key
 from astromesh_ray.serve.gateway_core import GatewayCore
 from astromesh_ray.serve.telemetry import span_tree
 
@@ -34,7 +35,8 @@ class TraceRoutes(GatewayCore):
                 hint="a trace id is 32 hex digits (a reply's trace_id)",
                 field="trace_id",
             )
-        spans = self._telemetry.recent.get(trace_id)
+        key = current_key()  # a key reads its own runs' traces (admin: any)
+        spans = self._telemetry.recent.get(trace_id, None if key.admin else key.caller.id)
         if spans is None:
             raise TraceNotFound(
                 f"no recent trace {trace_id!r} in this gateway replica",
