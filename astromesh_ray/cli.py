@@ -367,7 +367,15 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or (api.host if api else "127.0.0.1")
     auth = loaded.runtime.spec.auth
     insecure = args.insecure or auth.insecure
-    cli_keys.check_exposure(host, len(KeyRing.from_spec(auth)), insecure)
+    keys = len(KeyRing.from_spec(auth))
+    cli_keys.check_exposure(host, keys, insecure)
+    if not keys:
+        reach = "every client (--insecure)" if insecure else "loopback clients only"
+        print(
+            f"astromesh: warning: no API keys configured: the API is open, to {reach}; "
+            "create keys with `astromesh keys create`",
+            file=sys.stderr,
+        )
     if insecure:  # the local cluster's workers (the gateway) inherit it
         os.environ[INSECURE_ENV] = "1"
     serve_forever(
