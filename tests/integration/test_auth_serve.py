@@ -186,6 +186,11 @@ def test_listings_hold_only_the_agents_a_key_covers(api: str) -> None:
     assert [a["name"] for a in agents["agents"]] == ["other"]
     models = httpx.get(f"{api}/v1/models", headers=_as("root"), timeout=30).json()
     assert sorted(m["id"] for m in models["data"]) == ["helper", "other"]
+    # The A2A card tells clients the key is a bearer token.
+    card = httpx.get(f"{api}/a2a/other/.well-known/agent-card.json", headers=_as("other"))
+    assert card.json()["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]["scheme"] == (
+        "Bearer"
+    )
 
 
 def test_websocket_needs_a_key_in_scope(api: str) -> None:

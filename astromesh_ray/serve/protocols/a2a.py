@@ -109,7 +109,7 @@ class A2ARoutes(GatewayCore):
                 table = self._a2a_table = ActorTable()
             store = TableTaskStore(name, table)
             executor = RunExecutor(name, self._a2a_opener(name))
-            card = agent_card(self._agents[name], base_url)
+            card = agent_card(self._agents[name], base_url, bearer=not self._keys.open)
             handler = RunRequestHandler(executor, store, card)
             dispatcher = dispatchers[name] = JsonRpcDispatcher(handler, enable_v0_3_compat=True)
         return dispatcher
@@ -138,7 +138,7 @@ class A2ARoutes(GatewayCore):
     @api.get("/a2a/{name}/.well-known/agent-card.json")
     async def a2a_card(self, name: str, request: Request) -> JSONResponse:
         self._app(name)  # 404 for unknown agents
-        card = agent_card(self._agents[name], str(request.base_url))
+        card = agent_card(self._agents[name], str(request.base_url), bearer=not self._keys.open)
         return JSONResponse(card_dict(card))
 
     @api.post("/a2a/{name}")

@@ -29,6 +29,10 @@ from a2a.types.a2a_pb2 import (
     AgentInterface,
     AgentProvider,
     AgentSkill,
+    HTTPAuthSecurityScheme,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
 )
 from a2a.utils.constants import (
     AGENT_CARD_WELL_KNOWN_PATH,
@@ -55,9 +59,11 @@ def card_path(name: str) -> str:
     return agent_path(name) + AGENT_CARD_WELL_KNOWN_PATH
 
 
-def agent_card(agent: Mapping[str, Any], base_url: str) -> AgentCard:
+def agent_card(agent: Mapping[str, Any], base_url: str, *, bearer: bool = False) -> AgentCard:
     """The card of the agent ``agent`` describes, served under ``base_url`` (the
-    gateway's absolute base URL as the client reached it, e.g. ``http://host:8000``)."""
+    gateway's absolute base URL as the client reached it, e.g. ``http://host:8000``);
+    ``bearer``: the server needs an API key, which the card declares as a bearer
+    token required by every call."""
     name = str(agent["name"])
     url = base_url.rstrip("/") + agent_path(name)
     title = str(agent.get("display_name") or name)
@@ -80,7 +86,20 @@ def agent_card(agent: Mapping[str, Any], base_url: str) -> AgentCard:
         default_input_modes=list(INPUT_MODES),
         default_output_modes=list(OUTPUT_MODES),
         skills=skills(agent, title),
+        security_schemes=_BEARER if bearer else None,
+        security_requirements=[SecurityRequirement(schemes={"bearer": StringList()})]
+        if bearer
+        else None,
     )
+
+
+_BEARER = {
+    "bearer": SecurityScheme(
+        http_auth_security_scheme=HTTPAuthSecurityScheme(
+            scheme="Bearer", description="An astromesh API key: Authorization: Bearer <key>"
+        )
+    )
+}
 
 
 def skills(agent: Mapping[str, Any], title: str | None = None) -> list[AgentSkill]:

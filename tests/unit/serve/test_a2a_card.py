@@ -75,3 +75,15 @@ def test_the_json_card_carries_the_v03_fields_and_parses_back() -> None:
     assert parsed.name == "Support Desk"
     assert [s.id for s in parsed.skills] == ["lookup_order", "refund"]
     assert {i.protocol_version for i in parsed.supported_interfaces} == {"1.0", "0.3"}
+
+
+def test_a_server_with_keys_declares_a_bearer_token_on_its_cards() -> None:
+    open_card = card_dict(agent_card(described(), BASE))
+    assert "securitySchemes" not in open_card and "securityRequirements" not in open_card
+    body = card_dict(agent_card(described(), BASE, bearer=True))
+    scheme = body["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]
+    assert scheme["scheme"] == "Bearer"
+    assert body["securityRequirements"] == [{"schemes": {"bearer": {}}}]
+    assert parse_agent_card(body).security_schemes["bearer"].http_auth_security_scheme.scheme == (
+        "Bearer"
+    )
