@@ -100,8 +100,9 @@ def deploy_apps(
     resolved_agents = str(agents_dir.resolve()) if agents_dir else None
     for app in plan(loaded, resolved_config, resolved_agents):
         application = BUILDERS[app.builder](app.args)
-        serve.run(application, name=app.name, route_prefix=app.route_prefix, blocking=False)
+        # Before serve.run, as serve/reload.py hashes it: what Serve is given.
         fingerprints[app.name] = fingerprint(application)
+        serve.run(application, name=app.name, route_prefix=app.route_prefix, blocking=False)
     # What runs now, for a later `astromesh apply` (serve/reload.py) to compare with.
     record_deployed(fingerprints)
     # After the new gateway is up: it no longer routes to what is deleted here.

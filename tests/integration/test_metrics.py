@@ -139,6 +139,8 @@ def test_turns_show_up_in_rays_prometheus_endpoint(api: str, llm: ScriptedOpenAI
             and value(s, "ray_astromesh_errors_total", agent="meterless") == 1
             and value(s, "ray_astromesh_tool_calls_total", agent="metered") == 2
             and value(s, "ray_astromesh_time_to_first_token_s_count", **stream_route) == 1
+            # Histograms are exported apart from counters: wait for them too.
+            and value(s, "ray_astromesh_request_latency_s_count", **run_route) == 2
         )
 
     samples = eventually(complete)
