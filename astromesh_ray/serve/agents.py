@@ -72,6 +72,12 @@ def _memory_summary(agent: AgentSpec) -> dict[str, Any]:
     return found
 
 
+# An ongoing request is one turn, which spends nearly all its time awaiting its model
+# and tools (coroutines, no thread each); its own CPU work (prompts, guardrails, JSON)
+# is about a millisecond.  So a replica holds a hundred turns at once; Serve's default
+# of 5 would queue turns in front of an idle replica.  How many replicas run is
+# autoscaling_config's business (target_ongoing_requests), not this cap's.  num_cpus 0:
+# a replica reserves no CPU (YAML can), so a 2-CPU machine runs every agent.
 @serve.deployment(name="agent", max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
 class AgentDeployment:
     """Runs turns of one agent; its model calls go to provider deployments, its

@@ -12,7 +12,7 @@ so the deployed shape is the same either way:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +27,17 @@ from astromesh_ray.serve.agents import AgentDeployment, agent_app_name, describe
 from astromesh_ray.serve.breaker import agent_probes, ensure_breaker_actor
 from astromesh_ray.serve.embedders import EmbedderDeployment, embedder_app_name
 from astromesh_ray.serve.gateway import Gateway
-from astromesh_ray.serve.providers import ProviderDeployment, provider_app_name
+from astromesh_ray.serve.placement import (
+    check_accelerator_type,
+    colocation_target,
+    placed_actor_options,
+    wait_for_replica_nodes,
+)
+from astromesh_ray.serve.providers import (
+    HOSTED_MODEL_MAX_ONGOING_REQUESTS,
+    ProviderDeployment,
+    provider_app_name,
+)
 from astromesh_ray.serve.vllm import in_cluster, llm_config_fields, vllm_app
 from astromesh_ray.spec import (
     AgentSpec,
@@ -118,6 +128,13 @@ def plan(
     for endpoint in endpoints.values():
         if in_cluster(endpoint):
             llm_config_fields(endpoint)  # option mistakes fail here, not in the cluster
+    for where, spec in _deployment_specs(loaded, endpoints):
+        actor = spec.ray_actor_options if spec is not None else None
+        if actor is not None:
+            check_accelerator_type(f"{where}.ray_actor_options", actor.accelerator_type)
+    for agent in loaded.agents.values():
+        if agent.spec.deployment is not None and agent.spec.deployment.colocates_with_model:
+            colocation_target(agent, loaded.providers, endpoints)  # fails here, not later
     apps = [
         PlannedApp(name, None, "provider_app", {**base, "provider": name})
         for name in sorted(endpoints)
@@ -134,19 +151,35 @@ def plan(
     return apps
 
 
+def _deployment_specs(
+    loaded: LoadedConfig, endpoints: Mapping[str, ModelEndpoint]
+) -> Iterator[tuple[str, DeploymentSpec | None]]:
+    """Every ``deployment`` block of the plan, with where it was written."""
+    for name, endpoint in endpoints.items():
+        yield f"provider {name}: deployment", endpoint.deployment
+    for name, embedding in embedder_specs(loaded).items():
+        yield f"embedder {name}: deployment", embedding.deployment
+    for agent in loaded.agents.values():
+        yield f"{agent.source or agent.name}: spec.deployment", agent.spec.deployment
+    yield "runtime: spec.gateway", loaded.runtime.spec.gateway
+
+
 def _deployment(decorated: object) -> Deployment:
     # `@serve.deployment` returns a Deployment; its stubs still type it as the class.
     return cast(Deployment, decorated)
 
 
-def serve_options(deployment: object, spec: DeploymentSpec | None) -> dict[str, Any]:
+def serve_options(
+    deployment: object, spec: DeploymentSpec | None, *, near: Sequence[str] = ()
+) -> dict[str, Any]:
     """``Deployment.options()`` for a YAML ``deployment`` block: its
     ``ray_actor_options`` merged over the deployment's own defaults, so
-    ``{num_gpus: 1}`` keeps the decorator's ``num_cpus: 0``."""
+    ``{num_gpus: 1}`` keeps the decorator's ``num_cpus: 0``, with the replicas'
+    label selector (``serve/placement.py``: off the GPU pool unless the deployment
+    asks for an accelerator or names its nodes; ``near``: node ids preferred)."""
     options = spec.to_serve_options() if spec else {}
-    if "ray_actor_options" in options:
-        defaults = _deployment(deployment).ray_actor_options or {}
-        options["ray_actor_options"] = {**defaults, **options["ray_actor_options"]}
+    defaults = _deployment(deployment).ray_actor_options or {}
+    options["ray_actor_options"] = placed_actor_options(defaults, spec, near)
     return options
 
 
@@ -172,6 +205,8 @@ def provider_app(raw: dict[str, Any]) -> Application:
         # answering the same complete/stream/health calls as ProviderDeployment.
         return vllm_app(endpoint)
     options = serve_options(ProviderDeployment, endpoint.deployment)
+    if endpoint.provider == "onnx":  # a model in the replica, not a connection pool
+        options.setdefault("max_ongoing_requests", HOSTED_MODEL_MAX_ONGOING_REQUESTS)
     return _deployment(ProviderDeployment).options(**options).bind(endpoint)
 
 
@@ -202,7 +237,14 @@ def agent_app(raw: dict[str, Any]) -> Application:
     check_buildable([agent], loaded.providers, known=loaded.agents, rag=loaded.rag_pipelines)
     # The breaker actor exists, and probes this agent's providers, before any request.
     ensure_breaker_actor(agent_probes(agent, loaded.providers, loaded.routing))
-    options = serve_options(AgentDeployment, agent.spec.deployment)
+    deployment = agent.spec.deployment
+    near: list[str] = []
+    if deployment is not None and deployment.colocates_with_model:
+        # The nodes its model runs on now (waiting for the first under `serve deploy`).
+        model_app = colocation_target(agent, loaded.providers, provider_endpoints(loaded))
+        why = f"agent {agent.name}: placement.colocate_with: model"
+        near = wait_for_replica_nodes(model_app, why=why)
+    options = serve_options(AgentDeployment, deployment, near=near)
     return (
         _deployment(AgentDeployment)
         .options(**options)

@@ -90,6 +90,9 @@ def shown_sessions(key: ApiKey, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+# The gateway holds only pending handle calls to agents, and open streams (SSE,
+# WebSocket, AG-UI) for a whole run each: 200 at once per replica, twice an agent
+# replica's 100, so one gateway replica can feed two agent replicas at their limit.
 @serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoutes, TraceRoutes):

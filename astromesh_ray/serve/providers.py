@@ -35,8 +35,19 @@ def provider_app_name(endpoint: ModelEndpoint) -> str:
     return endpoint.key
 
 
-# As many concurrent requests as the client pool has connections (local_provider sizes
-# the pool from the YAML's max_ongoing_requests, else this same default).
+# What a replica holds decides how many requests it takes at once (Serve's own
+# default, 5, would queue most of them in front of an idle client):
+# - a remote API (OpenAI, Ollama, TGI, an external vLLM or llama.cpp server): as many
+#   concurrent requests as the client pool has connections (local_provider sizes the
+#   pool from the YAML's max_ongoing_requests, else this same default, 100); each one
+#   is an await on a socket, so a replica holds a hundred for next to nothing;
+# - a model in the replica (ONNX, `provider_app` sets it): HOSTED_MODEL_MAX_ONGOING_REQUESTS.
+#   Generation runs in threads sharing the replica's CPUs or GPU, with no batching, so a
+#   few at once keep the device busy; more would only slow every answer down, while
+#   queued in Serve they are seen by the autoscaler and go to the next replica.
+HOSTED_MODEL_MAX_ONGOING_REQUESTS = 8
+
+
 @serve.deployment(
     name="provider",
     max_ongoing_requests=DEFAULT_MAX_CONNECTIONS,

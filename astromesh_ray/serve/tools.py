@@ -32,6 +32,7 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import ActorUnavailableError, RayError
 from ray.serve.exceptions import RayServeException
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from astromesh_ray.core.tools.base import ToolResult
 from astromesh_ray.core.tools.env import ToolServices
@@ -154,12 +155,19 @@ class ActorStdioConnection:
         return self._actor
 
     def _lookup(self) -> Any:
+        # On the node of the replica that starts it, so the server runs where the agent
+        # was placed: off the GPU pool unless the agent asked for it (serve/placement.py).
+        # Hard: Ray 2.60 ignores a soft affinity for an actor that reserves nothing.  If
+        # that node goes, the actor cannot restart and is created again (dead for good:
+        # `_ask`), next to the replica that needs it next.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         return McpStdioActor.options(  # type: ignore[attr-defined]  # ray.remote wraps it
             name=self.actor_name,
             namespace=ACTOR_NAMESPACE,
             get_if_exists=True,
             lifetime="detached",  # shared by every replica of the agent
             max_restarts=self.server.max_restarts,
+            scheduling_strategy=here,
         ).remote(self.key, self.server)
 
     async def _ask(self, method: str, *args: Any, timeout_s: float | None) -> Any:

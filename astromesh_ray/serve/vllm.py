@@ -42,6 +42,7 @@ from pydantic import Field, ValidationError
 from ray.serve import Application
 
 from astromesh_ray.errors import ConfigError
+from astromesh_ray.serve.placement import check_accelerator_type
 from astromesh_ray.serve.vllm_chat import ProviderMethods
 from astromesh_ray.spec import ModelEndpoint, StrictModel
 from astromesh_ray.spec.diagnostics import did_you_mean
@@ -176,7 +177,8 @@ def in_cluster_options(endpoint: ModelEndpoint) -> InClusterOptions:
     except ValidationError as exc:
         problems = [f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("\n".join(problems), problems=problems) from None
-    _check_accelerator(where, options.accelerator_type)
+    check_accelerator_type(where, options.accelerator_type, llm=True)
+    _check_placement(endpoint)
     clash = sorted(set(options.engine_kwargs) & set(_FROM_OPTIONS + _RAY_OWNED))
     if clash:
         raise ConfigError(
@@ -188,17 +190,23 @@ def in_cluster_options(endpoint: ModelEndpoint) -> InClusterOptions:
     return options
 
 
-def _check_accelerator(where: str, value: str | None) -> None:
-    if value is None:
-        return
-    # The list Ray's LLMConfig checks against (a public module, importable without vLLM).
-    from ray.util.accelerators import accelerators
-
-    known = [v for k, v in vars(accelerators).items() if k.isupper() and isinstance(v, str)]
-    if value not in known and value != "A10":  # Ray itself maps A10 to A10G
+def _check_placement(endpoint: ModelEndpoint) -> None:
+    # Ray's LLMServer places a replica by its GPU bundles (placement_group_config) and
+    # LLMConfig.accelerator_type; actor-level selectors would fight them.
+    deployment = endpoint.deployment
+    actor = deployment.ray_actor_options if deployment else None
+    where = f"{_name(endpoint)}: deployment"
+    if actor is not None and actor.accelerator_type is not None:
         raise ConfigError(
-            f"{where}.accelerator_type: {value!r} is not a Ray accelerator type",
-            hint=did_you_mean(value, known) or "valid types: " + ", ".join(known),
+            f"{where}.ray_actor_options.accelerator_type: in-cluster vLLM takes the GPU "
+            "type in options.accelerator_type",
+            hint=f"move accelerator_type: {actor.accelerator_type} to the entry's options",
+        )
+    if deployment is not None and deployment.placement is not None:
+        raise ConfigError(
+            f"{where}.placement: in-cluster vLLM is placed by its GPU bundles "
+            "(num_gpus x tensor_parallel_size) and options.accelerator_type",
+            hint="remove placement; GPU replicas only go to nodes with GPUs",
         )
 
 

@@ -21,7 +21,13 @@ from astromesh_ray.spec.config import (
     ProviderRoutingSpec,
     RuntimeConfigSpec,
 )
-from astromesh_ray.spec.deployment import AutoscalingSpec, DeploymentSpec, RayActorOptionsSpec
+from astromesh_ray.spec.deployment import (
+    AgentDeploymentSpec,
+    AutoscalingSpec,
+    DeploymentSpec,
+    PlacementSpec,
+    RayActorOptionsSpec,
+)
 from astromesh_ray.spec.directory import (
     LoadedConfig,
     load_config,
@@ -57,6 +63,7 @@ from astromesh_ray.spec.validation import validate_paths
 __all__ = [
     "RULES",
     "AgentBodySpec",
+    "AgentDeploymentSpec",
     "AgentSpec",
     "AgentToolSpec",
     "AutoscalingSpec",
@@ -80,6 +87,7 @@ __all__ = [
     "ModelSpec",
     "OrchestrationSpec",
     "PermissionsSpec",
+    "PlacementSpec",
     "PricingSpec",
     "PromptsSpec",
     "ProviderConfigSpec",

@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel, rule_error
 from astromesh_ray.spec.chain import ChainSpec, check_output_schema
-from astromesh_ray.spec.deployment import DeploymentSpec
+from astromesh_ray.spec.deployment import AgentDeploymentSpec
 from astromesh_ray.spec.guardrails import GuardrailsSpec
 from astromesh_ray.spec.memory import MemorySpec
 from astromesh_ray.spec.model import ModelSpec
@@ -140,7 +140,7 @@ class AgentBodySpec(StrictModel):
         default=None, description="Agents run after this one answered (original Astromesh)."
     )
     observability: dict[str, Any] | None = _extra_block("Tracing settings")
-    deployment: DeploymentSpec | None = Field(
+    deployment: AgentDeploymentSpec | None = Field(
         default=None, description="Serve deployment of this agent (replicas, resources)."
     )
 

@@ -24,6 +24,15 @@ def test_yaml_actor_options_merge_over_the_deployments_defaults(deployment: obje
 
 def test_yaml_actor_options_win_over_the_defaults() -> None:
     spec = DeploymentSpec.model_validate({"ray_actor_options": {"num_cpus": 2}})
-    assert serve_options(ProviderDeployment, spec) == {"ray_actor_options": {"num_cpus": 2}}
-    assert serve_options(ProviderDeployment, DeploymentSpec()) == {}
-    assert serve_options(ProviderDeployment, None) == {}
+    # (A CPU-only deployment also gets the selector keeping it off the GPU pool:
+    # tests/unit/serve/test_placement.py.)
+    off_gpu = {"label_selector": {"astromesh/pool": "!gpu"}}
+    assert serve_options(ProviderDeployment, spec) == {
+        "ray_actor_options": {"num_cpus": 2, **off_gpu}
+    }
+    assert serve_options(ProviderDeployment, DeploymentSpec()) == {
+        "ray_actor_options": {"num_cpus": 0, **off_gpu}
+    }
+    assert serve_options(ProviderDeployment, None) == serve_options(
+        ProviderDeployment, DeploymentSpec()
+    )
