@@ -72,7 +72,7 @@ test-chroma: install-dev services
 
 bench: install-dev
 	@# The scripts; the other modules there are their shared parts.
-	@for f in router overhead serve_path memory tools patterns guardrails streaming; do \
+	@for f in router overhead serve_path memory tools patterns guardrails streaming throughput scaling; do \
 		echo "== benchmarks/$$f.py"; $(BIN)/python benchmarks/$$f.py || exit 1; \
 	done
 
