@@ -14,7 +14,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev services serve test test-chroma unit integration lint typecheck bench clean
+.PHONY: install install-dev services serve test test-chroma unit integration lint typecheck bench deployments clean
 
 install: $(STAMP)
 install-dev: $(DEV_STAMP)
@@ -75,6 +75,11 @@ bench: install-dev
 	@for f in router overhead serve_path memory tools patterns guardrails streaming throughput scaling; do \
 		echo "== benchmarks/$$f.py"; $(BIN)/python benchmarks/$$f.py || exit 1; \
 	done
+
+# The committed Serve configs, regenerated from their config directories (tests keep
+# them in sync: run this after changing config/ or deployments/<name>/).
+deployments: install
+	$(BIN)/python deployments/regenerate.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,5 +1,16 @@
 """Each agent YAML as its own Serve application: ``AgentDeployment`` wires a core
-``AgentRuntime`` to provider deployments and peer agents by handle."""
+``AgentRuntime`` to its providers (a pooled client in the replica, or a provider
+deployment by handle) and to peer agents by handle.
+
+The application is an HTTP ingress too, at route prefix ``/v1/agents/<name>``
+(``builders.plan``): it answers the agent's own routes (``agent_routes.py``) with
+its own ``AgentRuntime``, in process, behind the same gate, limits and error handlers
+as the gateway (``app.py``'s ``agent_api``), so a turn is proxy -> agent replica,
+with no gateway hop.  The methods others call by handle stay: ``run``, ``stream``,
+``resume``, ``resume_stream``, ``paused``, ``health``, ``memory`` (the gateway's
+protocols and memory routes), ``task`` (the agent's own pattern tasks,
+``ServeTaskRunner``), peers' sub-runs (``ServePeer``), and ``recent_trace`` (the
+gateway's ``GET /v1/traces/{id}``)."""
 
 from __future__ import annotations
 
@@ -18,17 +29,24 @@ from astromesh_ray.core.memory.factory import MemoryDefaults, default_memory_fac
 from astromesh_ray.core.runs import PausedRun, ToolDecision
 from astromesh_ray.core.runs.pausing import Answer
 from astromesh_ray.core.runs.resume import decisions_for, paused_view
+from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.tasks import TaskRequest
+from astromesh_ray.serve.agent_link import LocalLink
+from astromesh_ray.serve.agent_routes import AgentRoutes
+from astromesh_ray.serve.app import agent_api
 from astromesh_ray.serve.breaker import ServeBreakerStore, agent_probes
 from astromesh_ray.serve.handles import agent_app_name
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.memory import ServeMemoryFactory
 from astromesh_ray.serve.outcome import failure, ok
 from astromesh_ray.serve.peers import ServePeer
-from astromesh_ray.serve.providers import ServeProvider
+from astromesh_ray.serve.providers import replica_provider
+from astromesh_ray.serve.router_config import SHORT_BACKOFF
 from astromesh_ray.serve.tasks import ServeTaskRunner
 from astromesh_ray.serve.tools import serve_tool_services
 from astromesh_ray.spec import AgentSpec, ProviderEntrySpec, ProviderRoutingSpec, RAGPipelineSpec
+from astromesh_ray.spec.auth import AuthSpec
+from astromesh_ray.spec.config import TelemetrySpec
 
 __all__ = ["AgentDeployment", "agent_app_name", "describe_agent"]
 
@@ -77,12 +95,22 @@ def _memory_summary(agent: AgentSpec) -> dict[str, Any]:
 # is about a millisecond.  So a replica holds a hundred turns at once; Serve's default
 # of 5 would queue turns in front of an idle replica.  How many replicas run is
 # autoscaling_config's business (target_ongoing_requests), not this cap's.  num_cpus 0:
-# a replica reserves no CPU (YAML can), so a 2-CPU machine runs every agent.
-@serve.deployment(name="agent", max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
-class AgentDeployment:
-    """Runs turns of one agent; its model calls go to provider deployments, its
-    sub-runs to peer agents' applications, and its pattern's tasks (plan steps,
-    fan-out branches) to any replica of this same application."""
+# a replica reserves no CPU (YAML can), so a 2-CPU machine runs every agent.  HTTP
+# requests to its own routes and handle calls share the cap (each is one ongoing
+# request).  Its app (`agent_api`) is not the gateway's: `serve.ingress` rewrites the
+# app it is given (app.py).
+@serve.deployment(
+    name="agent",
+    max_ongoing_requests=100,
+    ray_actor_options={"num_cpus": 0},
+    request_router_config=SHORT_BACKOFF,  # callers retry a full replica every 25 ms
+)
+@serve.ingress(agent_api)
+class AgentDeployment(AgentRoutes):
+    """Runs turns of one agent, asked over HTTP (its own routes) or by handle; its
+    model calls go to its providers, its sub-runs to peer agents' applications, and
+    its pattern's tasks (plan steps, fan-out branches) to any replica of this same
+    application."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
@@ -91,14 +119,28 @@ class AgentDeployment:
         routing: ProviderRoutingSpec | None = None,
         memory: MemoryDefaults | None = None,
         rag: Mapping[str, RAGPipelineSpec] | None = None,
+        *,
+        auth: AuthSpec | None = None,
+        telemetry: TelemetrySpec | None = None,
     ) -> None:
+        # Its routes: the same keys, limits and telemetry as the gateway's (runtime.yaml's
+        # spec.auth and spec.telemetry); its description and namespace are the agent's
+        # own (`describe_agent`, as the gateway lists it).  First: a bad telemetry
+        # setting fails the replica before its tool servers start.
+        super().__init__(
+            {agent.name: describe_agent(agent)},
+            {agent.name: agent_app_name(agent.name)},
+            LocalLink(self, agent.name),
+            telemetry=telemetry,
+            auth=auth,
+        )
         self._breakers = breakers = await self.make_breakers(agent, providers, routing)
         # The replica owns its memory backends (pools, embedders): closed on shutdown.
         self._memory = ServeMemoryFactory(memory or default_memory_factory().defaults)
         self._runtime = build_runtime(
             agent,
             providers,
-            make_provider=ServeProvider,
+            make_provider=replica_provider,
             make_peer=ServePeer,
             where=replica_location(),
             routing=routing,
@@ -135,9 +177,12 @@ class AgentDeployment:
         return ok(result.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        # Closed when this stream is (a caller that stops early, in process or by
+        # handle): the run is abandoned now, not when the collector finds it.
         try:
-            async for event in self._runtime.stream(RunRequest.from_dict(request)):
-                yield ok(event_to_dict(event))
+            async with closing_stream(self._runtime.stream(RunRequest.from_dict(request))) as run:
+                async for event in run:
+                    yield ok(event_to_dict(event))
         except Exception as exc:
             yield failure(exc)
 
@@ -194,8 +239,9 @@ class AgentDeployment:
             events = self._runtime.resume_stream(
                 run_id, decisions, caller, trace_parent=answer.get("trace_parent")
             )
-            async for event in events:
-                yield ok(event_to_dict(event))
+            async with closing_stream(events):
+                async for event in events:
+                    yield ok(event_to_dict(event))
         except Exception as exc:
             yield failure(exc)
 
@@ -211,9 +257,17 @@ class AgentDeployment:
             return failure(exc)
         return ok(result)
 
+    def recent_trace(self, trace_id: str, owner: str | None) -> list[dict[str, Any]] | None:
+        """This replica's spans of trace ``trace_id`` (of the runs its own routes
+        answered), if the trace is ``owner``'s (None: anyone's): the gateway's
+        ``GET /v1/traces/{id}`` asks each agent's application."""
+        spans = self._telemetry.recent.get(trace_id, owner)
+        return None if spans is None else [dict(span) for span in spans]
+
     async def __del__(self) -> None:
         # Serve calls this on shutdown; a replica whose constructor failed has less
         # to close.
+        await self._close_telemetry()
         runtime = getattr(self, "_runtime", None)
         if runtime is not None:
             await runtime.aclose()

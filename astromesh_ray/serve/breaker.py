@@ -40,6 +40,7 @@ from ray.serve.exceptions import RayServeException
 from astromesh_ray.core.breaker import BreakerPolicy, State
 from astromesh_ray.core.build import prepared
 from astromesh_ray.core.patterns import pattern_for
+from astromesh_ray.core.providers.base import Provider, local_provider
 from astromesh_ray.serve.actor_client import ACTOR_NAMESPACE
 from astromesh_ray.serve.breaker_board import (
     BreakerBoard,
@@ -67,12 +68,24 @@ _log = logging.getLogger("astromesh.breaker")
 
 
 class ServeAppProbe:
-    """Health of a Serve application: its ingress deployment's ``health`` method."""
+    """Health of a provider: its Serve application's ``health`` method, or, for a
+    remote API the agents call from their replicas (a probe with an ``endpoint``),
+    the API's own health, asked with a one-connection client kept here."""
 
     def __init__(self) -> None:
         self._apps: dict[str, AppHandle] = {}
+        self._remote: dict[str, Provider] = {}
+
+    def learn(self, probes: Iterable[HealthProbe]) -> None:
+        """Note which probed names are remote APIs rather than applications."""
+        for probe in probes:
+            if probe.endpoint is not None and probe.app not in self._remote:
+                self._remote[probe.app] = local_provider(probe.endpoint, max_connections=1)
 
     async def __call__(self, app: str, timeout_s: float) -> bool | None:
+        remote = self._remote.get(app)
+        if remote is not None:
+            return bool(await asyncio.wait_for(remote.health(), timeout_s))
         found = self._apps.setdefault(app, AppHandle(app))
         try:
             handle = await found.get()
@@ -92,7 +105,12 @@ class BreakerActor(BreakerBoard):
     Restarted if its process dies; a restarted board has a new epoch."""
 
     def __init__(self) -> None:
-        super().__init__(probe=ServeAppProbe())
+        self._prober = ServeAppProbe()
+        super().__init__(probe=self._prober)
+
+    async def register(self, probes: Sequence[HealthProbe]) -> None:
+        self._prober.learn(probes)
+        await super().register(probes)
 
 
 def breaker_actor() -> Any:
@@ -124,8 +142,9 @@ def agent_probes(
     roles: Iterable[str] | None = None,
 ) -> list[HealthProbe]:
     """The health probes ``agent`` asks for: for each of its roles' routes with a
-    ``health_check_interval``, each endpoint's provider application, with the route's
-    breaker policy (the same ``BreakerPolicy`` its router uses).
+    ``health_check_interval``, each endpoint (its provider application, or the remote
+    API itself when the agent calls it from its replicas), with the route's breaker
+    policy (the same ``BreakerPolicy`` its router uses).
 
     ``roles``: the model roles to look at (default: the pattern's roles and every
     role the agent declares)."""
@@ -140,7 +159,12 @@ def agent_probes(
         policy = BreakerPolicy(route.failure_threshold, route.cooldown_s)
         for endpoint in route.endpoints:
             probe = HealthProbe(
-                provider_app_name(endpoint), endpoint.key, policy, route.health_check_interval_s
+                provider_app_name(endpoint),
+                endpoint.key,
+                policy,
+                route.health_check_interval_s,
+                # A remote API called from the agent's replicas: probed directly.
+                endpoint=None if endpoint.dedicated else endpoint,
             )
             held = found.get((endpoint.key, policy))
             if held is None or held.interval_s > probe.interval_s:

@@ -25,10 +25,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from astromesh_ray.core.breaker import BreakerPolicy, BreakerStatus, CircuitBreakers, State
+from astromesh_ray.spec.resolve import ModelEndpoint
 
 T = TypeVar("T")
 _log = logging.getLogger("astromesh.breaker")
@@ -71,12 +72,15 @@ class BoardState:
 @dataclass(frozen=True)
 class HealthProbe:
     """Probe provider application ``app`` every ``interval_s`` and feed the result to
-    the breaker of ``key`` under ``policy`` (registered by each agent that uses it)."""
+    the breaker of ``key`` under ``policy`` (registered by each agent that uses it).
+    ``endpoint``: a remote API the agents call from their own replicas (no
+    application): the prober asks the API itself."""
 
     app: str
     key: str
     policy: BreakerPolicy
     interval_s: float
+    endpoint: ModelEndpoint | None = field(default=None, compare=False)
 
 
 # Probe application ``app`` within ``timeout_s``: healthy, unhealthy, or None when it

@@ -23,6 +23,7 @@ from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe
 from astromesh_ray.serve.handles import failure as ray_failure
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok, unwrap
+from astromesh_ray.serve.router_config import SHORT_BACKOFF
 from astromesh_ray.spec.memory import EmbeddingSpec
 
 BATCH_WAIT_S = 0.01
@@ -39,7 +40,12 @@ def embedder_app_name(spec: EmbeddingSpec) -> str:
     return f"{APP_PREFIX}{kind}-{digest}"
 
 
-@serve.deployment(name="embedder", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.deployment(
+    name="embedder",
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0},
+    request_router_config=SHORT_BACKOFF,  # callers retry a full replica every 25 ms
+)
 class EmbedderDeployment:
     """Owns one embedder (a model in memory, or an HTTP client) and batches calls."""
 

@@ -1,18 +1,9 @@
-"""The gateway: the one HTTP ingress, routing to agent applications by handle.
+"""The gateway: the HTTP ingress at ``/``, for what spans agents, reaching agents'
+applications by handle.
 
-POST /v1/agents/{name}/run   {query, session_id, context} -> {answer, steps, usage, trace}
-                             (with "stream": true or Accept: text/event-stream: as SSE)
-POST /v1/agents/{name}/stream  same body -> Server-Sent Events, one per run event
-GET  /v1/agents              the loaded agents
-GET  /v1/agents/{name}       one agent
-GET  /v1/agents/{name}/health  its tool servers (MCP) up or down
 GET  /health                 liveness
-
-GET  /v1/agents/{name}/runs/{run_id}                a paused run: the calls it waits on
-POST /v1/agents/{name}/runs/{run_id}/tool_results   client tool results -> the run goes on
-POST /v1/agents/{name}/runs/{run_id}/approve        approve pending calls -> the run goes on
-POST /v1/agents/{name}/runs/{run_id}/reject         reject them (the model reads why)
-POST /v1/agents/{name}/runs/{run_id}/retry          go on with a resumed run that failed
+GET  /v1/providers           the providers the agents use, their health and breakers
+GET  /v1/agents              the agents the request's key covers
 
 GET    /v1/memory/{name}/sessions                       the agent's sessions
 GET    /v1/memory/{name}/sessions/{session}/history     one session's turns and summary
@@ -23,6 +14,12 @@ GET    /v1/memory/{name}/episodes                       the agent's episodic log
 
 POST   /v1/rag/{pipeline}/ingest    ingest documents into a RAG pipeline (serve/rag.py)
 POST   /v1/rag/{pipeline}/search    search it
+
+and every client protocol (``protocols/``: WebSocket, the OpenAI-compatible API, A2A,
+AG-UI, channels, recent traces).  One agent's own routes, ``/v1/agents/{name}/...``
+(``agent_routes.py``), are answered by that agent's application, which Serve's proxy
+picks by its route prefix; the gateway declares them too, and answers them for
+names it does not know (404) or an agent whose application is gone (503).
 
 Memory calls go to the agent's own application (its replicas hold the backends),
 so one agent's memory is never reachable through another agent's routes.
@@ -39,8 +36,7 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Header, Query
-from fastapi.responses import StreamingResponse
+from fastapi import Query
 from ray import serve
 
 from astromesh_ray import __version__
@@ -49,14 +45,10 @@ from astromesh_ray.core.breaker import most_severe
 from astromesh_ray.core.context import check_session_id
 from astromesh_ray.core.memory.base import EPISODE_TYPES
 from astromesh_ray.errors import InvalidRequest
+from astromesh_ray.serve.agent_routes import AgentRoutes
 from astromesh_ray.serve.app import api
-from astromesh_ray.serve.gateway_core import (
-    CALL_FAILURES,
-    MEMORY_PATIENCE_S,
-    probe,
-)
-from astromesh_ray.serve.gateway_spans import check_run_id, decision_of, results_of
-from astromesh_ray.serve.http import DecisionBody, ForkBody, RunBody, SearchBody, ToolResultsBody
+from astromesh_ray.serve.gateway_core import MEMORY_PATIENCE_S, describe_endpoint
+from astromesh_ray.serve.http import ForkBody, SearchBody
 from astromesh_ray.serve.outcome import unwrap
 from astromesh_ray.serve.protocols.a2a import A2ARoutes
 from astromesh_ray.serve.protocols.agui import AGUIRoutes
@@ -65,17 +57,9 @@ from astromesh_ray.serve.protocols.openai_api import OpenAIRoutes
 from astromesh_ray.serve.protocols.traces import TraceRoutes
 from astromesh_ray.serve.protocols.websocket import WebSocketRoutes
 from astromesh_ray.serve.rag import IngestBody, RagSearchBody
-from astromesh_ray.serve.run_events import sse_events
+from astromesh_ray.serve.router_config import SHORT_BACKOFF
 
 __all__ = ["Gateway", "api"]
-
-
-def wants_sse(accept: str | None) -> bool:
-    """An ``Accept`` header that asks for an event stream (and not JSON first)."""
-    if not accept:
-        return False
-    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    return "text/event-stream" in kinds and kinds[0] != "application/json"
 
 
 def shown_sessions(key: ApiKey, body: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +77,20 @@ def shown_sessions(key: ApiKey, body: dict[str, Any]) -> dict[str, Any]:
 # The gateway holds only pending handle calls to agents, and open streams (SSE,
 # WebSocket, AG-UI) for a whole run each: 200 at once per replica, twice an agent
 # replica's 100, so one gateway replica can feed two agent replicas at their limit.
-@serve.deployment(name="gateway", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
+# Its app (`api`) is its own: `serve.ingress` rewrites the app it is given (app.py).
+@serve.deployment(
+    name="gateway",
+    max_ongoing_requests=200,
+    ray_actor_options={"num_cpus": 0},
+    request_router_config=SHORT_BACKOFF,  # the proxy retries a full replica every 25 ms
+)
 @serve.ingress(api)
-class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoutes, TraceRoutes):
-    """The gateway's routes: its own (REST, SSE, paused runs, memory, RAG) and every
-    client protocol's (``protocols/``); ``GatewayCore`` has what they share."""
+class Gateway(
+    AgentRoutes, WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoutes, TraceRoutes
+):
+    """The gateway's routes: its own (listings, memory, RAG), every client protocol's
+    (``protocols/``) and the agent routes (``agent_routes.py``); ``GatewayCore`` has
+    what they share."""
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
@@ -105,18 +98,20 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
 
     @api.get("/v1/providers")
     async def list_providers(self) -> dict[str, Any]:
-        """Each provider deployment: what it serves, a live health probe, and its
-        breakers (one per breaker policy of the agents using it); ``breaker`` is the
-        most severe of them (open > half-open > closed)."""
+        """Each provider the agents use: what it serves, where its client runs
+        (``mode``: ``in_replica`` in each agent replica, or ``dedicated``, its own
+        deployment), a live health probe, and its breakers (one per breaker policy of
+        the agents using it); ``breaker`` is the most severe of them (open >
+        half-open > closed)."""
         breakers = await self._breakers.snapshot()
         names = sorted(self._providers)
-        healthy = await asyncio.gather(*(probe(self._provider_apps[name]) for name in names))
+        healthy = await asyncio.gather(*(self._provider_healthy(name) for name in names))
         closed = {"state": "closed", "consecutive_failures": 0, "trips": 0}
         return {
             "providers": [
                 {
                     "name": name,
-                    **self._providers[name],
+                    **describe_endpoint(self._providers[name]),
                     "healthy": ok,
                     "breaker": most_severe(breakers.get(name, [])) or closed,
                     "breakers": breakers.get(name, []),
@@ -129,132 +124,6 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
     async def list_agents(self) -> dict[str, Any]:
         """The agents the request's key covers."""
         return {"agents": [self._agents[n] for n in self._visible_agents()]}
-
-    @api.get("/v1/agents/{name}")
-    async def get_agent(self, name: str) -> dict[str, Any]:
-        self._app(name)  # 404 for unknown names
-        return self._agents[name]
-
-    @api.get("/v1/agents/{name}/health")
-    async def agent_health(self, name: str) -> dict[str, Any]:
-        """One replica's view of the agent's tool servers: ``status`` ``ok``, or
-        ``degraded`` with the toolsets that are down (an MCP server that did not
-        answer at start is retried when the tools are listed again)."""
-        handle = await self._handle(name)
-        try:
-            health: dict[str, Any] = await asyncio.wait_for(
-                handle.health.remote(), MEMORY_PATIENCE_S
-            )
-        except CALL_FAILURES as exc:
-            raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
-        return {"agent": name, **health}
-
-    @api.post("/v1/agents/{name}/run")
-    async def run(
-        self,
-        name: str,
-        body: RunBody,
-        traceparent: str | None = Header(default=None),
-        accept: str | None = Header(default=None),
-    ) -> Any:
-        if body.stream or wants_sse(accept):
-            return await self._stream(name, "stream", body.request(), traceparent)
-        return await self.call(name, body.request(), traceparent)
-
-    @api.post("/v1/agents/{name}/stream")
-    async def stream(
-        self, name: str, body: RunBody, traceparent: str | None = Header(default=None)
-    ) -> StreamingResponse:
-        return await self._stream(name, "stream", body.request(), traceparent)
-
-    async def _stream(
-        self,
-        name: str,
-        method: str,
-        body: dict[str, Any],
-        traceparent: str | None,
-        trace_id: str | None = None,
-    ) -> StreamingResponse:
-        """The events ``method`` of agent ``name``'s application streams, as SSE."""
-        events = await self.open_run(name, body, traceparent, method=method, trace_id=trace_id)
-        return StreamingResponse(sse_events(events), media_type="text/event-stream")
-
-    # -- paused runs: client tools and approvals ---------------------------------------
-
-    @api.get("/v1/agents/{name}/runs/{run_id}")
-    async def paused_run(self, name: str, run_id: str) -> dict[str, Any]:
-        check_run_id(run_id)
-        caller = self._key_for(name).caller.to_dict()  # another key's run is not found
-        handle = await self._handle(name)
-        try:
-            outcome = await asyncio.wait_for(
-                handle.paused.remote(run_id, caller), MEMORY_PATIENCE_S
-            )
-        except CALL_FAILURES as exc:
-            raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
-        result: dict[str, Any] = unwrap(outcome)
-        return result
-
-    async def _answer(
-        self,
-        name: str,
-        run_id: str,
-        answer: dict[str, Any],
-        stream: bool,
-        traceparent: str | None,
-    ) -> Any:
-        # The paused run first: an unknown one is a 404 before anything runs, and the
-        # resumed run's spans join its trace (unless the client sends a traceparent).
-        paused = await self.paused_run(name, run_id)
-        body = {**answer, "run_id": run_id}
-        trace_id = str(paused.get("trace_id") or "") or None
-        if stream:
-            return await self._stream(name, "resume_stream", body, traceparent, trace_id)
-        return await self.call(name, body, traceparent, method="resume", trace_id=trace_id)
-
-    @api.post("/v1/agents/{name}/runs/{run_id}/tool_results")
-    async def toolresults_of(
-        self,
-        name: str,
-        run_id: str,
-        body: ToolResultsBody,
-        stream: bool = Query(default=False),
-        traceparent: str | None = Header(default=None),
-    ) -> Any:
-        answer = {"action": "result", "results": results_of(body.tool_results)}
-        return await self._answer(name, run_id, answer, stream, traceparent)
-
-    @api.post("/v1/agents/{name}/runs/{run_id}/approve")
-    async def approve(
-        self,
-        name: str,
-        run_id: str,
-        body: DecisionBody | None = None,
-        stream: bool = Query(default=False),
-        traceparent: str | None = Header(default=None),
-    ) -> Any:
-        return await self._answer(name, run_id, decision_of("approve", body), stream, traceparent)
-
-    @api.post("/v1/agents/{name}/runs/{run_id}/retry")
-    async def retry(
-        self,
-        name: str,
-        run_id: str,
-        stream: bool = Query(default=False),
-        traceparent: str | None = Header(default=None),
-    ) -> Any:
-        return await self._answer(name, run_id, {"action": "retry"}, stream, traceparent)
-
-    @api.post("/v1/agents/{name}/runs/{run_id}/reject")
-    async def reject(
-        self,
-        name: str,
-        run_id: str,
-        body: DecisionBody | None = None,
-        stream: bool = Query(default=False),
-        traceparent: str | None = Header(default=None),
-    ) -> Any:
-        return await self._answer(name, run_id, decision_of("reject", body), stream, traceparent)
 
     # -- memory ------------------------------------------------------------------------
 
@@ -269,11 +138,7 @@ class Gateway(WebSocketRoutes, OpenAIRoutes, A2ARoutes, AGUIRoutes, ChannelRoute
                 args[field] = key.own_session(str(args[field]))
         if op in ("sessions", "episodes") and key.session_owner and not args.get("session_id"):
             args["session_prefix"] = key.session_owner
-        handle = await self._handle(name)
-        try:
-            outcome = await asyncio.wait_for(handle.memory.remote(op, args), MEMORY_PATIENCE_S)
-        except CALL_FAILURES as exc:
-            raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
+        outcome = await self._link.call(name, "memory", op, args, patience_s=MEMORY_PATIENCE_S)
         result: dict[str, Any] = unwrap(outcome)
         return shown_sessions(key, result)
 

@@ -1,19 +1,20 @@
-"""The gateway's Prometheus metrics, through Ray's metrics endpoint (``ray.util.metrics``).
+"""The HTTP apps' Prometheus metrics, through Ray's metrics endpoint (``ray.util.metrics``).
 
-Recorded in one place, when a run ends in the gateway (``serve/telemetry.py``), from
-what the run returned: its HTTP status or error code, the gateway span's duration,
-and the spans of every hop (model calls in provider replicas, tool calls, peer
-sub-runs), so each protocol (REST, SSE, WebSocket, OpenAI, A2A, AG-UI, channels) is
-covered without code of its own.  Ray prefixes each name with ``ray_`` and adds
-``_total`` to counters; ``route`` is the gateway route template that served the
-request (``/v1/agents/{name}/run``, ``/v1/chat/completions``, ...).
+Recorded in one place, when a run ends in the replica that answered it (the gateway,
+or the agent's own application for ``/v1/agents/{name}/...``; ``serve/telemetry.py``),
+from what the run returned: its HTTP status or error code, the edge span's duration,
+and the spans of every hop (model calls, tool calls, peer sub-runs), so each protocol
+(REST, SSE, WebSocket, OpenAI, A2A, AG-UI, channels) is covered without code of its
+own.  Ray prefixes each name with ``ray_`` and adds ``_total`` to counters; ``route``
+is the route template that served the request (``/v1/agents/{name}/run``,
+``/v1/chat/completions``, ...), the same whichever application answered.
 
 =================================== ========= ==========================================
 ``astromesh_requests``              counter   agent, route, status (HTTP status code; a
                                               stream that failed after it started counts
                                               the error's status, one whose client left
                                               499)
-``astromesh_request_latency_s``     histogram agent, route: the gateway span, in seconds
+``astromesh_request_latency_s``     histogram agent, route: the edge span, in seconds
 ``astromesh_time_to_first_token_s`` histogram agent, route: streams, the first token event
 ``astromesh_tokens``                counter   agent, provider, model, token_type
                                               (input | output), from model_call spans
@@ -22,11 +23,11 @@ request (``/v1/agents/{name}/run``, ``/v1/chat/completions``, ...).
 ``astromesh_tool_calls``            counter   agent, tool, outcome (ok | error)
 ``astromesh_breaker_state``         gauge     provider: 0 closed, 1 half-open, 2 open, as
                                               the last model call routed through this
-                                              gateway replica saw it (the breaker actor,
+                                              replica saw it (the breaker actor,
                                               ``GET /v1/providers``, has the live state)
 ``astromesh_active_sessions``       gauge     agent: distinct session ids with a run in the
                                               last ``telemetry.metrics.session_window_s``
-                                              seconds, in this gateway replica (updated
+                                              seconds, in this replica (updated
                                               when a run ends)
 =================================== ========= ==========================================
 

@@ -119,11 +119,13 @@ def colocation_target(
     primary = resolved[0]
     app = provider_app_name(primary)
     hosted = endpoints.get(app)
-    if hosted is None:
+    if hosted is None or not hosted.dedicated:
         raise ConfigError(
             f"{where}: the primary model {primary.provider}:{primary.model} runs in no "
-            "deployment of its own, so there is no node to run next to",
-            hint="remove colocate_with, or serve the model in the cluster",
+            "deployment of its own (a remote API is called from the agent's replicas), "
+            "so there is no node to run next to",
+            hint="remove colocate_with, serve the model in the cluster, or give its "
+            "provider entry `deployment: {mode: dedicated}`",
         )
     scaling = hosted.deployment.autoscaling_config if hosted.deployment else None
     if scaling is not None and scaling.min_replicas == 0:

@@ -1,9 +1,14 @@
-"""Providers as Ray Serve deployments, and the ``Provider`` the agent uses to call them.
+"""How an agent replica reaches its models (``replica_provider``).
 
-One deployment per provider entry (deduplicated by ``ModelEndpoint.key``), with
-``ray_actor_options`` and autoscaling from YAML.  ``ServeProvider`` implements the
-core ``Provider`` protocol over a deployment handle, so the engine does not know the
-model runs in another replica, maybe on another node.
+- A remote API (OpenAI, Ollama, TGI, an external vLLM or llama.cpp server) is called
+  from the agent replica itself: one pooled client per endpoint and replica
+  (``LocatedProvider``), no Serve hop between the agent and the API.
+- A hosted model (ONNX, in-cluster vLLM), or a provider whose YAML says
+  ``deployment: {mode: dedicated}``, has its own Serve deployment (one per endpoint,
+  deduplicated by ``ModelEndpoint.key``, with ``ray_actor_options`` and autoscaling
+  from YAML): ``ServeProvider`` implements the core ``Provider`` protocol over its
+  handle, so the engine does not know the model runs in another replica, maybe on
+  another node.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from astromesh_ray.core.messages import Completion, CompletionChunk, CompletionRequest
-from astromesh_ray.core.providers.base import local_provider
+from astromesh_ray.core.providers.base import Provider, local_provider
 from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
 from astromesh_ray.core.streams import closing_stream
 from astromesh_ray.core.trace import Span, child_span
@@ -25,6 +30,7 @@ from astromesh_ray.serve.handles import RAY_FAILURES, AppHandle, describe, strea
 from astromesh_ray.serve.handles import failure as ray_failure
 from astromesh_ray.serve.location import replica_location
 from astromesh_ray.serve.outcome import failure, ok, unwrap
+from astromesh_ray.serve.router_config import SHORT_BACKOFF
 from astromesh_ray.spec import ModelEndpoint
 
 _PROBE_FAILURES: tuple[type[BaseException], ...] = (ProviderError, *RAY_FAILURES)
@@ -48,10 +54,72 @@ def provider_app_name(endpoint: ModelEndpoint) -> str:
 HOSTED_MODEL_MAX_ONGOING_REQUESTS = 8
 
 
+class LocatedProvider:
+    """A provider client in this process whose answers say where they were made: the
+    final completion or chunk carries this replica's location and a ``provider.*``
+    span (child of the request's ``trace_parent``).  The body of a provider
+    deployment, and what an agent replica calls a remote API with (``mode:
+    in_replica``, the default for remote APIs)."""
+
+    def __init__(self, provider: Provider, where: dict[str, str], *, mode: str) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self._where = where
+        self._mode = mode
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        span = child_span(request.trace_parent, "provider.complete", self._where)
+        completion = await self.provider.complete(request)
+        completion.location.update(self._where)
+        if span is not None:
+            span.set(provider=self.name, mode=self._mode)
+            span.end()
+            completion.spans.append(span.to_dict())
+        return completion
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
+        span = child_span(request.trace_parent, "provider.stream", self._where)
+        located = False
+        chunks = self.provider.stream(request)
+        async with closing_stream(chunks):
+            async for chunk in chunks:
+                if chunk.is_last:
+                    self._locate(chunk, span)
+                    located = True
+                yield chunk
+        if not located:  # a backend that sent no final chunk: add one
+            yield self._locate(CompletionChunk(), span)
+
+    def _locate(self, chunk: CompletionChunk, span: Span | None) -> CompletionChunk:
+        chunk.location.update(self._where)
+        if span is not None:
+            span.set(provider=self.name, mode=self._mode)
+            span.end()
+            chunk.spans.append(span.to_dict())
+        return chunk
+
+    async def health(self) -> bool:
+        return await self.provider.health()
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()
+
+
+def replica_provider(endpoint: ModelEndpoint) -> Provider:
+    """What an agent replica calls ``endpoint`` through: the dedicated provider
+    deployment (``ServeProvider``) of a hosted model or of ``mode: dedicated``; else
+    a pooled client of the remote API in this replica (one per endpoint and replica;
+    the cluster-wide breaker and the agent's limits wrap it as they wrap the other)."""
+    if endpoint.dedicated:
+        return ServeProvider(endpoint)
+    return LocatedProvider(local_provider(endpoint), replica_location(), mode="in_replica")
+
+
 @serve.deployment(
     name="provider",
     max_ongoing_requests=DEFAULT_MAX_CONNECTIONS,
     ray_actor_options={"num_cpus": 0},
+    request_router_config=SHORT_BACKOFF,  # callers retry a full replica every 25 ms
 )
 class ProviderDeployment:
     """Owns one provider client (an HTTP connection pool, or a model in memory)."""
@@ -62,8 +130,8 @@ class ProviderDeployment:
         # many connections as this replica takes requests at once: the YAML's
         # max_ongoing_requests (which the builders give this deployment), else
         # DEFAULT_MAX_CONNECTIONS, the decorator's own.
-        self._provider = local_provider(dataclasses.replace(endpoint, parameters={}))
-        self._where = replica_location()
+        client = local_provider(dataclasses.replace(endpoint, parameters={}))
+        self._provider = LocatedProvider(client, replica_location(), mode="dedicated")
 
     # The edge of the replica: every error leaves as a value (``failure`` reports an
     # unexpected one as a RunError and logs it), so the caller can tell a provider
@@ -71,42 +139,17 @@ class ProviderDeployment:
 
     async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            parsed = CompletionRequest.from_dict(request)
-            span = child_span(parsed.trace_parent, "provider.complete", self._where)
-            completion = await self._provider.complete(parsed)
+            completion = await self._provider.complete(CompletionRequest.from_dict(request))
         except Exception as exc:
             return failure(exc)
-        completion.location.update(self._where)
-        if span is not None:
-            span.set(provider=self._provider.name)
-            span.end()
-            completion.spans.append(span.to_dict())
         return ok(completion.to_dict())
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        located = False
         try:
-            parsed = CompletionRequest.from_dict(request)
-            span = child_span(parsed.trace_parent, "provider.stream", self._where)
-            async for chunk in self._provider.stream(parsed):
-                if chunk.is_last:
-                    self._locate(chunk, span)
-                    located = True
+            async for chunk in self._provider.stream(CompletionRequest.from_dict(request)):
                 yield ok(chunk.to_dict())
         except Exception as exc:
             yield failure(exc)
-            return
-        if not located:  # a backend that sent no final chunk: add one
-            yield ok(self._locate(CompletionChunk(), span).to_dict())
-
-    def _locate(self, chunk: CompletionChunk, span: Span | None) -> CompletionChunk:
-        # The final chunk says where the model ran and carries this replica's span.
-        chunk.location.update(self._where)
-        if span is not None:
-            span.set(provider=self._provider.name)
-            span.end()
-            chunk.spans.append(span.to_dict())
-        return chunk
 
     async def health(self) -> bool:
         return await self._provider.health()

@@ -205,8 +205,9 @@ def span_exporter(spec: TracesSpec) -> SpanExporter | None:
         raw = os.environ.get(spec.headers_env)
         if raw is None:
             raise ConfigError(
-                f"spec.telemetry.traces.headers_env: ${spec.headers_env} is not set in the gateway",
-                hint="set it where the gateway runs (e.g. runtime_env env_vars), as "
+                f"spec.telemetry.traces.headers_env: ${spec.headers_env} is not set in this "
+                "replica (the gateway's or an agent's: both export spans)",
+                hint="set it where the gateway and the agents run (e.g. runtime_env env_vars), as "
                 "'key=value,key2=value2'",
             )
         headers = dict(parse_env_headers(raw, liberal=True))

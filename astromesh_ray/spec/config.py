@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from astromesh_ray.spec.auth import AuthSpec
-from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel
-from astromesh_ray.spec.deployment import DeploymentSpec
+from astromesh_ray.spec.base import ApiVersion, MetadataSpec, StrictModel, rule_error
+from astromesh_ray.spec.deployment import DeploymentSpec, ProviderDeploymentSpec, hosts_model
 from astromesh_ray.spec.memory import RuntimeMemorySpec
 from astromesh_ray.spec.model import (
     CAPABILITIES_DESCRIPTION,
@@ -46,8 +46,10 @@ class ProviderEntrySpec(StrictModel):
         gt=0,
         description="Seconds between health probes of this provider (for agents using it).",
     )
-    deployment: DeploymentSpec | None = Field(
-        default=None, description="Serve deployment of this provider (replicas, GPUs)."
+    deployment: ProviderDeploymentSpec | None = Field(
+        default=None,
+        description="Where the provider's client runs (mode) and, for its own Serve "
+        "deployment, its replicas and resources (GPUs).",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Provider-specific client options."
@@ -64,6 +66,28 @@ class ProviderEntrySpec(StrictModel):
     max_retries: int | None = Field(
         default=None, ge=0, le=10, description="Retries on 429/5xx (default 2)."
     )
+
+    @model_validator(mode="after")
+    def _deployment_mode(self) -> ProviderEntrySpec:
+        deployment = self.deployment
+        if deployment is None:
+            return self
+        if hosts_model(self.type, self.options):
+            if deployment.mode == "in_replica":
+                raise rule_error(
+                    ("deployment", "mode"),
+                    f"a {self.type} provider hosts its model in its own Serve deployment: "
+                    "mode in_replica is for remote APIs (remove it, or say dedicated)",
+                )
+        elif deployment.mode != "dedicated" and deployment.serve_fields():
+            fields = ", ".join(deployment.serve_fields())
+            raise rule_error(
+                ("deployment", deployment.serve_fields()[0]),
+                f"{fields}: Serve options of a dedicated provider deployment, but a remote "
+                f"API ({self.type}) is called from each agent replica by default: add "
+                "`mode: dedicated` to give it its own deployment, or remove them",
+            )
+        return self
 
 
 class ProviderRoutingSpec(StrictModel):

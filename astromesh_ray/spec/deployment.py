@@ -301,3 +301,31 @@ class AgentDeploymentSpec(DeploymentSpec):
     def colocates_with_model(self) -> bool:
         """Whether ``placement.colocate_with`` is ``model``."""
         return self.placement is not None and self.placement.colocate_with == "model"
+
+
+# Providers whose model runs inside Serve (a model to host), so they always get their
+# own deployment: ONNX Runtime in the replica, vLLM in-cluster (``ray.serve.llm``).
+def hosts_model(provider: str, options: Mapping[str, Any]) -> bool:
+    """Whether provider kind ``provider`` with client ``options`` hosts its model in
+    the cluster (ONNX, in-cluster vLLM) rather than calling a remote API."""
+    return provider == "onnx" or (provider == "vllm" and options.get("mode") == "in_cluster")
+
+
+class ProviderDeploymentSpec(DeploymentSpec):
+    """``deployment`` of a providers.yaml entry: where its client runs, and the Serve
+    options of its own deployment when it has one."""
+
+    mode: Literal["dedicated", "in_replica"] | None = Field(
+        default=None,
+        description="in_replica: a remote API (OpenAI, Ollama, TGI, an external vLLM or "
+        "llama.cpp server) is called from each agent replica, one pooled client per "
+        "replica (the default for them: no extra Serve hop).  dedicated: the provider gets "
+        "its own Serve deployment (the default, and the only choice, for a hosted model: "
+        "ONNX, in-cluster vLLM), e.g. to cap its concurrency cluster-wide with "
+        "max_ongoing_requests and replicas.  The other fields of this block apply to a "
+        "dedicated deployment only.",
+    )
+
+    def serve_fields(self) -> list[str]:
+        """The Serve options this block sets (every field but ``mode``)."""
+        return sorted(name for name in self.model_fields_set if name != "mode")

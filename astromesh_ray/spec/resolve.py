@@ -16,7 +16,7 @@ from typing import Any
 from astromesh_ray.errors import ConfigError
 from astromesh_ray.spec.agent import AgentSpec
 from astromesh_ray.spec.config import ProviderEntrySpec, ProviderRoutingSpec
-from astromesh_ray.spec.deployment import DeploymentSpec
+from astromesh_ray.spec.deployment import DeploymentSpec, hosts_model
 from astromesh_ray.spec.diagnostics import did_you_mean
 from astromesh_ray.spec.model import ModelBlockSpec, PricingSpec
 
@@ -46,6 +46,14 @@ class ModelEndpoint:
     # None: not declared (never dropped by capability_match); else the complete set.
     capabilities: frozenset[str] | None = None
     max_retries: int = field(default=2, hash=False)  # applied by the caller, per agent
+
+    @property
+    def dedicated(self) -> bool:
+        """Whether this endpoint gets its own Serve deployment: a hosted model (ONNX,
+        in-cluster vLLM), or one whose YAML asks for it (``deployment.mode:
+        dedicated``); else each agent replica calls the remote API itself."""
+        mode = getattr(self.deployment, "mode", None)
+        return hosts_model(self.provider, self.options) or mode == "dedicated"
 
     @property
     def key(self) -> str:

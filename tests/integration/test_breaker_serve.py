@@ -2,9 +2,10 @@
 replicas, a primary and a fallback provider (real HTTP servers on loopback).
 
 - The breaker actor exists, with this agent's health probes registered, as soon as
-  the applications are deployed; it probes each provider application itself.
-- While breakers are closed a model call makes one Ray round trip (agent replica to
-  provider deployment): the breaker actor answers no call on the hot path.
+  the applications are deployed; it probes each remote API itself (the agents call
+  them from their replicas: no provider application).
+- While breakers are closed a model call makes no Ray round trip: the breaker actor
+  answers no call on the hot path.
 - Killing the breaker actor fails no turn, not even one whose primary fails and falls
   back; a new actor is created.
 """
@@ -105,22 +106,23 @@ def test_the_breaker_actor_is_ready_at_deploy_time_and_probes_providers(
     deployed: tuple[str, list[str]],
 ) -> None:
     _, apps = deployed
-    provider_apps = sorted(a for a in apps if a.startswith("provider-"))
-    assert len(provider_apps) == 2
+    # Remote APIs: called from the agent's replicas, no provider application.
+    assert [a for a in apps if a.startswith("provider-")] == []
     # No request has been made: the builders created the actor and registered the
     # agent's probes (health_check_interval: 1) while deploying.
     probes = ray.get(breaker().probes.remote(), timeout=30)
-    assert sorted(a for a in probes if a in provider_apps) == provider_apps
-    for app in provider_apps:
-        assert probes[app]["interval_s"] == 1.0
-        assert probes[app]["breakers"][0]["failure_threshold"] == 3
+    probed = sorted(a for a in probes if "steady" in a)
+    assert len(probed) == 2, probes
+    for name in probed:
+        assert probes[name]["interval_s"] == 1.0
+        assert probes[name]["breakers"][0]["failure_threshold"] == 3
 
     def probed_healthy() -> bool:
         seen = ray.get(breaker().probes.remote(), timeout=30)
-        return all(seen[a]["probes"] >= 1 and seen[a]["healthy"] is True for a in provider_apps)
+        return all(seen[a]["probes"] >= 1 and seen[a]["healthy"] is True for a in probed)
 
-    # The actor itself probes each provider application through its Serve handle.
-    wait_for(probed_healthy, "the breaker actor probed both provider applications")
+    # The actor itself probes each remote API, with a client of its own.
+    wait_for(probed_healthy, "the breaker actor probed both remote APIs")
 
 
 def test_closed_breakers_add_no_ray_round_trip(
@@ -146,8 +148,8 @@ def test_closed_breakers_add_no_ray_round_trip(
     # Each turn made exactly one model call, which reached the provider once ...
     assert len(primary.requests) - before_requests == turns
     assert backup.requests == []
-    # ... and cost no call to the breaker actor (no allow, no success): the only
-    # Ray round trip of a model call is the one to the provider deployment.
+    # ... and cost no call to the breaker actor (no allow, no success): a model call
+    # makes no Ray round trip at all (the API's client is in the agent replica).
     assert hot_calls() == before_calls
     # Both replicas hold a copy, kept fresh by their pending poll.
     wait_caught_up(at_least=2)

@@ -60,6 +60,7 @@ def placed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "  providers:\n    gpu-model:\n      type: openai_compat\n"
             f"      endpoint: {llm.url}\n      models: [m]\n"
             "      deployment:\n"
+            "        mode: dedicated\n"  # a model server's stand-in, on the GPU node
             "        ray_actor_options: {num_gpus: 1, accelerator_type: H100}\n"
         )
         (root / "runtime.yaml").write_text(
@@ -124,7 +125,10 @@ def test_the_trace_shows_where_each_part_ran(placed: dict[str, Any]) -> None:
         where = {span["span"]: span for span in turn["where"]}
         assert where["run"]["app"] == f"agent-{agent}"
         assert where["provider.complete"]["node_id"] == nodes["gpu"]
-        assert where["gateway"]["node_id"] in {nodes["head"], nodes["cpu"]}
+        # The edge span is the agent application's (it answers its own routes): it ran
+        # where the run did.
+        assert where["gateway"]["app"] == f"agent-{agent}"
+        assert where["gateway"]["node_id"] == where["run"]["node_id"]
         # The colocated agent ran on the model's node; the other one elsewhere.
         assert (where["run"]["node_id"] == nodes["gpu"]) is (agent == "near")
 

@@ -105,15 +105,21 @@ def test_react_turn_with_a_tool_call_over_http(api: str, llm: ScriptedOpenAIServ
     assert {t["function"]["name"] for t in first["tools"]} == {"calculator", "slow_echo"}
     assert second["messages"][-1]["role"] == "tool" and second["messages"][-1]["content"] == "20"
 
-    # The trace shows the model ran in the provider app and the tool in the agent app.
+    # The trace shows the model called from the agent's own replica (a remote API: no
+    # provider deployment in between), where the tool ran too.
     spans = {s["name"]: s for s in reversed(body["trace"])}  # the first of each name
     model_span, tool_span = spans["model_call"], spans["tool_call"]
-    assert model_span["where"]["app"].startswith("provider-")
-    assert tool_span["where"]["app"] == "agent-calc"
-    assert model_span["where"]["replica"] != tool_span["where"]["replica"]
-    # One trace across the gateway, the agent and the provider replicas, parented.
+    assert model_span["where"]["app"] == tool_span["where"]["app"] == "agent-calc"
+    assert model_span["where"]["replica"] == tool_span["where"]["replica"]
+    provider_span = spans["provider.complete"]
+    assert provider_span["attributes"]["mode"] == "in_replica"
+    assert provider_span["where"] == model_span["where"]
+    assert provider_span["parent_id"] == model_span["span_id"]
+    # One trace, parented: the edge span first, in the agent's own replica (the agent's
+    # application answers its routes itself: no gateway hop), then the run.
     gateway, run = body["trace"][0], body["trace"][1]
-    assert gateway["name"] == "gateway" and gateway["where"]["app"] == "gateway"
+    assert gateway["name"] == "gateway" and gateway["where"]["app"] == "agent-calc"
+    assert gateway["where"]["replica"] == run["where"]["replica"]
     assert run["name"] == "run" and run["parent_id"] == gateway["span_id"]
     assert {s["trace_id"] for s in body["trace"]} == {body["trace_id"]}
     provider_span = spans["provider.complete"]
@@ -294,17 +300,18 @@ def test_stream_sends_server_sent_events(
     assert json.loads(arguments) == {"expression": "6*7"}
     assert llm.requests[-1]["stream"] is True  # tokens really streamed from the provider
 
-    # Streamed model calls, too, are traced where the provider replica ran them.
+    # Streamed model calls, too, are traced where they ran: in the agent's replica.
     result: Any = events[-1][1]["result"]
     assert result["trace"][0]["name"] == "gateway"
     model_spans = [s for s in result["trace"] if s["name"] == "model_call"]
     tool_span = next(s for s in result["trace"] if s["name"] == "tool_call")
     assert len(model_spans) == 2
     for span in model_spans:
-        assert span["where"]["app"].startswith("provider-"), span["where"]
-        assert span["where"]["replica"] != tool_span["where"]["replica"]
+        assert span["where"] == tool_span["where"], span["where"]
+    streamed = [s for s in result["trace"] if s["name"] == "provider.stream"]
+    assert [s["attributes"]["mode"] for s in streamed] == ["in_replica", "in_replica"]
     model_events: list[Any] = [d for k, d in events if k == "model_call"]
-    assert [d["where"]["app"][:9] for d in model_events] == ["provider-", "provider-"]
+    assert [d["where"]["app"] for d in model_events] == ["agent-calc", "agent-calc"]
 
 
 def test_stream_errors_before_the_first_event_keep_their_status(api: str) -> None:

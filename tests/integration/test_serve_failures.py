@@ -1,6 +1,8 @@
 """Serve applications that go missing or fail, over real HTTP: a deleted provider
 application is a provider failure the router falls back from, and a deleted or
-failed agent application is a 503 in our error envelope."""
+failed agent application is a 503: in our error envelope from the gateway (a deleted
+application's routes reach it), in Serve's words from the proxy for the routes of an
+application that failed to deploy (it keeps its route prefix)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ metadata:
   name: {name}
 spec:
   model:
-    primary: {{provider: openai_compat, model: primary-model, endpoint: "{primary}"}}
+    primary: {{providerRef: primary-entry}}
     fallback: {{provider: openai_compat, model: backup-model, endpoint: "{backup}"}}
     routing:
       circuit_breaker: {{failure_threshold: 3, cooldown_s: 60}}
@@ -63,6 +65,13 @@ spec:
       type: openai_compat
       endpoint: "{backup}"
       models: [backup-model]
+    # Its own application (a remote API is otherwise called from the agent replicas),
+    # so that deleting it is a provider failure to fall back from.
+    primary-entry:
+      type: openai_compat
+      endpoint: "{primary}"
+      models: [primary-model]
+      deployment: {{mode: dedicated}}
 """
 
 PRIMARY_MODEL = "primary-model"
@@ -85,10 +94,10 @@ def deployed(
     (root / "agents").mkdir()
     primary, backup = servers
     for name in ("resilient", "doomed"):
-        text = AGENT.format(name=name, primary=primary.url, backup=backup.url)
+        text = AGENT.format(name=name, backup=backup.url)
         (root / "agents" / f"{name}.agent.yaml").write_text(text)
     (root / "agents" / "broken.agent.yaml").write_text(BROKEN)
-    (root / "providers.yaml").write_text(PROVIDERS.format(backup=backup.url))
+    (root / "providers.yaml").write_text(PROVIDERS.format(backup=backup.url, primary=primary.url))
     loaded = load_config(root)
     apps: list[str] = []
     try:
@@ -161,8 +170,14 @@ def test_deleted_agent_app_is_503_agent_unavailable(deployed: tuple[str, dict[st
 
 
 def test_failed_agent_app_is_503_agent_unavailable(deployed: tuple[str, dict[str, str]]) -> None:
+    """A failed agent application keeps its route prefix, so Serve's proxy answers the
+    agent's own routes itself: 503 in Serve's words (no replica of ours runs to say
+    more).  The gateway's routes to the agent answer in our envelope."""
     url, _ = deployed
     reply = httpx.post(f"{url}/v1/agents/broken/run", json={"query": "hi"}, timeout=60)
+    assert reply.status_code == 503, reply.text
+    assert "app='agent-broken'" in reply.text and "failed to deploy" in reply.text
+    reply = httpx.get(f"{url}/v1/memory/broken/sessions", timeout=60)
     assert reply.status_code == 503, reply.text
     error = reply.json()["error"]
     assert error["code"] == "agent_unavailable"

@@ -40,6 +40,7 @@ spec:
       type: openai_compat
       endpoint: "{url}"
       models: [scripted-model]
+      deployment: {{mode: dedicated}}  # an application of its own, to be dropped
 """
 
 

@@ -1,10 +1,11 @@
 """OpenTelemetry export and ``GET /v1/traces/{id}`` on real Serve over HTTP.
 
-The gateway runs in a replica: its spans go, as OTLP/HTTP protobuf, to a loopback
+The replica that answers a run (here the agent's own application, which serves
+``/v1/agents/{name}/...``) sends its spans, as OTLP/HTTP protobuf, to a loopback
 receiver written here (decoded with opentelemetry-proto's
-``ExportTraceServiceRequest``).  A tool-calling turn's tree arrives whole across the
-Ray hops (gateway -> run in the agent replica -> model call -> the provider
-replica's span; the tool call), parents kept, under the reply's ``trace_id``;
+``ExportTraceServiceRequest``).  A tool-calling turn's tree arrives whole (edge span
+-> run -> model call -> the provider's span; the tool call), parents kept, under the
+reply's ``trace_id``;
 neither the provider's API key nor an email the PII guardrail redacted is in what
 was sent.
 """
@@ -211,10 +212,12 @@ def test_a_tool_turn_is_exported_as_one_tree_across_the_ray_hops(
     # Each model call's provider-replica span is its child.
     assert sorted(p.parent_span_id for p in providers) == sorted(c.span_id for c in chats)
     provider = providers[0]
-    # Where each ran: the gateway, the agent and the provider replicas.
-    assert attrs(gateway)["astromesh.where.app"] == "gateway"
+    # Where each ran: all in the agent's replica, which answered its own route (the
+    # edge span) and called the API itself; that replica exported them.
+    assert attrs(gateway)["astromesh.where.app"] == "agent-traced"
     assert attrs(run)["astromesh.where.app"] == "agent-traced"
-    assert attrs(provider)["astromesh.where.app"].startswith("provider-")
+    assert attrs(provider)["astromesh.where.app"] == "agent-traced"
+    assert attrs(provider)["astromesh.mode"] == "in_replica"
     chat = attrs(chats[0])
     assert chat["gen_ai.operation.name"] == "chat"
     assert chat["gen_ai.request.model"] == "scripted-model"

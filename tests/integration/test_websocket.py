@@ -5,7 +5,7 @@ loopback OpenAI-compatible server that streams word by word.
   calls and results, then ``done``; several turns share a connection and a session.
 - Cancelling a turn, or leaving mid-stream, stops the run end to end: the model
   server sees its streaming response's client go away (the agent replica cancelled
-  the provider deployment's call, which closed its HTTP stream).
+  its model call, which closed its HTTP stream).
 - Bad messages get precise error frames and the connection keeps working; an unknown
   agent or a bad query string gets an error frame and close code 4000 + status.
 """

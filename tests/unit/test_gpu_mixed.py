@@ -13,7 +13,7 @@ from typing import Any, cast
 import yaml
 
 from astromesh_ray.serve.agents import AgentDeployment
-from astromesh_ray.serve.builders import deploy_config, provider_app, provider_endpoints
+from astromesh_ray.serve.builders import deploy_config, plan, provider_app, provider_endpoints
 from astromesh_ray.serve.builders import serve_options as options_of
 from astromesh_ray.serve.gateway import Gateway
 from astromesh_ray.serve.placement import colocation_target
@@ -63,8 +63,10 @@ def test_gpu_models_cpu_agents_and_a_tool_server() -> None:
     onnx = built(by_kind["onnx"])
     assert onnx.ray_actor_options == {"num_cpus": 1, "num_gpus": 0.25, "accelerator_type": "A10G"}
     assert onnx.max_ongoing_requests == 16
-    # A remote API's deployment stays off the GPU pool.
-    assert built(by_kind["openai"]).ray_actor_options["label_selector"] == OFF_GPU
+    # The remote API is called from the agent replicas: it has no application.
+    assert not endpoints[by_kind["openai"]].dedicated
+    planned = {app.name for app in plan(loaded, str(CONFIG))}
+    assert by_kind["openai"] not in planned and {by_kind["vllm"], by_kind["onnx"]} <= planned
 
     # The assistant runs next to Qwen; its tool server is an MCP stdio server.
     assistant = loaded.agents["assistant"]

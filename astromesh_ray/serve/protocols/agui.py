@@ -33,7 +33,6 @@ unknown agent, 422 invalid input); after it started, a RUN_ERROR event ends it.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real annotation objects.
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -58,7 +57,7 @@ from astromesh_ray.core.context import RESERVED_CONTEXT_KEYS, check_session_id
 from astromesh_ray.core.messages import Message, ToolCall
 from astromesh_ray.errors import AstromeshError, InvalidRequest
 from astromesh_ray.serve.app import api
-from astromesh_ray.serve.gateway_core import CALL_FAILURES, MEMORY_PATIENCE_S, GatewayCore
+from astromesh_ray.serve.gateway_core import MEMORY_PATIENCE_S, GatewayCore
 from astromesh_ray.serve.http import MAX_QUERY_CHARS, RUN_ID
 from astromesh_ray.serve.outcome import unwrap
 from astromesh_ray.serve.protocols.agui_events import AGUIRun, interrupt_id
@@ -135,11 +134,8 @@ class AGUIRoutes(GatewayCore):
                     field=field,
                 )
         run_id = resumed_run(given.resume or [])
-        handle = await self._handle(name)
-        try:
-            outcome = await asyncio.wait_for(handle.paused.remote(run_id, None), MEMORY_PATIENCE_S)
-        except CALL_FAILURES as exc:
-            raise self._failed(name, exc, MEMORY_PATIENCE_S) from None
+        self._app(name)  # 404 for unknown names
+        outcome = await self._link.call(name, "paused", run_id, None, patience_s=MEMORY_PATIENCE_S)
         paused: dict[str, Any] = unwrap(outcome)  # 404 run_not_found: gone or answered
         if paused.get("session_id") != given.thread_id:
             raise InvalidRequest(f"run {run_id} belongs to another thread", field="threadId")

@@ -77,6 +77,8 @@ def test_agent_probes_name_each_provider_app_with_the_routers_policy(tmp_path: P
     endpoints = resolve_models(agent, loaded.providers)
     assert sorted(p.app for p in probes) == sorted(provider_app_name(e) for e in endpoints)
     assert {(p.policy, p.interval_s) for p in probes} == {(BreakerPolicy(4, 30.0), 15.0)}
+    # Remote APIs called from the agent's replicas: the prober asks the API itself.
+    assert {p.endpoint for p in probes if p.endpoint} == set(endpoints)
     # Without a health_check_interval nothing is probed.
     quiet = AGENT.replace("      health_check_interval: 15\n", "")
     (tmp_path / "agents" / "probed.agent.yaml").write_text(quiet)

@@ -197,6 +197,7 @@ spec:
       endpoint: http://127.0.0.1:9/v1
       models: [m]
       deployment:
+        mode: dedicated
         ray_actor_options: {num_gpus: 1, accelerator_type: %s}
         autoscaling_config: {min_replicas: %d, max_replicas: 2}
     tiny:

@@ -106,14 +106,17 @@ def test_a_changed_description_changes_the_agent_and_the_gateway(root: Path) -> 
 
 
 def test_a_changed_provider_entry_changes_it_and_the_agents_naming_it(root: Path) -> None:
+    # llm_a has its own deployment; llm_b is a remote API called from agent-beta's replicas.
+    base = PROVIDERS.replace("models: [m]}", "models: [m], deployment: {mode: dedicated}}", 1)
+    (root / "providers.yaml").write_text(base)
     before = fingerprints(root)
+    providers = {n for n in before if n.startswith("provider-")}
+    (alpha_provider,) = providers
     # Parameters travel with each request: same provider application, other content.
-    text = PROVIDERS.replace("models: [m]}\n  ", "models: [m], parameters: {temperature: 0.1}}\n  ")
+    text = base.replace("models: [m], deployment", "models: [m], parameters: {t: 1}, deployment")
     (root / "providers.yaml").write_text(text)
     after = fingerprints(root)
-    providers = {n for n in before if n.startswith("provider-")}
     assert set(after) == set(before)
-    (alpha_provider,) = changed(before, after) & providers
     assert changed(before, after) == {alpha_provider, "agent-alpha"}
 
     # Another endpoint: another provider application; the gateway lists providers.
@@ -122,6 +125,13 @@ def test_a_changed_provider_entry_changes_it_and_the_agents_naming_it(root: Path
     assert alpha_provider not in moved
     (new_provider,) = set(moved) - set(after)
     assert changed(after, moved) == {alpha_provider, new_provider, "agent-alpha", "gateway"}
+
+    # The remote API's parameters are agent-beta's alone; its endpoint is listed too.
+    beta = text.replace('10/v1", models: [m]}', '10/v1", models: [m], parameters: {t: 1}}')
+    (root / "providers.yaml").write_text(beta)
+    assert changed(after, fingerprints(root)) == {"agent-beta"}
+    (root / "providers.yaml").write_text(beta.replace("127.0.0.1:10/", "127.0.0.1:12/"))
+    assert changed(after, fingerprints(root)) == {"agent-beta", "gateway"}
 
 
 def test_replicas_and_resources_change_the_fingerprint(root: Path) -> None:

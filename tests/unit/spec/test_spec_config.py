@@ -43,6 +43,7 @@ spec:
       timeout: 30
       parameters: {temperature: 0.1, top_p: 0.9}
       deployment:
+        mode: dedicated
         ray_actor_options: {num_gpus: 1}
 """
 

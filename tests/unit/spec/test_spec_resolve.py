@@ -31,7 +31,7 @@ PROVIDERS = {
             "api_key_env": "VLLM_KEY",
             "timeout": 30,
             "parameters": {"temperature": 0.1, "top_p": 0.9},
-            "deployment": {"ray_actor_options": {"num_gpus": 1}},
+            "deployment": {"mode": "dedicated", "ray_actor_options": {"num_gpus": 1}},
         }
     )
 }
