@@ -1,20 +1,19 @@
-"""The Serve side of ``throughput.py`` and ``scaling.py``: the full stack deployed as
-``serve/builders.py`` plans it, and the floors it is compared with.
+"""The Serve side of ``throughput.py`` and ``scaling.py``: the stack deployed as
+``serve/builders.py`` plans it (a route overridden where a variant needs the old
+path), and the floor it is compared with.
 
-- ``DirectAgent``: ``AgentDeployment`` plus an HTTP ``__call__`` (the turn as the
-  gateway's ``POST /v1/agents/{name}/run`` answers it), so that the agent's own
-  application can be given a ``route_prefix``: proxy -> agent -> provider, the shape
-  a ``route_prefix`` per agent would give, without the gateway hop.
-- ``TinyIngress``: the least an HTTP deployment in front of the agent's application
-  can do (read the query, call the agent's handle, return its result): proxy ->
-  ingress -> agent -> provider, the gateway's hops without the gateway's work.
-- The bare chain (``bare-ingress`` -> ``bare-agent`` -> ``bare-provider``): the same
-  hops as the full stack, each forwarding, the last calling the model server over
-  HTTP with a pooled ``httpx`` client as ours does.  It calls the same model server
-  (rather than sleeping as long as its answers take) so that the floor holds the same
-  model latency and the same HTTP call to the model: everything but our code.
-- ``one-hop``: proxy -> one deployment calling the model server: the floor of any
-  Serve deployment, the issue's "one-hop floor".
+- ``deploy_stack``: every planned application, through its builder; ``routes``
+  overrides an application's ``route_prefix`` (``None``: reached through the gateway
+  only, as every agent was before its application got the agent's routes), ``apps``
+  replaces an application (``with_options``: the builder's application with other
+  Serve options).
+- The bare chain (``bare-agent``): proxy -> one deployment calling the model server
+  over HTTP with a pooled ``httpx`` client, as the agent replica calls a remote API:
+  the same hops as an agent turn on the agent's own route, each doing nothing but
+  forwarding.  It calls the same model server (rather than sleeping as long as its
+  answers take), so that the floor holds the same model latency and the same HTTP
+  call to the model: everything but our code.  With one hop it is also the issue's
+  "one-hop floor".
 
 The scripts register this module with ``cloudpickle.register_pickle_by_value``, so
 the replicas get these classes by value, as they get what a script defines.
@@ -23,7 +22,8 @@ the replicas get these classes by value, as they get what a script defines.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 import httpx
 from ray import serve
@@ -31,28 +31,20 @@ from ray.serve import Application, Deployment
 from serve_load import MODEL
 from starlette.requests import Request
 
-from astromesh_ray.core.build import check_buildable
-from astromesh_ray.core.memory.factory import memory_defaults
 from astromesh_ray.core.providers.http import DEFAULT_MAX_CONNECTIONS
-from astromesh_ray.serve.agents import AgentDeployment, agent_app_name
-from astromesh_ray.serve.breaker import agent_probes, ensure_breaker_actor
-from astromesh_ray.serve.builders import BUILDERS, PlannedApp, named_providers, plan, serve_options
+from astromesh_ray.serve.agents import AgentDeployment
+from astromesh_ray.serve.builders import BUILDERS, PlannedApp, plan
 from astromesh_ray.serve.gateway import Gateway
-from astromesh_ray.serve.handles import AppHandle
-from astromesh_ray.serve.outcome import unwrap
 from astromesh_ray.serve.providers import ProviderDeployment
 from astromesh_ray.spec import LoadedConfig
 
 SYSTEM = "You are a concise assistant. Answer in one short sentence."
-DIRECT_ROUTE = "/direct"
-TINY_ROUTE = "/ingress"
 BARE_ROUTE = "/bare"
-ONE_HOP_ROUTE = "/one-hop"
 
 
 def limits() -> dict[str, int]:
     """Each real deployment's ``max_ongoing_requests`` (the decorators' own: the
-    benchmarks' YAML sets none), which the floors copy hop for hop."""
+    benchmarks' YAML sets none), which the floor copies."""
     return {
         name: int(cast(Deployment, deployment).max_ongoing_requests)
         for name, deployment in (
@@ -63,63 +55,33 @@ def limits() -> dict[str, int]:
     }
 
 
-# -- the agent's own route ---------------------------------------------------------------
-
-if TYPE_CHECKING:
-    AgentBody = AgentDeployment  # what mypy sees: the stubs type the decorated class as itself
-else:
-    # The class under Serve's Deployment: a subclass of it is deployed with the
-    # decorator's options (AgentDeployment.options(func_or_class=...)).
-    AgentBody = cast(Deployment, AgentDeployment).func_or_class
-
-
-class DirectAgent(AgentBody):
-    """``AgentDeployment`` answering HTTP too: a turn's result, as the gateway's
-    ``/run`` returns it (an error as HTTP 500, which the load generator reports)."""
-
-    async def __call__(self, request: Request) -> dict[str, Any]:
-        body = await request.json()
-        result: dict[str, Any] = unwrap(await self.run({"query": body["query"]}))
-        return result
-
-
-def agent_application(
-    loaded: LoadedConfig, agent_name: str, body: type | None = None, **overrides: Any
-) -> Application:
-    """What ``builders.agent_app`` builds for ``agent_name`` (the same checks, options
-    and arguments), with ``body`` as the replica's class when given (``DirectAgent``)
-    and ``overrides`` over the options (Serve ones the YAML has no field for)."""
-    agent = loaded.agents[agent_name]
-    check_buildable([agent], loaded.providers, known=loaded.agents, rag=loaded.rag_pipelines)
-    ensure_breaker_actor(agent_probes(agent, loaded.providers, loaded.routing))
-    options = {**serve_options(AgentDeployment, agent.spec.deployment), **overrides}
-    if body is not None:
-        options["func_or_class"] = body
-    deployment = cast(Deployment, AgentDeployment).options(**options)
-    return deployment.bind(
-        agent,
-        named_providers(agent, loaded.providers),
-        loaded.routing,
-        memory_defaults(loaded),
-        rag=loaded.rag_pipelines,
+def with_options(app: Application, **overrides: Any) -> Application:
+    """``app`` (one deployment, as a builder returns it) with other Serve options:
+    the same class and arguments."""
+    deployment = cast(Any, app)._bound_deployment
+    return cast(
+        Application,
+        deployment.options(**overrides).bind(*deployment.init_args, **deployment.init_kwargs),
     )
 
 
 def deploy_stack(
     loaded: LoadedConfig,
     root: str,
-    agent: Application | None = None,
-    agent_route: str | None = None,
+    *,
+    routes: Mapping[str, str | None] | None = None,
+    apps: Mapping[str, Application] | None = None,
 ) -> list[PlannedApp]:
     """Every application ``plan`` lists, in its order, as ``serve/local.py`` runs
-    them; with ``agent`` given, it is the (one) agent's application, at
-    ``agent_route``.  Returns the plan."""
-    planned = plan(loaded, root)
-    for app in planned:
-        if agent is not None and app.builder == "agent_app":
-            serve.run(agent, name=app.name, route_prefix=agent_route)
-        else:
-            serve.run(BUILDERS[app.builder](app.args), name=app.name, route_prefix=app.route_prefix)
+    them, with ``routes`` and ``apps`` overriding by application name.  Returns the
+    plan, with the routes used."""
+    routes, apps = dict(routes or {}), dict(apps or {})
+    planned = []
+    for app in plan(loaded, root):
+        route = routes.get(app.name, app.route_prefix)
+        application = apps.get(app.name) or BUILDERS[app.builder](app.args)
+        serve.run(application, name=app.name, route_prefix=route)
+        planned.append(PlannedApp(app.name, route, app.builder, app.args))
     return planned
 
 
@@ -151,79 +113,21 @@ class _ModelCall:
         return os.getpid()
 
 
-@serve.deployment(name="bare-provider", ray_actor_options={"num_cpus": 0})
-class BareProvider(_ModelCall):
-    """The provider hop of the bare chain."""
-
-
 @serve.deployment(name="bare-agent", ray_actor_options={"num_cpus": 0})
-class BareAgent:
-    """The agent hop of the bare chain: forwards to the provider hop."""
-
-    def __init__(self, provider: Any) -> None:
-        self._provider = provider
-
-    async def run(self, query: str) -> str:
-        answer: str = await self._provider.run.remote(query)
-        return answer
-
-
-@serve.deployment(name="bare-ingress", ray_actor_options={"num_cpus": 0})
-class BareIngress:
-    """The gateway hop of the bare chain: HTTP in, forwards to the agent hop."""
-
-    def __init__(self, agent: Any) -> None:
-        self._agent = agent
-
-    async def __call__(self, request: Request) -> dict[str, str]:
-        body = await request.json()
-        return {"answer": await self._agent.run.remote(body["query"])}
-
-
-@serve.deployment(name="tiny-ingress", ray_actor_options={"num_cpus": 0})
-class TinyIngress:
-    """HTTP in, the agent application's ``run`` by handle, its result out."""
-
-    def __init__(self, app: str) -> None:
-        self._agent = AppHandle(app)
-
-    async def __call__(self, request: Request) -> dict[str, Any]:
-        body = await request.json()
-        handle = await self._agent.get()
-        result: dict[str, Any] = unwrap(await handle.run.remote({"query": body["query"]}))
-        return result
-
-
-@serve.deployment(name="one-hop", ray_actor_options={"num_cpus": 0})
-class OneHop(_ModelCall):
-    """HTTP in, the model server's answer out: one Serve hop."""
+class BareAgent(_ModelCall):
+    """The bare chain: HTTP in, the model server's answer out (one Serve hop)."""
 
     async def __call__(self, request: Request) -> dict[str, str]:
         body = await request.json()
         return {"answer": await self.run(body["query"])}
 
 
-def _options(decorated: object, max_ongoing: int) -> Deployment:
-    return cast(Deployment, decorated).options(max_ongoing_requests=max_ongoing)
-
-
-def deploy_floors(model_url: str, agent_name: str, provider_hop: bool) -> None:
-    """The bare chain (with a provider hop when the stack has one), the tiny ingress
-    in front of agent ``agent_name``'s application and the one-hop floor, each
-    deployment taking as many requests at once as its counterpart in the stack."""
-    cap = limits()
-    if provider_hop:
-        last = _options(BareProvider, cap["provider"]).bind(model_url)
-        agent = _options(BareAgent, cap["agent"]).bind(last)
-    else:  # the stack calls the model from the agent replica: so does the chain
-        agent = _options(BareProvider, cap["agent"]).options(name="bare-agent").bind(model_url)
-    ingress = _options(BareIngress, cap["gateway"]).bind(agent)
-    serve.run(ingress, name="bare", route_prefix=BARE_ROUTE)
-    tiny = _options(TinyIngress, cap["gateway"]).bind(agent_app_name(agent_name))
-    serve.run(tiny, name="tiny-ingress", route_prefix=TINY_ROUTE)
-    serve.run(
-        _options(OneHop, cap["gateway"]).bind(model_url), name="one-hop", route_prefix=ONE_HOP_ROUTE
-    )
+def deploy_floor(model_url: str, max_ongoing: int | None = None) -> None:
+    """The bare chain, taking as many requests at once as an agent replica (its
+    deployment's own cap, or ``max_ongoing``)."""
+    cap = max_ongoing or limits()["agent"]
+    bare = cast(Deployment, BareAgent).options(max_ongoing_requests=cap)
+    serve.run(bare.bind(model_url), name="bare", route_prefix=BARE_ROUTE)
 
 
 def hops(planned: list[PlannedApp]) -> str:

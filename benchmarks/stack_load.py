@@ -150,13 +150,9 @@ SHORT = {
 # Serve deployment names (ours, and the floors' in ``chains.py``) -> role.
 DEPLOYMENT_ROLES = {
     "gateway": INGRESS,
-    "bare-ingress": INGRESS,
-    "tiny-ingress": INGRESS,
-    "one-hop": INGRESS,
     "agent": AGENT,
     "bare-agent": AGENT,
     "provider": PROVIDER,
-    "bare-provider": PROVIDER,
 }
 
 
