@@ -17,38 +17,7 @@ from astromesh_ray.serve.builders import BUILDERS, deploy_config, provider_endpo
 from astromesh_ray.serve.fingerprint import fingerprint
 from astromesh_ray.serve.revisions import provider_revision
 from astromesh_ray.spec import load_config
-
-PROVIDERS = """\
-apiVersion: astromesh/v1
-kind: ProviderConfig
-metadata: {name: providers}
-spec:
-  providers:
-    llm_a: {type: openai_compat, endpoint: "http://127.0.0.1:9/v1", models: [m]}
-    llm_b: {type: openai_compat, endpoint: "http://127.0.0.1:10/v1", models: [m]}
-"""
-
-AGENT = """\
-apiVersion: astromesh/v1
-kind: Agent
-metadata: {{name: {name}}}
-spec:
-  identity: {{description: "{description}"}}
-  model:
-    primary: {{providerRef: {provider}}}
-  prompts:
-    system: "{prompt}"
-"""
-
-
-def _agent(
-    root: Path, name: str, provider: str, prompt: str = "Be brief.", description: str = "d"
-) -> Path:
-    path = root / "agents" / f"{name}.agent.yaml"
-    path.write_text(
-        AGENT.format(name=name, provider=provider, prompt=prompt, description=description)
-    )
-    return path
+from tests.unit.serve.test_reload import PROVIDERS, _agent  # the same two agents
 
 
 @pytest.fixture
