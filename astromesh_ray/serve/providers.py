@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -54,6 +54,9 @@ def provider_app_name(endpoint: ModelEndpoint) -> str:
 HOSTED_MODEL_MAX_ONGOING_REQUESTS = 8
 
 
+_Answer = TypeVar("_Answer", Completion, CompletionChunk)
+
+
 class LocatedProvider:
     """A provider client in this process whose answers say where they were made: the
     final completion or chunk carries this replica's location and a ``provider.*``
@@ -69,13 +72,7 @@ class LocatedProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         span = child_span(request.trace_parent, "provider.complete", self._where)
-        completion = await self.provider.complete(request)
-        completion.location.update(self._where)
-        if span is not None:
-            span.set(provider=self.name, mode=self._mode)
-            span.end()
-            completion.spans.append(span.to_dict())
-        return completion
+        return self._locate(await self.provider.complete(request), span)
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[CompletionChunk]:
         span = child_span(request.trace_parent, "provider.stream", self._where)
@@ -90,13 +87,15 @@ class LocatedProvider:
         if not located:  # a backend that sent no final chunk: add one
             yield self._locate(CompletionChunk(), span)
 
-    def _locate(self, chunk: CompletionChunk, span: Span | None) -> CompletionChunk:
-        chunk.location.update(self._where)
+    def _locate(self, answer: _Answer, span: Span | None) -> _Answer:
+        """The whole completion, or a stream's final chunk: where it was made, and
+        this call's span."""
+        answer.location.update(self._where)
         if span is not None:
             span.set(provider=self.name, mode=self._mode)
             span.end()
-            chunk.spans.append(span.to_dict())
-        return chunk
+            answer.spans.append(span.to_dict())
+        return answer
 
     async def health(self) -> bool:
         return await self.provider.health()
